@@ -1,0 +1,34 @@
+"""crumple: loss landscapes of PyTorch models in weight space, with the optimizer's path.
+
+Example:
+    >>> import crumple as cr
+    >>> sorted(cr.__all__)[:3]
+    ['CrumpleError', 'Grid', 'Plane']
+"""
+
+__version__ = "0.1.0"
+
+from crumple import plot
+from crumple.errors import CrumpleError
+from crumple.grid import Grid
+from crumple.plane import Plane
+from crumple.surface import line, surface
+from crumple.trajectory import Recorder, Trajectory, project
+
+__all__ = [
+    # building blocks
+    "Plane",
+    "Grid",
+    # evaluation
+    "surface",
+    "line",
+    # trajectories
+    "Recorder",
+    "Trajectory",
+    "project",
+    # figures
+    "plot",
+    # errors
+    "CrumpleError",
+    "__version__",
+]

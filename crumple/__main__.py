@@ -1,0 +1,3 @@
+from crumple.cli import main
+
+main()

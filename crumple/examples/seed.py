@@ -1,0 +1,232 @@
+"""The article crumple started from: a two-weight network, its test-MSE surface on an
+80 x 80 grid of the two weights, and the path SGD takes over it.
+
+Data: ``X ~ normal(1, 4.5)``, ``y = piecewise(X) + normal(0, 1)``, split 80/20.
+Network: ``Linear(1, 1, bias=False) -> Tanh -> Linear(1, 1, bias=False)``.
+
+Two deliberate differences from the article's snippets:
+
+* The loss at a grid point is the exact mean squared error over the test set. The article
+  averages the per-batch means, which over-weights the last, smaller batch (2,000 test
+  samples in batches of 64 leave one of 16); crumple weighs each batch by its size.
+* Targets have shape ``(n, 1)`` like the predictions. With targets of shape ``(n,)``,
+  ``MSELoss`` broadcasts ``(64, 1)`` against ``(64,)`` to a ``64 x 64`` matrix and
+  compares every prediction with every target of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from crumple.grid import Grid
+from crumple.plane import Plane
+from crumple.surface import surface
+from crumple.trajectory import Recorder, project
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+AXES = ("Layer_1.weight", "Layer_2.weight")
+
+
+def make_data(n: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The article's synthetic data: ``X`` and noisy piecewise ``y``, both of shape ``(n,)``.
+
+    Example:
+        >>> X, y = make_data(100)
+        >>> X.shape, y.shape
+        ((100,), (100,))
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.normal(1, 4.5, n)
+    y = np.piecewise(
+        X,
+        [X < -2, (X >= -2) & (X < 2), X >= 2],
+        [lambda x: 2 * x + 5, lambda x: 7.3 * np.sin(x), lambda x: -0.03 * x**3 + 2],
+    )
+    return X, y + rng.normal(0, 1, X.shape)
+
+
+def split(X: np.ndarray, y: np.ndarray, seed: int = 0, test_fraction: float = 0.2):
+    """Shuffle and split into float32 ``(x, y)`` train and test pairs of shape ``(n, 1)``.
+
+    Example:
+        >>> (x_tr, _), (x_te, _) = split(*make_data(100))
+        >>> len(x_tr), len(x_te)
+        (80, 20)
+    """
+    order = np.random.default_rng(seed + 1).permutation(len(X))
+    n_test = int(round(len(X) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+
+    def pair(idx):
+        return (
+            torch.tensor(X[idx], dtype=torch.float32)[:, None],
+            torch.tensor(y[idx], dtype=torch.float32)[:, None],
+        )
+
+    return pair(train), pair(test)
+
+
+class SeedNet(nn.Sequential):
+    """``Linear(1, 1) -> Tanh -> Linear(1, 1)``, no biases: two weights in all.
+
+    Example:
+        >>> [n for n, _ in SeedNet().named_parameters()]
+        ['Layer_1.weight', 'Layer_2.weight']
+    """
+
+    def __init__(self, w1: float = -1.0, w2: float = -1.0) -> None:
+        super().__init__()
+        self.add_module("Layer_1", nn.Linear(1, 1, bias=False))
+        self.add_module("Tanh", nn.Tanh())
+        self.add_module("Layer_2", nn.Linear(1, 1, bias=False))
+        with torch.no_grad():
+            self.Layer_1.weight.fill_(w1)
+            self.Layer_2.weight.fill_(w2)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """``sgd``, ``momentum`` (SGD with momentum 0.9) or ``adam``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+
+
+def test_mse(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """The exact mean squared error over the test set."""
+    with torch.no_grad():
+        return float(nn.functional.mse_loss(model(test[0]), test[1]))
+
+
+def train(
+    model: nn.Module,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int = 25,
+    lr: float = 1e-2,
+    optimizer: str = "sgd",
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> Recorder:
+    """Train as the article does, recording the weights and the test loss before training
+    and after every epoch."""
+    loader = DataLoader(
+        TensorDataset(*train_data),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    opt = make_optimizer(optimizer, model.parameters(), lr)
+    loss_fn = nn.MSELoss()
+    recorder = Recorder(model)
+    recorder.record(loss=test_mse(model, test_data))
+    for _ in tqdm(range(epochs), desc=f"training ({optimizer})", disable=not progress):
+        model.train()
+        for x, y in loader:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        model.eval()
+        recorder.record(loss=test_mse(model, test_data))
+    return recorder
+
+
+@dataclass
+class SeedRun:
+    """Everything the demo draws."""
+
+    model: SeedNet
+    train_data: tuple[torch.Tensor, torch.Tensor]
+    test_data: tuple[torch.Tensor, torch.Tensor]
+    plane: Plane
+    surface: xr.Dataset
+    path: xr.Dataset
+
+
+def run(
+    *,
+    w_min: float = -2.0,
+    w_max: float = 2.0,
+    step: float = 0.05,
+    epochs: int = 25,
+    lr: float = 1e-2,
+    optimizer: str = "sgd",
+    batch_size: int = 64,
+    seed: int = 0,
+    n_samples: int = 10_000,
+    progress: bool = True,
+) -> SeedRun:
+    """The article end to end: data, training with a recorded path, surface, projection.
+
+    Example:
+        >>> result = run(step=0.5, epochs=1, n_samples=200, progress=False)
+        >>> result.surface.loss.shape, result.path.sizes["step"]
+        ((8, 8), 2)
+    """
+    train_data, test_data = split(*make_data(n_samples, seed), seed=seed)
+    model = SeedNet()
+    plane = Plane.axes(model, *AXES)  # coordinates are the two weights themselves
+    recorder = train(
+        model, train_data, test_data, epochs=epochs, lr=lr, optimizer=optimizer,
+        batch_size=batch_size, seed=seed, progress=progress,
+    )
+    weights = np.arange(w_min, w_max, step)
+    loss_fn = nn.functional.mse_loss
+    ds = surface(model, loss_fn, test_data, plane, Grid(weights, weights))
+    path = project(recorder.trajectory, plane, model, loss_fn, test_data)
+    return SeedRun(model, train_data, test_data, plane, ds, path)
+
+
+def figures(result: SeedRun):
+    """The demo's two panels: the surface with the path, and the data with the fitted curve."""
+    from crumple import plot
+
+    landscape = plot.surface(result.surface, paths={"SGD": result.path})
+    x, y = result.test_data
+    x_curve = torch.linspace(float(x.min()), float(x.max()), 400)[:, None]
+    with torch.no_grad():
+        y_curve = result.model(x_curve)
+    w1, w2 = (float(result.model.get_parameter(n).detach()) for n in AXES)
+    data_fit = plot.fit(
+        x[:, 0].numpy(), y[:, 0].numpy(), x_curve[:, 0].numpy(), y_curve[:, 0].numpy(),
+        title=f"Test data and the trained model (W1 = {w1:.3f}, W2 = {w2:.3f})",
+    )
+    return landscape, data_fit
+
+
+def write(result: SeedRun, folder) -> tuple[Path, Path]:
+    """Write ``landscape.html`` and ``landscape.zarr`` (groups ``surface`` and ``path``)."""
+    from crumple import plot
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path = folder / "landscape.zarr"
+    result.surface.to_zarr(data_path, group="surface", mode="w", consolidated=False)
+    result.path.to_zarr(data_path, group="path", mode="a", consolidated=False)
+    ds = result.surface
+    facts = {
+        "grid": " x ".join(str(n) for n in ds.loss.shape),
+        "surface time": f"{ds.attrs['seconds'] * 1e3:.0f} ms",
+        "test samples": ds.attrs["n_samples"],
+        "epochs": result.path.sizes["step"] - 1,
+        "final test MSE": f"{float(result.path.loss[-1]):.4f}",
+        "grid minimum": f"{float(ds.loss.min()):.4f}",
+    }
+    page_path = plot.write_page(
+        folder / "landscape.html", figures(result), title="crumple: the article's loss landscape",
+        facts=facts,
+    )
+    return page_path, data_path

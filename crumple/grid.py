@@ -1,0 +1,72 @@
+"""The coordinates at which a plane is evaluated, and their split into tiles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from crumple.errors import CrumpleError
+
+DIMS = ("alpha", "beta")
+
+
+class Grid:
+    """A product grid of plane coordinates: ``alpha`` (and ``beta`` for a plane).
+
+    Example:
+        >>> Grid(alpha=np.arange(-2, 2, 0.05), beta=np.arange(-2, 2, 0.05)).shape
+        (80, 80)
+    """
+
+    def __init__(self, alpha, beta=None) -> None:
+        axes = [alpha] if beta is None else [alpha, beta]
+        self.axes = tuple(_checked_axis(a, dim) for a, dim in zip(axes, DIMS))
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return DIMS[: len(self.axes)]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(a) for a in self.axes)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def tiles(self, max_points: int) -> Iterator[tuple[slice, ...]]:
+        """Rectangular blocks of at most ``max_points`` points that cover the grid, row by row.
+
+        Example:
+            >>> list(Grid(np.arange(3), np.arange(2)).tiles(4))
+            [(slice(0, 2, None), slice(0, 2, None)), (slice(2, 3, None), slice(0, 2, None))]
+        """
+        if max_points < 1:
+            raise CrumpleError(f"chunk_size must be a positive number of points, got {max_points}")
+        *_, n_last = self.shape
+        cols = min(n_last, max_points)
+        rows = max(1, max_points // cols)
+        if len(self.axes) == 1:
+            for j in range(0, n_last, cols):
+                yield (slice(j, j + cols),)
+            return
+        for i in range(0, self.shape[0], rows):
+            for j in range(0, n_last, cols):
+                yield slice(i, i + rows), slice(j, j + cols)
+
+    def __repr__(self) -> str:
+        parts = [f"{d}=[{a[0]:g} .. {a[-1]:g}] ({len(a)})" for d, a in zip(self.dims, self.axes)]
+        return f"Grid({', '.join(parts)})"
+
+
+def _checked_axis(values, dim: str) -> np.ndarray:
+    axis = np.asarray(values, dtype=np.float64)
+    if axis.ndim != 1 or axis.size == 0:
+        raise CrumpleError(
+            f"grid axis {dim!r} must be a non-empty 1-D sequence of numbers, got shape "
+            f"{axis.shape}; e.g. np.arange(-2, 2, 0.05)"
+        )
+    if not np.all(np.isfinite(axis)):
+        raise CrumpleError(f"grid axis {dim!r} holds inf or nan; give finite coordinates")
+    return axis

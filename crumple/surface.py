@@ -1,0 +1,178 @@
+"""Run a grid over a plane, tile by tile, into an ``xarray.Dataset``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from crumple.errors import CrumpleError
+from crumple.evaluate import LossFn, batched_losses, number_of_samples, prepared
+from crumple.grid import Grid
+from crumple.params import evaluation_mode
+from crumple.plane import Plane
+
+DEFAULT_CHUNK = 2048
+
+
+def surface(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    plane: Plane,
+    grid: Grid,
+    *,
+    metrics: Mapping[str, LossFn] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """The loss (and metrics) at every point of a 2-D grid on a plane.
+
+    Args:
+        model: any ``nn.Module``; it is left exactly as it was.
+        loss_fn: ``loss_fn(pred, y)`` returning the batch mean.
+        data: an ``(x, y)`` pair of tensors, a DataLoader or an iterable of pairs. The
+            result is the exact mean over all samples: batches are weighed by their size.
+        plane: a 2-D :class:`Plane` through the model's weights.
+        grid: a :class:`Grid` with ``alpha`` and ``beta``.
+        metrics: more ``fn(pred, y)`` batch means to store beside ``loss``.
+        chunk_size: grid points evaluated together in one vmapped call.
+        device: where to compute (default: where the plane's tensors are).
+        dtype: floating-point type to compute in (default: the plane's).
+        progress: show a progress bar over tiles.
+
+    Returns:
+        A Dataset with ``loss[i, j]`` the loss at ``(alpha[i], beta[j])``.
+
+    Example:
+        >>> import numpy as np, torch, crumple as cr
+        >>> net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.Tanh(),
+        ...                           torch.nn.Linear(1, 1, bias=False))
+        >>> x = torch.linspace(-1, 1, 50)[:, None]
+        >>> plane = cr.Plane.axes(net, "0.weight", "2.weight")
+        >>> ds = cr.surface(net, torch.nn.functional.mse_loss, (x, x), plane,
+        ...                 cr.Grid(np.linspace(-2, 2, 5), np.linspace(-2, 2, 5)))
+        >>> ds.loss.shape
+        (5, 5)
+    """
+    if plane.ndim != 2 or len(grid.axes) != 2:
+        raise CrumpleError(
+            f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
+            f"plane and {grid!r}. For one direction use crumple.line"
+        )
+    return _evaluate(model, loss_fn, data, plane, grid, metrics, chunk_size, device, dtype, progress)
+
+
+def line(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    plane: Plane,
+    alpha,
+    *,
+    metrics: Mapping[str, LossFn] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """The loss along the first direction of ``plane`` at the coordinates ``alpha``.
+
+    Takes the same arguments as :func:`surface`; a 2-D plane is cut along ``beta = 0``.
+
+    Example:
+        >>> import numpy as np, torch, crumple as cr
+        >>> net = torch.nn.Linear(1, 1, bias=False)
+        >>> x = torch.ones(4, 1)
+        >>> ds = cr.line(net, torch.nn.functional.mse_loss, (x, x), cr.Plane.axes(net, "weight"),
+        ...              np.array([0.0, 1.0, 2.0]))
+        >>> ds.loss.values.tolist()
+        [1.0, 0.0, 1.0]
+    """
+    if plane.ndim == 2:
+        plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
+    return _evaluate(
+        model, loss_fn, data, plane, Grid(alpha), metrics, chunk_size, device, dtype, progress
+    )
+
+
+def _evaluate(model, loss_fn, data, plane, grid, metrics, chunk_size, device, dtype, progress):
+    _check_fits(model, plane)
+    fns = _named_functions(loss_fn, metrics)
+    start = time.perf_counter()
+    with evaluation_mode(model):
+        batches, plane_, buffers = prepared(model, data, plane, device, dtype)
+        reference = next(iter(plane_.origin.values()))
+        axes = [torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes]
+        results = {name: np.empty(grid.shape) for name in fns}
+        for tile in tqdm(list(grid.tiles(chunk_size)), disable=not progress, unit="tile"):
+            values = batched_losses(
+                model,
+                fns,
+                batches,
+                plane_.at,
+                [axis[s] for axis, s in zip(axes, tile)],
+                list(range(len(tile))),
+                buffers,
+            )
+            for name, v in values.items():
+                results[name][tile] = v.double().cpu().numpy()
+    seconds = time.perf_counter() - start
+    return _dataset(results, plane, grid, loss_fn, batches, reference.dtype, seconds)
+
+
+def _named_functions(loss_fn: LossFn, metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
+    fns = {"loss": loss_fn, **(metrics or {})}
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be a function fn(pred, y) -> batch mean, got {fn!r}")
+    return fns
+
+
+def _check_fits(model: nn.Module, plane: Plane) -> None:
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    plane_shapes = {n: tuple(t.shape) for n, t in plane.origin.items()}
+    if shapes != plane_shapes:
+        missing = sorted(shapes.keys() - plane_shapes.keys())
+        extra = sorted(plane_shapes.keys() - shapes.keys())
+        resized = sorted(n for n in shapes.keys() & plane_shapes.keys() if shapes[n] != plane_shapes[n])
+        raise CrumpleError(
+            "the plane was not made for this model: "
+            f"missing {missing}, unknown {extra}, different shapes {resized}; "
+            "build the plane from the same model (e.g. Plane.axes(model, ...))"
+        )
+
+
+def function_name(fn: Callable) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _dataset(results, plane, grid, loss_fn, batches, dtype, seconds) -> xr.Dataset:
+    from crumple import __version__
+
+    names = plane.attrs.get("axis_names", grid.dims)
+    coords = {
+        dim: (dim, axis, {"long_name": str(name)})
+        for dim, axis, name in zip(grid.dims, grid.axes, names)
+    }
+    data_vars = {
+        name: (grid.dims, values, {"long_name": function_name(loss_fn) if name == "loss" else name})
+        for name, values in results.items()
+    }
+    attrs = {
+        "plane_kind": plane.attrs.get("kind", "custom"),
+        "loss_name": function_name(loss_fn),
+        "n_samples": number_of_samples(batches),
+        "dtype": str(dtype).removeprefix("torch."),
+        "seconds": seconds,
+        "crumple_version": __version__,
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
