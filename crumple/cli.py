@@ -123,6 +123,9 @@ def _demo(args: argparse.Namespace) -> None:
         f"surface: {result.surface.loss.size:,} points in {result.surface.attrs['seconds'] * 1e3:.0f} ms; "
         f"final test MSE {result.path.loss.values[-1]:.4f}; total {time.perf_counter() - start:.1f} s"
     )
+    outside = seed.points_outside(result)
+    if outside:
+        print(f"{outside} path points lie outside the grid; widen --min/--max to see them on it")
     print(f"wrote {page_path} and {data_path}")
 
 

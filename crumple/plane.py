@@ -71,18 +71,18 @@ class Plane:
             ('0.weight', '1.weight')
         """
         origin = parameters_of(model)
+        specs = (name_a,) if name_b is None else (name_a, name_b)
+        entries = [parse_entry(spec, origin) for spec in specs]
+        if len(entries) == 2 and entries[0] == entries[1]:
+            raise CrumpleError(f"{name_a!r} and {name_b!r} are the same entry; name two")
         directions = []
-        labels = []
-        for spec in (name_a, name_b) if name_b is not None else (name_a,):
-            name, index = parse_entry(spec, origin)
+        for name, index in entries:
             origin[name][index] = 0
             direction = {n: torch.zeros_like(p) for n, p in origin.items()}
             direction[name][index] = 1
             directions.append(direction)
-            labels.append(spec.strip())
-        if len(labels) == 2 and labels[0] == labels[1]:
-            raise CrumpleError(f"the two axes name the same entry {labels[0]!r}; name two")
-        return cls(origin, tuple(directions), {"kind": "axes", "axis_names": tuple(labels)})
+        labels = tuple(spec.strip() for spec in specs)
+        return cls(origin, tuple(directions), {"kind": "axes", "axis_names": labels})
 
     def at(self, *coords: Tensor | float) -> Params:
         """The weights at the given coordinates (works under ``torch.func.vmap``).

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from crumple.grid import Grid
 from crumple.plane import Plane
 from crumple.surface import surface
-from crumple.trajectory import Recorder, project
+from crumple.trajectory import Recorder, Trajectory, project
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 AXES = ("Layer_1.weight", "Layer_2.weight")
@@ -152,6 +152,7 @@ class SeedRun:
     train_data: tuple[torch.Tensor, torch.Tensor]
     test_data: tuple[torch.Tensor, torch.Tensor]
     plane: Plane
+    trajectory: Trajectory
     surface: xr.Dataset
     path: xr.Dataset
 
@@ -187,7 +188,7 @@ def run(
     loss_fn = nn.functional.mse_loss
     ds = surface(model, loss_fn, test_data, plane, Grid(weights, weights))
     path = project(recorder.trajectory, plane, model, loss_fn, test_data)
-    return SeedRun(model, train_data, test_data, plane, ds, path)
+    return SeedRun(model, train_data, test_data, plane, recorder.trajectory, ds, path)
 
 
 def figures(result: SeedRun):
@@ -205,6 +206,15 @@ def figures(result: SeedRun):
         title=f"Test data and the trained model (W1 = {w1:.3f}, W2 = {w2:.3f})",
     )
     return landscape, data_fit
+
+
+def points_outside(result: SeedRun) -> int:
+    """How many path points lie beyond the grid's range (drawn, but off the surface)."""
+    inside = True
+    for dim in ("alpha", "beta"):
+        axis, coord = result.surface[dim].values, result.path[dim].values
+        inside = inside & (coord >= axis.min()) & (coord <= axis.max())
+    return int((~inside).sum())
 
 
 def write(result: SeedRun, folder) -> tuple[Path, Path]:
@@ -225,6 +235,9 @@ def write(result: SeedRun, folder) -> tuple[Path, Path]:
         "final test MSE": f"{float(result.path.loss[-1]):.4f}",
         "grid minimum": f"{float(ds.loss.min()):.4f}",
     }
+    outside = points_outside(result)
+    if outside:
+        facts["path points outside the grid"] = f"{outside} of {result.path.sizes['step']}"
     page_path = plot.write_page(
         folder / "landscape.html", figures(result), title="crumple: the article's loss landscape",
         facts=facts,

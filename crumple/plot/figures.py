@@ -83,6 +83,7 @@ def surface(
             zaxis_title=_label(loss),
             aspectratio=dict(x=1, y=1, z=0.5),
         ),
+        showlegend=True,
         legend=dict(x=0.01, y=0.99),
         margin=dict(l=0, r=0, t=50, b=0),
     )

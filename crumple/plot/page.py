@@ -20,9 +20,8 @@ body {{ background: #111; color: #ddd; font-family: system-ui, sans-serif; margi
 h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
 .facts {{ color: #aaa; margin: 0 0 1rem; }}
 .facts span {{ margin-right: 1.5rem; white-space: nowrap; }}
-.panels {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
-.panel {{ flex: 1 1 560px; min-width: 0; }}
-.panel.wide {{ flex-basis: 100%; }}
+.panels {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1rem; }}
+.panel {{ min-width: 0; }}
 </style>
 </head>
 <body>
@@ -31,6 +30,11 @@ h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
 <div class="panels">
 {panels}
 </div>
+<script>
+// each figure was drawn as soon as it was parsed, before the panels beside it existed
+window.addEventListener("load", () =>
+  document.querySelectorAll(".plotly-graph-div").forEach((div) => Plotly.Plots.resize(div)));
+</script>
 </body>
 </html>
 """

@@ -1,0 +1,80 @@
+"""The crumple command: refusals before any work, and the demo end to end."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from crumple.cli import main
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--step", "0"], "--step must be a positive number"),
+        (["--step", "-0.1"], "--step must be a positive number"),
+        (["--step", "abc"], "--step must be a number"),
+        (["--min", "1", "--max", "1"], "grid range is empty"),
+        (["--min", "2", "--max", "-2"], "grid range is empty"),
+        (["--lr", "0"], "--lr must be a positive number"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--optimizer", "rmsprop"], "choose from 'sgd', 'momentum', 'adam'"),
+        (["--epochs", "-1"], "--epochs must be at least 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--step", "0.0001"], "at most 2000 per axis"),
+    ],
+)
+def test_demo_refuses_bad_values_before_any_work(tmp_path, capsys, args, message):
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--out", str(out), *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def run_demo(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "crumple", "demo", *args],
+        capture_output=True, text=True, check=False,
+    )
+
+
+def test_small_demo_writes_page_and_data(tmp_path):
+    out = tmp_path / "small"
+    done = run_demo("--step", "0.25", "--epochs", "3", "--optimizer", "adam", "--lr", "0.05",
+                    "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out / 'landscape.html'}" in done.stdout
+    html = (out / "landscape.html").read_text()
+    assert html.count('class="plotly-graph-div"') == 2
+    surface = xr.open_zarr(out / "landscape.zarr", group="surface", consolidated=False)
+    path = xr.open_zarr(out / "landscape.zarr", group="path", consolidated=False)
+    assert surface.loss.shape == (16, 16)
+    assert np.allclose(surface.alpha.values, np.arange(-2, 2, 0.25))
+    assert path.sizes["step"] == 4
+    assert np.all(np.isfinite(surface.loss.values))
+
+
+@pytest.mark.slow
+def test_default_demo_is_the_article(tmp_path):
+    out = tmp_path / "demo"
+    done = run_demo("--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "80 x 80 grid, 25 epochs of sgd, lr 0.01" in done.stdout
+    surface = xr.open_zarr(out / "landscape.zarr", group="surface", consolidated=False)
+    path = xr.open_zarr(out / "landscape.zarr", group="path", consolidated=False)
+    assert surface.loss.shape == (80, 80)
+    assert path.sizes["step"] == 26
+    assert path.alpha.values[0] == -1 and path.beta.values[0] == -1
+    # the path starts at the surface's value at the grid node (-1, -1)
+    assert float(path.loss[0]) == pytest.approx(float(surface.loss.sel(alpha=-1, beta=-1,
+                                                method="nearest")), rel=1e-5)
+
+
+def test_python_dash_m_and_version():
+    done = subprocess.run([sys.executable, "-m", "crumple", "--version"], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.startswith("crumple ")
