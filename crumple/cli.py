@@ -69,24 +69,56 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the article's two-weight network, compute its test-MSE surface "
         "over a grid of the two weights, and write an HTML page and the data.",
     )
-    demo.add_argument("--min", dest="w_min", type=_finite_float, default=-2.0,
-                      help="lowest weight value on both axes (default -2)")
-    demo.add_argument("--max", dest="w_max", type=_finite_float, default=2.0,
-                      help="grid end, excluded as in numpy.arange (default 2)")
-    demo.add_argument("--step", type=_positive_float("--step"), default=0.05,
-                      help="grid spacing (default 0.05: 80 x 80 points)")
-    demo.add_argument("--epochs", type=_int_at_least("--epochs", 0), default=25,
-                      help="training epochs (default 25)")
-    demo.add_argument("--lr", type=_positive_float("--lr"), default=1e-2,
-                      help="learning rate (default 0.01)")
-    demo.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
-                      help="sgd, momentum (0.9) or adam (default sgd)")
-    demo.add_argument("--seed", type=_int_at_least("--seed", 0), default=0,
-                      help="seed for the data and the batch order (default 0)")
-    demo.add_argument("--batch-size", type=_int_at_least("--batch-size", 1), default=64,
-                      help="training batch size (default 64)")
-    demo.add_argument("--out", type=Path, default=Path("out/demo"),
-                      help="output folder (default out/demo)")
+    demo.add_argument(
+        "--min",
+        dest="w_min",
+        type=_finite_float,
+        default=-2.0,
+        help="lowest weight value on both axes (default -2)",
+    )
+    demo.add_argument(
+        "--max",
+        dest="w_max",
+        type=_finite_float,
+        default=2.0,
+        help="grid end, excluded as in numpy.arange (default 2)",
+    )
+    demo.add_argument(
+        "--step",
+        type=_positive_float("--step"),
+        default=0.05,
+        help="grid spacing (default 0.05: 80 x 80 points)",
+    )
+    demo.add_argument(
+        "--epochs",
+        type=_int_at_least("--epochs", 0),
+        default=25,
+        help="training epochs (default 25)",
+    )
+    demo.add_argument(
+        "--lr", type=_positive_float("--lr"), default=1e-2, help="learning rate (default 0.01)"
+    )
+    demo.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="sgd, momentum (0.9) or adam (default sgd)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=_int_at_least("--seed", 0),
+        default=0,
+        help="seed for the data and the batch order (default 0)",
+    )
+    demo.add_argument(
+        "--batch-size",
+        type=_int_at_least("--batch-size", 1),
+        default=64,
+        help="training batch size (default 64)",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)"
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -115,13 +147,21 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"crumple demo: {n} x {n} grid, {args.epochs} epochs of {args.optimizer}, lr {args.lr:g}")
     start = time.perf_counter()
     result = seed.run(
-        w_min=args.w_min, w_max=args.w_max, step=args.step, epochs=args.epochs, lr=args.lr,
-        optimizer=args.optimizer, batch_size=args.batch_size, seed=args.seed,
+        w_min=args.w_min,
+        w_max=args.w_max,
+        step=args.step,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
     page_path, data_path = seed.write(result, args.out)
+    ds = result.surface
     print(
-        f"surface: {result.surface.loss.size:,} points in {result.surface.attrs['seconds'] * 1e3:.0f} ms; "
-        f"final test MSE {result.path.loss.values[-1]:.4f}; total {time.perf_counter() - start:.1f} s"
+        f"surface: {ds.loss.size:,} points in {ds.attrs['seconds'] * 1e3:.0f} ms; "
+        f"final test MSE {float(result.path.loss[-1]):.4f}; "
+        f"total {time.perf_counter() - start:.1f} s"
     )
     outside = seed.points_outside(result)
     if outside:

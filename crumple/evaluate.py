@@ -69,12 +69,8 @@ def as_batches(data: Any, *, device=None, dtype: torch.dtype | None = None) -> l
 
 def _is_pair(obj: Any) -> bool:
     return (
-        isinstance(obj, (tuple, list))
-        and len(obj) == 2
-        and all(isinstance(t, Tensor) for t in obj)
+        isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, Tensor) for t in obj)
     )
-
-
 
 
 def prepared(model: nn.Module, data: Any, plane: Plane, device=None, dtype=None):
@@ -120,6 +116,30 @@ def nested_vmap(fn: Callable, levels: Sequence[int | None]) -> Callable:
     for level in reversed(range(depth)):
         fn = vmap(fn, in_dims=tuple(0 if lv == level else None for lv in levels))
     return fn
+
+
+WORKING_SET = 2**23  # elements of activations per tile: small enough to stay in cache
+
+
+def auto_chunk_size(
+    model: nn.Module, batches: Sequence[Batch], params: Params, buffers: Params
+) -> int:
+    """Grid points per tile such that one tile's activations hold about ``WORKING_SET``
+    elements: the model is run on one sample and the outputs of its modules are counted."""
+    counted = []
+
+    def count(module, inputs, output):
+        if isinstance(output, Tensor):
+            counted.append(output.numel())
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        functional_call(model, (params, buffers), (batches[0][0][:1],))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    per_point = max(sum(counted), 1) * max(len(x) for x, _ in batches)
+    return max(1, WORKING_SET // per_point)
 
 
 def batched_losses(

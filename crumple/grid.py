@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,14 +26,17 @@ class Grid:
 
     @property
     def dims(self) -> tuple[str, ...]:
+        """``("alpha",)`` or ``("alpha", "beta")``."""
         return DIMS[: len(self.axes)]
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """Points along each axis."""
         return tuple(len(a) for a in self.axes)
 
     @property
     def size(self) -> int:
+        """Points in all."""
         return int(np.prod(self.shape))
 
     def tiles(self, max_points: int) -> Iterator[tuple[slice, ...]]:
@@ -47,13 +51,10 @@ class Grid:
         *_, n_last = self.shape
         cols = min(n_last, max_points)
         rows = max(1, max_points // cols)
-        if len(self.axes) == 1:
-            for j in range(0, n_last, cols):
-                yield (slice(j, j + cols),)
-            return
-        for i in range(0, self.shape[0], rows):
-            for j in range(0, n_last, cols):
-                yield slice(i, i + rows), slice(j, j + cols)
+        starts = [range(0, n, rows) for n in self.shape[:-1]] + [range(0, n_last, cols)]
+        steps = [rows] * (len(self.shape) - 1) + [cols]
+        for corner in itertools.product(*starts):
+            yield tuple(slice(i, min(i + step, n)) for i, step, n in zip(corner, steps, self.shape))
 
     def __repr__(self) -> str:
         parts = [f"{d}=[{a[0]:g} .. {a[-1]:g}] ({len(a)})" for d, a in zip(self.dims, self.axes)]

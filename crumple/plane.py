@@ -89,6 +89,12 @@ class Plane:
 
         Parameters a direction does not touch stay the origin's tensors, so under nested
         vmap everything computed from them is shared across that axis.
+
+        Example:
+            >>> net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
+            >>> w = Plane.axes(net, "0.weight", "1.weight").at(0.5, -2.0)
+            >>> float(w["0.weight"]), float(w["1.weight"])
+            (0.5, -2.0)
         """
         if len(coords) != self.ndim:
             raise CrumpleError(f"a {self.ndim}-D plane needs {self.ndim} coordinates")
@@ -101,11 +107,15 @@ class Plane:
         return params
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """A copy with floating-point tensors moved to ``device`` and cast to ``dtype``."""
+        """A copy with floating-point tensors moved to ``device`` and cast to ``dtype``.
+
+        Example:
+            >>> plane = Plane.axes(torch.nn.Linear(1, 1), "weight")
+            >>> plane.to(dtype=torch.float64).origin["bias"].dtype
+            torch.float64
+        """
 
         def move(params: Params) -> Params:
             return {n: cast(t, device, dtype) for n, t in params.items()}
 
         return Plane(move(self.origin), tuple(move(d) for d in self.directions), dict(self.attrs))
-
-

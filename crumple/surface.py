@@ -13,12 +13,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crumple.errors import CrumpleError
-from crumple.evaluate import LossFn, batched_losses, number_of_samples, prepared
+from crumple.evaluate import (
+    LossFn,
+    auto_chunk_size,
+    batched_losses,
+    number_of_samples,
+    prepared,
+)
 from crumple.grid import Grid
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
-
-DEFAULT_CHUNK = 2048
 
 
 def surface(
@@ -29,7 +33,7 @@ def surface(
     grid: Grid,
     *,
     metrics: Mapping[str, LossFn] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -44,7 +48,8 @@ def surface(
         plane: a 2-D :class:`Plane` through the model's weights.
         grid: a :class:`Grid` with ``alpha`` and ``beta``.
         metrics: more ``fn(pred, y)`` batch means to store beside ``loss``.
-        chunk_size: grid points evaluated together in one vmapped call.
+        chunk_size: grid points evaluated together in one vmapped call; by default as
+            many as keep one tile's activations near 8M elements (cache-sized).
         device: where to compute (default: where the plane's tensors are).
         dtype: floating-point type to compute in (default: the plane's).
         progress: show a progress bar over tiles.
@@ -68,7 +73,9 @@ def surface(
             f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
             f"plane and {grid!r}. For one direction use crumple.line"
         )
-    return _evaluate(model, loss_fn, data, plane, grid, metrics, chunk_size, device, dtype, progress)
+    return _evaluate(
+        model, loss_fn, data, plane, grid, metrics, chunk_size, device, dtype, progress
+    )
 
 
 def line(
@@ -79,7 +86,7 @@ def line(
     alpha,
     *,
     metrics: Mapping[str, LossFn] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -111,8 +118,12 @@ def _evaluate(model, loss_fn, data, plane, grid, metrics, chunk_size, device, dt
     with evaluation_mode(model):
         batches, plane_, buffers = prepared(model, data, plane, device, dtype)
         reference = next(iter(plane_.origin.values()))
-        axes = [torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes]
+        axes = [
+            torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes
+        ]
         results = {name: np.empty(grid.shape) for name in fns}
+        if chunk_size is None:
+            chunk_size = auto_chunk_size(model, batches, plane_.origin, buffers)
         for tile in tqdm(list(grid.tiles(chunk_size)), disable=not progress, unit="tile"):
             values = batched_losses(
                 model,
@@ -126,7 +137,7 @@ def _evaluate(model, loss_fn, data, plane, grid, metrics, chunk_size, device, dt
             for name, v in values.items():
                 results[name][tile] = v.double().cpu().numpy()
     seconds = time.perf_counter() - start
-    return _dataset(results, plane, grid, loss_fn, batches, reference.dtype, seconds)
+    return _dataset(results, plane, grid, loss_fn, batches, reference.dtype, seconds, chunk_size)
 
 
 def _named_functions(loss_fn: LossFn, metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
@@ -143,7 +154,9 @@ def _check_fits(model: nn.Module, plane: Plane) -> None:
     if shapes != plane_shapes:
         missing = sorted(shapes.keys() - plane_shapes.keys())
         extra = sorted(plane_shapes.keys() - shapes.keys())
-        resized = sorted(n for n in shapes.keys() & plane_shapes.keys() if shapes[n] != plane_shapes[n])
+        resized = sorted(
+            n for n in shapes.keys() & plane_shapes.keys() if shapes[n] != plane_shapes[n]
+        )
         raise CrumpleError(
             "the plane was not made for this model: "
             f"missing {missing}, unknown {extra}, different shapes {resized}; "
@@ -155,7 +168,7 @@ def function_name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def _dataset(results, plane, grid, loss_fn, batches, dtype, seconds) -> xr.Dataset:
+def _dataset(results, plane, grid, loss_fn, batches, dtype, seconds, chunk_size) -> xr.Dataset:
     from crumple import __version__
 
     names = plane.attrs.get("axis_names", grid.dims)
@@ -173,6 +186,7 @@ def _dataset(results, plane, grid, loss_fn, batches, dtype, seconds) -> xr.Datas
         "n_samples": number_of_samples(batches),
         "dtype": str(dtype).removeprefix("torch."),
         "seconds": seconds,
+        "chunk_size": chunk_size,
         "crumple_version": __version__,
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)

@@ -18,7 +18,13 @@ from crumple.plane import Plane
 
 @dataclass
 class Trajectory:
-    """Weight snapshots of a training run, with the step and the loss the loop reported."""
+    """Weight snapshots of a training run, with the step and the loss the loop reported.
+
+    Example:
+        >>> t = Trajectory(steps=[0], weights=[{"w": torch.zeros(2)}], losses=[1.0])
+        >>> t.stacked()["w"].shape
+        torch.Size([1, 2])
+    """
 
     steps: list[int] = field(default_factory=list)
     weights: list[Params] = field(default_factory=list)
@@ -28,7 +34,12 @@ class Trajectory:
         return len(self.steps)
 
     def stacked(self) -> Params:
-        """The snapshots as one tensor per parameter, stacked along a new first axis."""
+        """The snapshots as one tensor per parameter, stacked along a new first axis.
+
+        Example:
+            >>> Trajectory([0, 1], [{"w": torch.zeros(3)}] * 2, [0.0, 0.0]).stacked()["w"].shape
+            torch.Size([2, 3])
+        """
         if not self.weights:
             raise CrumpleError("the trajectory is empty; call Recorder.record() while training")
         return {n: torch.stack([w[n] for w in self.weights]) for n in self.weights[0]}
@@ -58,10 +69,20 @@ class Recorder:
         self.trajectory = Trajectory()
 
     def record(self, loss: float | Tensor | None = None) -> None:
-        """Count one step; keep a snapshot (on the CPU) if it is one to keep."""
+        """Count one step; keep a snapshot (on the CPU) if it is one to keep.
+
+        Example:
+            >>> rec = Recorder(torch.nn.Linear(1, 1), every=2)
+            >>> for step in range(5):
+            ...     rec.record(loss=step)
+            >>> rec.trajectory.steps
+            [0, 2, 4]
+        """
         if self.step % self.every == 0:
             self.trajectory.steps.append(self.step)
-            self.trajectory.weights.append({n: p.cpu() for n, p in parameters_of(self.model).items()})
+            self.trajectory.weights.append(
+                {n: p.cpu() for n, p in parameters_of(self.model).items()}
+            )
             self.trajectory.losses.append(float("nan") if loss is None else float(loss))
         self.step += 1
 

@@ -29,8 +29,10 @@ def assert_untouched(model: nn.Module, before) -> None:
     for name, (p, grad) in before["params"].items():
         q, grad_after = after["params"][name]
         assert grad_after == grad, f"requires_grad of {name} changed"
-        assert torch.equal(p.view(torch.uint8) if p.dtype != torch.bool else p,
-                           q.view(torch.uint8) if q.dtype != torch.bool else q), f"{name} changed"
+        assert torch.equal(
+            p.view(torch.uint8) if p.dtype != torch.bool else p,
+            q.view(torch.uint8) if q.dtype != torch.bool else q,
+        ), f"{name} changed"
     for name, b in before["buffers"].items():
         assert torch.equal(b, after["buffers"][name]), f"buffer {name} changed"
 
@@ -42,8 +44,12 @@ def assert_close(fast, slow, rtol: float, label: str = "") -> None:
     bad = ~np.isclose(fast, slow, rtol=rtol, atol=0)
     if bad.any():
         idx = np.argwhere(bad)[:10]
-        rows = "\n".join(f"  {tuple(i)}: fast {fast[tuple(i)]!r} slow {slow[tuple(i)]!r}" for i in idx)
-        raise AssertionError(f"{label}: {bad.sum()} of {bad.size} entries differ (rtol {rtol}):\n{rows}")
+        rows = "\n".join(
+            f"  {tuple(i)}: fast {fast[tuple(i)]!r} slow {slow[tuple(i)]!r}" for i in idx
+        )
+        raise AssertionError(
+            f"{label}: {bad.sum()} of {bad.size} entries differ (rtol {rtol}):\n{rows}"
+        )
 
 
 class Wide(nn.Module):

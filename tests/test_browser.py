@@ -12,8 +12,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader", "--disable-background-networking",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
     "--proxy-server=127.0.0.1:9",  # anything that tries the network fails
 ]
 
@@ -40,8 +44,10 @@ def test_demo_page_renders_offline(browser, tmp_path):
     errors, remote = [], []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:"))
-            else remote.append(r.url))
+    page.on(
+        "request",
+        lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else remote.append(r.url),
+    )
     page.goto(page_path.as_uri())
     page.wait_for_selector(".gl-container canvas", timeout=60_000)
     page.wait_for_function("document.querySelectorAll('.main-svg').length >= 2", timeout=60_000)

@@ -38,14 +38,17 @@ def test_demo_refuses_bad_values_before_any_work(tmp_path, capsys, args, message
 def run_demo(*args):
     return subprocess.run(
         [sys.executable, "-m", "crumple", "demo", *args],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
 def test_small_demo_writes_page_and_data(tmp_path):
     out = tmp_path / "small"
-    done = run_demo("--step", "0.25", "--epochs", "3", "--optimizer", "adam", "--lr", "0.05",
-                    "--out", str(out))
+    done = run_demo(
+        "--step", "0.25", "--epochs", "3", "--optimizer", "adam", "--lr", "0.05", "--out", str(out)
+    )
     assert done.returncode == 0, done.stderr
     assert f"wrote {out / 'landscape.html'}" in done.stdout
     html = (out / "landscape.html").read_text()
@@ -70,11 +73,13 @@ def test_default_demo_is_the_article(tmp_path):
     assert path.sizes["step"] == 26
     assert path.alpha.values[0] == -1 and path.beta.values[0] == -1
     # the path starts at the surface's value at the grid node (-1, -1)
-    assert float(path.loss[0]) == pytest.approx(float(surface.loss.sel(alpha=-1, beta=-1,
-                                                method="nearest")), rel=1e-5)
+    assert float(path.loss[0]) == pytest.approx(
+        float(surface.loss.sel(alpha=-1, beta=-1, method="nearest")), rel=1e-5
+    )
 
 
 def test_python_dash_m_and_version():
-    done = subprocess.run([sys.executable, "-m", "crumple", "--version"], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "crumple", "--version"], capture_output=True, text=True, check=True
+    )
     assert done.stdout.startswith("crumple ")

@@ -61,9 +61,12 @@ def test_article_styling_and_labels():
     assert line.marker.color == "yellow" and line.marker.size == 4
     assert line.name == "SGD"
     assert fig.layout.title.text == "Loss Surface"
-    assert fig.layout.template.layout.paper_bgcolor == go.layout.Template(
-        __import__("plotly.io", fromlist=["templates"]).templates["plotly_dark"]
-    ).layout.paper_bgcolor
+    assert (
+        fig.layout.template.layout.paper_bgcolor
+        == go.layout.Template(
+            __import__("plotly.io", fromlist=["templates"]).templates["plotly_dark"]
+        ).layout.paper_bgcolor
+    )
     scene = fig.layout.scene
     assert (scene.aspectratio.x, scene.aspectratio.y, scene.aspectratio.z) == (1, 1, 0.5)
     assert scene.xaxis.title.text == "Layer_1.weight"
@@ -82,14 +85,17 @@ def test_several_paths_get_distinct_colours():
 
 def test_page_is_self_contained():
     ds = asymmetric_surface()
-    figs = [cr.plot.surface(ds), cr.plot.fit(np.arange(3), np.arange(3), np.arange(3), np.arange(3))]
+    figs = [
+        cr.plot.surface(ds),
+        cr.plot.fit(np.arange(3), np.arange(3), np.arange(3), np.arange(3)),
+    ]
     html = cr.plot.page(figs, title="t <x>", facts={"grid": "4 x 3"})
     # nothing is loaded from elsewhere (plotly.js itself names URLs only for geo maps)
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|<iframe|<img", html)
     assert html.count('class="plotly-graph-div"') == 2
     assert "t &lt;x&gt;" in html and "4 x 3" in html
     # plotly.js embedded exactly once
-    assert html.count("define(\"plotly\"") + html.count("window.Plotly") >= 1
+    assert html.count('define("plotly"') + html.count("window.Plotly") >= 1
     assert len(html) > 1_000_000
 
 

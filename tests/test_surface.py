@@ -16,18 +16,27 @@ ARTICLE_AXIS = np.arange(-2, 2, 0.05)
 
 def reference_surface(model, loss_fn, data, plane, alpha, beta, dtype=torch.float64):
     points = [plane.at(a, b) for a in alpha for b in beta]
-    values = reference_losses(model, {"loss": loss_fn}, as_batches(data, dtype=dtype), points, dtype)
+    values = reference_losses(
+        model, {"loss": loss_fn}, as_batches(data, dtype=dtype), points, dtype
+    )
     return np.array(values["loss"]).reshape(len(alpha), len(beta))
 
 
 def test_article_grid_equals_reference_loop_float64(seed_data64):
     model = SeedNet()
     plane = cr.Plane.axes(model, *AXES)
-    ds = cr.surface(model, F.mse_loss, seed_data64, plane, cr.Grid(ARTICLE_AXIS, ARTICLE_AXIS),
-                    dtype=torch.float64)
+    ds = cr.surface(
+        model,
+        F.mse_loss,
+        seed_data64,
+        plane,
+        cr.Grid(ARTICLE_AXIS, ARTICLE_AXIS),
+        dtype=torch.float64,
+    )
     assert ds.loss.shape == (80, 80)
-    slow = reference_surface(model, F.mse_loss, seed_data64, plane.to(dtype=torch.float64),
-                             ARTICLE_AXIS, ARTICLE_AXIS)
+    slow = reference_surface(
+        model, F.mse_loss, seed_data64, plane.to(dtype=torch.float64), ARTICLE_AXIS, ARTICLE_AXIS
+    )
     assert_close(ds.loss.values, slow, rtol=1e-9, label="80x80 surface")
     # coordinates are the weights: loss[i, j] is the loss of the net with W1=alpha[i], W2=beta[j]
     i, j = 7, 61
@@ -42,7 +51,9 @@ def test_batched_loader_gives_exact_mean_not_mean_of_batch_means(seed_data64):
     plane = cr.Plane.axes(model, *AXES)
     axis = np.linspace(-2, 2, 9)
     loader = DataLoader(TensorDataset(x, y), batch_size=64)  # last batch holds 16 of 400
-    by_batch = cr.surface(model, F.mse_loss, loader, plane, cr.Grid(axis, axis), dtype=torch.float64)
+    by_batch = cr.surface(
+        model, F.mse_loss, loader, plane, cr.Grid(axis, axis), dtype=torch.float64
+    )
     whole = cr.surface(model, F.mse_loss, (x, y), plane, cr.Grid(axis, axis), dtype=torch.float64)
     assert_close(by_batch.loss.values, whole.loss.values, rtol=1e-12, label="loader vs whole")
     assert by_batch.attrs["n_samples"] == len(x)
@@ -51,8 +62,13 @@ def test_batched_loader_gives_exact_mean_not_mean_of_batch_means(seed_data64):
     # the article's average of batch means differs where the last batch is smaller
     with torch.no_grad():
         article = np.mean(
-            [[[float(F.mse_loss(b * torch.tanh(a * xb), yb)) for xb, yb in loader]
-              for b in axis[:2]] for a in axis[:2]],
+            [
+                [
+                    [float(F.mse_loss(b * torch.tanh(a * xb), yb)) for xb, yb in loader]
+                    for b in axis[:2]
+                ]
+                for a in axis[:2]
+            ],
             axis=-1,
         )
     assert not np.allclose(article, whole.loss.values[:2, :2], rtol=1e-6)
@@ -63,10 +79,12 @@ def test_tiling_does_not_change_numbers(seed_data64, chunk_size):
     model = SeedNet()
     plane = cr.Plane.axes(model, *AXES)
     grid = cr.Grid(np.linspace(-2, 2, 13), np.linspace(-1, 3, 11))
-    ds = cr.surface(model, F.mse_loss, seed_data64, plane, grid, chunk_size=chunk_size,
-                    dtype=torch.float64)
-    slow = reference_surface(model, F.mse_loss, seed_data64, plane.to(dtype=torch.float64),
-                             *grid.axes)
+    ds = cr.surface(
+        model, F.mse_loss, seed_data64, plane, grid, chunk_size=chunk_size, dtype=torch.float64
+    )
+    slow = reference_surface(
+        model, F.mse_loss, seed_data64, plane.to(dtype=torch.float64), *grid.axes
+    )
     assert_close(ds.loss.values, slow, rtol=1e-9, label=f"chunk {chunk_size}")
 
 
@@ -132,8 +150,9 @@ def test_nested_vmap_shares_unbatched_arguments():
 def test_dataset_attributes(seed_data):
     model = SeedNet()
     _, test = seed_data
-    ds = cr.surface(model, F.mse_loss, test, cr.Plane.axes(model, *AXES),
-                    cr.Grid([0.0, 0.5], [1.0]))
+    ds = cr.surface(
+        model, F.mse_loss, test, cr.Plane.axes(model, *AXES), cr.Grid([0.0, 0.5], [1.0])
+    )
     assert ds.alpha.attrs["long_name"] == "Layer_1.weight"
     assert ds.beta.attrs["long_name"] == "Layer_2.weight"
     assert ds.attrs["plane_kind"] == "axes"

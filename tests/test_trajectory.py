@@ -47,8 +47,12 @@ def test_path_over_float64_surface_matches_grid_values_at_grid_nodes(seed_data64
             model.Layer_2.weight.fill_(axis[j])
         rec.record()
     path = cr.project(rec.trajectory, plane, model, F.mse_loss, seed_data64)
-    assert_close(path.loss.values, [ds.loss.values[i, j] for i, j in nodes], rtol=1e-12,
-                 label="path vs surface nodes")
+    assert_close(
+        path.loss.values,
+        [ds.loss.values[i, j] for i, j in nodes],
+        rtol=1e-12,
+        label="path vs surface nodes",
+    )
     assert np.isnan(path.recorded_loss.values).all()
 
 

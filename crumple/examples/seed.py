@@ -181,8 +181,15 @@ def run(
     model = SeedNet()
     plane = Plane.axes(model, *AXES)  # coordinates are the two weights themselves
     recorder = train(
-        model, train_data, test_data, epochs=epochs, lr=lr, optimizer=optimizer,
-        batch_size=batch_size, seed=seed, progress=progress,
+        model,
+        train_data,
+        test_data,
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
     )
     weights = np.arange(w_min, w_max, step)
     loss_fn = nn.functional.mse_loss
@@ -202,7 +209,10 @@ def figures(result: SeedRun):
         y_curve = result.model(x_curve)
     w1, w2 = (float(result.model.get_parameter(n).detach()) for n in AXES)
     data_fit = plot.fit(
-        x[:, 0].numpy(), y[:, 0].numpy(), x_curve[:, 0].numpy(), y_curve[:, 0].numpy(),
+        x[:, 0].numpy(),
+        y[:, 0].numpy(),
+        x_curve[:, 0].numpy(),
+        y_curve[:, 0].numpy(),
         title=f"Test data and the trained model (W1 = {w1:.3f}, W2 = {w2:.3f})",
     )
     return landscape, data_fit
@@ -239,7 +249,9 @@ def write(result: SeedRun, folder) -> tuple[Path, Path]:
     if outside:
         facts["path points outside the grid"] = f"{outside} of {result.path.sizes['step']}"
     page_path = plot.write_page(
-        folder / "landscape.html", figures(result), title="crumple: the article's loss landscape",
+        folder / "landscape.html",
+        figures(result),
+        title="crumple: the article's loss landscape",
         facts=facts,
     )
     return page_path, data_path

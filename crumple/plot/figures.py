@@ -109,19 +109,28 @@ def fit(
     fig = go.Figure()
     fig.add_trace(
         go.Scattergl(
-            x=np.asarray(x), y=np.asarray(y), mode="markers", name="data",
+            x=np.asarray(x),
+            y=np.asarray(y),
+            mode="markers",
+            name="data",
             marker=dict(size=3, opacity=0.35, color="#8ab4f8"),
         )
     )
     order = np.argsort(x_curve)
     fig.add_trace(
         go.Scatter(
-            x=np.asarray(x_curve)[order], y=np.asarray(y_curve)[order], mode="lines",
-            name="model", line=dict(color="red", width=3),
+            x=np.asarray(x_curve)[order],
+            y=np.asarray(y_curve)[order],
+            mode="lines",
+            name="model",
+            line=dict(color="red", width=3),
         )
     )
     fig.update_layout(
-        template=template, title=title, xaxis_title="x", yaxis_title="y",
+        template=template,
+        title=title,
+        xaxis_title="x",
+        yaxis_title="y",
         margin=dict(l=40, r=10, t=50, b=40),
     )
     return fig

@@ -74,7 +74,14 @@ def page(
 
 
 def write_page(path: str | Path, figures: Sequence[go.Figure], **kwargs) -> Path:
-    """Write :func:`page` to ``path`` (folders are created) and return the path."""
+    """Write :func:`page` to ``path`` (folders are created) and return the path.
+
+    Example:
+        >>> import tempfile, plotly.graph_objects as go
+        >>> folder = tempfile.mkdtemp()
+        >>> write_page(f"{folder}/sub/page.html", [go.Figure()]).name
+        'page.html'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page(figures, **kwargs), encoding="utf-8")

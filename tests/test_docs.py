@@ -1,0 +1,20 @@
+"""Every public name documents itself with an example (the examples run as doctests)."""
+
+import inspect
+
+import pytest
+
+import crumple as cr
+
+PUBLIC = [getattr(cr, n) for n in cr.__all__ if n not in ("__version__", "plot", "CrumpleError")]
+PUBLIC += [getattr(cr.plot, n) for n in cr.plot.__all__]
+
+
+@pytest.mark.parametrize("obj", PUBLIC, ids=lambda o: o.__name__)
+def test_public_names_have_runnable_examples(obj):
+    doc = inspect.getdoc(obj) or ""
+    assert ">>>" in doc, f"{obj.__name__} has no example in its docstring"
+    if inspect.isclass(obj):
+        for name, member in vars(obj).items():
+            if not name.startswith("_") and callable(getattr(member, "__func__", member)):
+                assert ">>>" in (inspect.getdoc(member) or ""), f"{obj.__name__}.{name}: no example"
