@@ -18,3 +18,14 @@ def test_public_names_have_runnable_examples(obj):
         for name, member in vars(obj).items():
             if not name.startswith("_") and callable(getattr(member, "__func__", member)):
                 assert ">>>" in (inspect.getdoc(member) or ""), f"{obj.__name__}.{name}: no example"
+
+
+def test_readme_python_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["ds"].loss.shape == (80, 80)
+    assert len(scope["fig"].data) == 2
