@@ -1,23 +1,37 @@
 """Loss and metrics at many points of weight space at once, and the plain loop they are
 checked against.
 
-The fast path calls the model with ``torch.func.functional_call`` under nested
-``torch.func.vmap``: one vmap level per plane axis. A parameter that a direction does not
-move is not batched along that axis, so whatever the network computes from such
-parameters alone (a prefix of layers, say) is computed once per row, not once per point.
+Two strategies give the same numbers:
+
+* ``"vmap"`` calls the model with ``torch.func.functional_call`` under nested
+  ``torch.func.vmap``, one vmap level per plane axis, a tile of points at a time. A
+  parameter that a direction does not move is not batched along that axis, so whatever
+  the network computes from such parameters alone is computed once per row.
+* ``"loop"`` calls it once per point (still with ``functional_call``: the model itself is
+  never written to). On the CPU this is faster for convolutions, which vmap turns into
+  grouped convolutions.
+
+``"auto"`` times both on the first tile and keeps the faster one. Under either, a linear or
+convolution layer whose input does not depend on the plane coordinates (the first layer,
+say) is expanded: ``f(x, W0 + a D1 + b D2) = f(x, W0) + a f(x, D1) + b f(x, D2)``, the three
+products computed once per batch instead of once per point.
 """
 
 from __future__ import annotations
 
 import copy
+import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._functorch import is_batchedtensor
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
 from crumple.errors import CrumpleError
 from crumple.params import Params, buffers_of, cast
@@ -25,6 +39,11 @@ from crumple.plane import Plane
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+STRATEGIES = ("auto", "vmap", "loop")
+WORKING_SET = 2**23  # elements of activations per tile: small enough to stay in cache
+DEFAULT_MAX_MEMORY = 2 * 2**30
+CACHE_SHARE = 4  # expanded-layer products may use 1/CACHE_SHARE of max_memory
+LINEAR_IN_WEIGHTS = {F.linear: 1, F.conv1d: 1, F.conv2d: 1, F.conv3d: 1}
 
 
 def as_batches(data: Any, *, device=None, dtype: torch.dtype | None = None) -> list[Batch]:
@@ -84,16 +103,41 @@ def number_of_samples(batches: Sequence[Batch]) -> int:
     return sum(len(x) for x, _ in batches)
 
 
-class _OneInputLinearAsProduct(TorchFunctionMode):
-    """Computes ``F.linear`` with one input feature as a broadcast product.
+class _Kernels(TorchFunctionMode):
+    """Rewrites layer calls during evaluation; the numbers stay those of the plain call.
 
-    Under vmap a linear layer with batched weights becomes a batched matmul; with one
-    input feature each of its products has inner size 1, which runs about 3x slower
-    than the elementwise product that gives the same numbers.
+    * A linear or convolution layer whose input is not batched over plane points and whose
+      weight (and bias) are plane parameters is expanded in the plane directions, with the
+      per-direction products cached per batch (see the module docstring).
+    * ``F.linear`` with one input feature is a broadcast product: vmap would make it a
+      batched matmul of inner size 1, about 3x slower.
     """
+
+    def __init__(self, plane: Plane | None, cache_budget: int) -> None:
+        super().__init__()
+        self.plane = plane
+        self.cache_budget = cache_budget
+        self.cache: dict[tuple, tuple[Tensor, Tensor, list]] = {}  # (batch, layer call) ->
+        self.cache_bytes = 0
+        self.batch = 0
+        self.names: dict[int, str] = {}
+        self.point: Sequence[Any] = ()
+        self.calls = 0
+
+    def start(self, batch: int, params: Params, point: Sequence[Any], on_plane: bool) -> None:
+        """Called at the start of each forward pass; ``on_plane`` says that ``params`` is
+        ``plane.at(*point)``, which the expansion needs."""
+        self.batch = batch
+        self.names = {id(t): n for n, t in params.items()} if on_plane and self.plane else {}
+        self.point = point
+        self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in LINEAR_IN_WEIGHTS and self.names:
+            out = self._expanded(func, args, kwargs)
+            if out is not None:
+                return out
         if func is F.linear:
             x, weight, *rest = args
             bias = rest[0] if rest else kwargs.get("bias")
@@ -101,6 +145,44 @@ class _OneInputLinearAsProduct(TorchFunctionMode):
                 out = x * weight.T
                 return out if bias is None else out + bias
         return func(*args, **kwargs)
+
+    def _expanded(self, func, args, kwargs):
+        x, weight, *rest = args
+        bias = rest[0] if rest else kwargs.get("bias")
+        w_name = self.names.get(id(weight))
+        b_name = self.names.get(id(bias)) if bias is not None else None
+        if w_name is None or (bias is not None and b_name is None) or is_batchedtensor(x):
+            return None
+        self.calls += 1
+        hit = self.cache.get((self.batch, w_name, b_name, self.calls))
+        if hit is None or hit[0].shape != x.shape or not torch.equal(hit[0], x):
+            hit = self._products(func, x, w_name, b_name, rest[1:], kwargs)
+        base, products = hit[1], hit[2]
+        out = base
+        for coord, product in zip(self.point, products):
+            if product is not None:
+                out = out + coord * product
+        return out
+
+    def _products(self, func, x, w_name, b_name, more_args, kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k != "bias"}
+
+        def call(params: Params):
+            bias = params[b_name] if b_name is not None else None
+            return func(x, params[w_name], bias, *more_args, **kwargs)
+
+        base = call(self.plane.origin)
+        products = [
+            call(d) if w_name in touched or b_name in touched else None
+            for d, touched in zip(self.plane.directions, self.plane.touched)
+        ]
+        entry = (x, base, products)
+        kept = [base, *(p for p in products if p is not None)]
+        size = sum(t.numel() * t.element_size() for t in kept)
+        if self.cache_bytes + size <= self.cache_budget:
+            self.cache[(self.batch, w_name, b_name, self.calls)] = entry
+            self.cache_bytes += size
+        return entry
 
 
 def nested_vmap(fn: Callable, levels: Sequence[int | None]) -> Callable:
@@ -118,72 +200,207 @@ def nested_vmap(fn: Callable, levels: Sequence[int | None]) -> Callable:
     return fn
 
 
-WORKING_SET = 2**23  # elements of activations per tile: small enough to stay in cache
+def probe(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> int:
+    """Run the model twice on a few samples: refuse a model whose output changes between the
+    two passes, naming the first module that differs, and return the number of activation
+    elements per sample (the sum over all module outputs)."""
+    passes: list[list[tuple[str, Tensor]]] = [[], []]
+    names = {m: n or type(model).__name__ for n, m in model.named_modules()}
+
+    def hook_for(k: int):
+        def hook(module, inputs, output):
+            if isinstance(output, Tensor):
+                passes[k].append((names[module], output.detach().clone()))
+
+        return hook
+
+    for k in range(2):
+        handles = [m.register_forward_hook(hook_for(k)) for m in model.modules()]
+        try:
+            functional_call(model, (params, buffers), (x,))
+        finally:
+            for handle in handles:
+                handle.remove()
+    for (name, first), (_, second) in zip(*passes):
+        if first.shape != second.shape or not torch.equal(first, second):
+            raise CrumpleError(
+                f"the model's output changes between two passes on the same data, first at "
+                f"module {name!r}; a landscape needs a deterministic loss. Random layers "
+                "(dropout, noise) must be off in eval mode: check that this module honours "
+                "self.training"
+            )
+    return max(1, sum(t.numel() for _, t in passes[0]) // len(x))
 
 
-def auto_chunk_size(
-    model: nn.Module, batches: Sequence[Batch], params: Params, buffers: Params
-) -> int:
-    """Grid points per tile such that one tile's activations hold about ``WORKING_SET``
-    elements: the model is run on one sample and the outputs of its modules are counted."""
-    counted = []
+class Evaluator:
+    """Loss and metrics (each a batch mean) as exact dataset means at many points.
 
-    def count(module, inputs, output):
-        if isinstance(output, Tensor):
-            counted.append(output.numel())
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()]
-    try:
-        functional_call(model, (params, buffers), (batches[0][0][:1],))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    per_point = max(sum(counted), 1) * max(len(x) for x, _ in batches)
-    return max(1, WORKING_SET // per_point)
-
-
-def batched_losses(
-    model: nn.Module,
-    fns: Mapping[str, LossFn],
-    batches: Sequence[Batch],
-    params_at: Callable[..., Params],
-    args: Sequence[Any],
-    levels: Sequence[int],
-    buffers: Params,
-) -> dict[str, Tensor]:
-    """Each of ``fns`` (loss and metrics, each a batch mean) as the exact dataset mean, at
-    every point ``params_at(*args)`` maps out; result axes follow ``levels``.
-
-    The model must be in eval mode and gradients off (see ``params.evaluation_mode``).
+    Args:
+        model: the model, already in eval mode without gradients
+            (``params.evaluation_mode``).
+        fns: name -> ``fn(pred, y)`` returning a batch mean; ``"loss"`` first.
+        batches: the data, on the device and in the dtype of the computation.
+        buffers: the model's buffers, likewise.
+        reference: a full set of parameters to probe the model with.
+        plane: the plane being evaluated, for the layer expansion (or ``None``).
+        strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        max_memory: bytes a tile and the cached layer products may take.
     """
 
-    def predict(x: Tensor, *point: Any) -> Tensor:
-        return functional_call(model, (params_at(*point), buffers), (x,))
+    def __init__(
+        self,
+        model: nn.Module,
+        fns: Mapping[str, LossFn],
+        batches: Sequence[Batch],
+        buffers: Params,
+        reference: Params,
+        *,
+        plane: Plane | None = None,
+        strategy: str = "auto",
+        max_memory: int = DEFAULT_MAX_MEMORY,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise CrumpleError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.model, self.fns, self.batches, self.buffers = model, dict(fns), batches, buffers
+        self.strategy = strategy
+        self.max_memory = max_memory
+        self.n_samples = number_of_samples(batches)
+        self.kernels = _Kernels(plane, max_memory // CACHE_SHARE)
+        x0 = batches[0][0][:8]
+        self.activations_per_sample = probe(model, reference, buffers, x0)
+        numel = sum(t.numel() for t in reference.values())
+        element = next(iter(reference.values())).element_size()
+        largest = max(len(x) for x, _ in batches)
+        self.point_bytes = element * (3 * self.activations_per_sample * largest + numel)
+        self.points_per_tile = max(
+            1,
+            min(
+                WORKING_SET // (self.activations_per_sample * largest),
+                (max_memory - max_memory // CACHE_SHARE) // self.point_bytes,
+            ),
+        )
 
-    forward = nested_vmap(predict, [None, *levels])
-    depth = max(levels) + 1
-    sums: dict[str, Tensor] = {}
-    with _OneInputLinearAsProduct():
-        for x, y in batches:
-            preds = forward(x, *args)
-            if not isinstance(preds, Tensor):
-                raise CrumpleError(
-                    f"the model returned {type(preds).__name__}; crumple needs a tensor of "
-                    "predictions (wrap the model so that forward returns one)"
+    def __call__(
+        self, params_at: Callable[..., Params], args: Sequence[Any], levels: Sequence[int]
+    ) -> dict[str, Tensor]:
+        """Evaluate at every point ``params_at(*args)`` maps out; result axes follow ``levels``:
+        arguments with the same level are zipped, each level is one axis."""
+        if self.strategy == "auto":
+            return self._choose(params_at, args, levels)
+        if self.strategy == "vmap":
+            try:
+                return self._run(True, params_at, args, levels)
+            except CrumpleError:
+                raise
+            except Exception as e:  # vmap cannot trace this model
+                warnings.warn(
+                    f"torch.func.vmap cannot evaluate this model ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}); crumple falls back to evaluating one "
+                    "point at a time, which gives the same numbers more slowly",
+                    stacklevel=3,
                 )
-            grid_shape = preds.shape[:depth]
-            flat = preds.reshape(-1, *preds.shape[depth:])
-            for name, fn in fns.items():
-                values = vmap(fn, in_dims=(0, None))(flat, y)
-                if values.shape != flat.shape[:1]:
-                    raise CrumpleError(
-                        f"{name} function returned shape {tuple(values.shape[1:])} per point; "
-                        "it must return the batch mean as a scalar (reduction='mean')"
-                    )
-                weighted = values.reshape(grid_shape) * len(x)
-                sums[name] = weighted if name not in sums else sums[name] + weighted
-    n = number_of_samples(batches)
-    return {name: total / n for name, total in sums.items()}
+                self.strategy = "loop"
+        return self._run(False, params_at, args, levels)
+
+    def _choose(self, params_at, args, levels):
+        """Time this call with vmap, then a few of its points with the loop; keep the faster."""
+        self.strategy = "vmap"
+        start = time.perf_counter()
+        out = self(params_at, args, levels)
+        if self.strategy == "loop":  # vmap failed and fell back
+            return out
+        n_points = _points(args, levels)
+        vmap_per_point = (time.perf_counter() - start) / n_points
+        few = [_head(a, min(_length(a), 2)) for a in args]
+        start = time.perf_counter()
+        self._run(False, params_at, few, levels)
+        loop_per_point = (time.perf_counter() - start) / _points(few, levels)
+        self.strategy = "loop" if loop_per_point < vmap_per_point else "vmap"
+        return out
+
+    def _run(self, batched: bool, params_at, args, levels) -> dict[str, Tensor]:
+        depth = max(levels) + 1
+        plane = self.kernels.plane
+        on_plane = plane is not None and params_at == plane.at
+        sums: dict[str, Tensor] = {}
+        with self.kernels:
+            for b, (x, y) in enumerate(self.batches):
+
+                def predict(x: Tensor, *point: Any, b=b) -> Tensor:
+                    params = params_at(*point)
+                    self.kernels.start(b, params, point, on_plane)
+                    return functional_call(self.model, (params, self.buffers), (x,))
+
+                if batched:
+                    values = self._batched(predict, x, y, args, levels, depth)
+                else:
+                    values = self._looped(predict, x, y, args, levels)
+                for name, v in values.items():
+                    weighted = v * len(x)
+                    sums[name] = weighted if name not in sums else sums[name] + weighted
+        return {name: total / self.n_samples for name, total in sums.items()}
+
+    def _batched(self, predict, x, y, args, levels, depth):
+        preds = nested_vmap(predict, [None, *levels])(x, *args)
+        _check_prediction(preds)
+        grid_shape = preds.shape[:depth]
+        flat = preds.reshape(-1, *preds.shape[depth:])
+        out = {}
+        for name, fn in self.fns.items():
+            values = vmap(fn, in_dims=(0, None))(flat, y)
+            if values.shape != flat.shape[:1]:
+                raise _not_a_mean(name, values.shape[1:])
+            out[name] = values.reshape(grid_shape)
+        return out
+
+    def _looped(self, predict, x, y, args, levels):
+        shape = [0] * (max(levels) + 1)
+        for arg, level in zip(args, levels):
+            shape[level] = _length(arg)
+        out = {name: torch.empty(shape, dtype=torch.float64) for name in self.fns}
+        for index in torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(
+            -1, len(shape)
+        ):
+            point = [tree_map(lambda t, i=int(index[lv]): t[i], a) for a, lv in zip(args, levels)]
+            preds = predict(x, *point)
+            _check_prediction(preds)
+            for name, fn in self.fns.items():
+                value = fn(preds, y)
+                if value.dim() != 0:
+                    raise _not_a_mean(name, value.shape)
+                out[name][tuple(index.tolist())] = value.double()
+        return {name: v.to(preds.device) for name, v in out.items()}
+
+
+def _check_prediction(preds) -> None:
+    if not isinstance(preds, Tensor):
+        raise CrumpleError(
+            f"the model returned {type(preds).__name__}; crumple needs a tensor of "
+            "predictions (wrap the model so that forward returns one)"
+        )
+
+
+def _not_a_mean(name: str, shape) -> CrumpleError:
+    return CrumpleError(
+        f"{name} function returned shape {tuple(shape)} per point; "
+        "it must return the batch mean as a scalar (reduction='mean')"
+    )
+
+
+def _length(arg) -> int:
+    return len(arg) if isinstance(arg, Tensor) else len(next(iter(arg.values())))
+
+
+def _head(arg, n: int):
+    return tree_map(lambda t: t[:n], arg)
+
+
+def _points(args, levels) -> int:
+    sizes = {level: _length(arg) for arg, level in zip(args, levels)}
+    total = 1
+    for n in sizes.values():
+        total *= n
+    return total
 
 
 def reference_losses(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +13,8 @@ from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
 from crumple.params import Params, cast, parameters_of, parse_entry
+
+NORMALIZATIONS = ("filter", "layer", "model", None)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,208 @@ class Plane:
         labels = tuple(spec.strip() for spec in specs)
         return cls(origin, tuple(directions), {"kind": "axes", "axis_names": labels})
 
+    @classmethod
+    def random(
+        cls,
+        model: nn.Module,
+        *,
+        normalize: str | None = "filter",
+        ignore: str | None = "biasbn",
+        seed: int = 0,
+        ndim: int = 2,
+        orthogonalize: bool = False,
+    ) -> Plane:
+        """Random Gaussian directions through the model's weights (Li et al. 2018).
+
+        Args:
+            model: the origin is its current weights.
+            normalize: ``"filter"`` rescales each filter of a direction (a slice along dim 0)
+                to the norm of the matching weight filter; ``"layer"`` each tensor to the
+                weight tensor's norm; ``"model"`` the whole direction to the weights' norm;
+                ``None`` keeps the raw Gaussian.
+            ignore: ``"biasbn"`` zeroes the directions of 1-D parameters (biases, norm-layer
+                affine weights); with ``None`` they are a copy of the weight, as in Li et al.
+                (or Gaussian when ``normalize`` is ``None``).
+            seed: seed of the Gaussian draws; the same seed gives the same plane.
+            ndim: 2 for a plane, 1 for a line.
+            orthogonalize: make direction 2 orthogonal to direction 1 (Gram-Schmidt), keeping
+                its overall norm.
+
+        The cosine between the two directions is in ``plane.attrs["cosine"]``.
+
+        Example:
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+            >>> plane = Plane.random(net, seed=1)
+            >>> float(plane.directions[0]["0.bias"].abs().sum())
+            0.0
+        """
+        if normalize not in NORMALIZATIONS:
+            raise CrumpleError(
+                f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}; "
+                "'filter' is the usual choice for networks (Li et al. 2018)"
+            )
+        if ignore not in (None, "biasbn"):
+            raise CrumpleError(f"ignore must be 'biasbn' or None, got {ignore!r}")
+        if ndim not in (1, 2):
+            raise CrumpleError(f"ndim must be 1 (a line) or 2 (a plane), got {ndim!r}")
+        origin = parameters_of(model)
+        generator = torch.Generator().manual_seed(seed)
+        directions = [
+            _normalized(
+                {
+                    n: torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
+                    for n, p in origin.items()
+                },
+                origin,
+                normalize,
+                ignore,
+            )
+            for _ in range(ndim)
+        ]
+        if orthogonalize and ndim == 2:
+            directions[1] = _orthogonalized(directions[1], directions[0])
+        label = f"{normalize}-normalized" if normalize else "raw"
+        attrs = {
+            "kind": "random",
+            "normalization": str(normalize),
+            "ignore": str(ignore),
+            "seed": seed,
+            "orthogonalized": bool(orthogonalize),
+            "axis_names": tuple(f"random direction {k + 1} ({label})" for k in range(ndim)),
+        }
+        if ndim == 2:
+            attrs["cosine"] = cosine(*directions)
+        return cls(origin, tuple(directions), attrs)
+
+    @classmethod
+    def between(
+        cls, a: nn.Module | Params, b: nn.Module | Params, c: nn.Module | Params | None = None
+    ) -> Plane:
+        """The line through two models' weights, or the plane through three.
+
+        Coordinates ``(0, 0)``, ``(1, 0)`` and ``(0, 1)`` are ``a``, ``b`` and ``c``.
+        Each argument is a model or a ``{name: tensor}`` dict of its parameters. A plane
+        holds parameters only: buffers (BatchNorm running statistics) are those of the model
+        passed to :func:`crumple.surface`.
+
+        Example:
+            >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+            >>> line = Plane.between(a, b)
+            >>> torch.allclose(line.at(1.0)["weight"], b.weight.detach())
+            True
+        """
+        points = [_weights_of(m, k) for k, m in zip("abc", (a, b, c)) if m is not None]
+        origin = points[0]
+        for k, point in zip("bc", points[1:]):
+            _check_same_layout(origin, point, k)
+        directions = tuple({n: point[n] - origin[n] for n in origin} for point in points[1:])
+        attrs = {"kind": "between", "axis_names": ("a -> b", "a -> c")[: len(directions)]}
+        if len(directions) == 2:
+            attrs["cosine"] = cosine(*directions)
+        return cls(origin, directions, attrs)
+
+    @classmethod
+    def pca(cls, trajectory, ndim: int = 2) -> Plane:
+        """The top principal directions of a training path, through its last point.
+
+        Works on the ``T x T`` Gram matrix of the (centred) weight changes, so the cost is
+        ``T^2`` dot products, whatever the number of parameters. The explained-variance
+        ratio of each axis is in ``plane.attrs["explained_variance_ratio"]`` and in the
+        axis names (``"PC1 (87.3%)"``).
+
+        Example:
+            >>> from crumple.trajectory import Trajectory
+            >>> steps = [{"w": torch.tensor([float(t), 2.0 * t, 0.1 * t * t])} for t in range(5)]
+            >>> plane = Plane.pca(Trajectory(list(range(5)), steps, [0.0] * 5))
+            >>> plane.attrs["axis_names"][0]
+            'PC1 (99.7%)'
+        """
+        n = len(trajectory)
+        if ndim not in (1, 2) or n < ndim + 1:
+            raise CrumpleError(
+                f"a {ndim}-D PCA plane needs at least {ndim + 1} recorded steps, the trajectory "
+                f"has {n}; record more often (Recorder(model, every=...))"
+            )
+        names = trajectory.names()
+
+        def centred_changes(name: str) -> Tensor:  # (T, numel) in float64
+            series = trajectory.series(name).double().reshape(n, -1)
+            changes = series - series[-1]
+            return changes - changes.mean(dim=0)
+
+        gram = sum(m @ m.T for m in map(centred_changes, names))
+        values, vectors = torch.linalg.eigh(gram)
+        values, vectors = values.flip(0), vectors.flip(1)
+        total = float(values.clamp(min=0).sum())
+        if total == 0 or float(values[ndim - 1]) <= 1e-12 * total:
+            raise CrumpleError(
+                f"the path spans fewer than {ndim} directions (the weights barely change); "
+                "train longer, or use Plane.random"
+            )
+        ratios = [float(v) / total for v in values[:ndim]]
+        final = trajectory.snapshot(n - 1)
+        directions: tuple[Params, ...] = tuple({} for _ in range(ndim))
+        for name in names:
+            m = centred_changes(name)
+            for k in range(ndim):
+                d = m.T @ vectors[:, k] / values[k].sqrt()
+                directions[k][name] = d.reshape(final[name].shape).to(final[name].dtype)
+        attrs = {
+            "kind": "pca",
+            "explained_variance_ratio": ratios,
+            "axis_names": tuple(f"PC{k + 1} ({r:.1%})" for k, r in enumerate(ratios)),
+        }
+        return cls(final, directions, attrs)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plane (origin, directions, attrs) to a safetensors file; no pickle.
+
+        Example:
+            >>> import tempfile
+            >>> plane = Plane.axes(torch.nn.Linear(1, 1), "weight", "bias")
+            >>> again = Plane.load(plane.save(f"{tempfile.mkdtemp()}/plane.safetensors"))
+            >>> again.attrs == plane.attrs
+            True
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"origin/{n}": t.contiguous() for n, t in self.origin.items()}
+        for k, direction in enumerate(self.directions):
+            tensors |= {f"direction{k}/{n}": t.contiguous() for n, t in direction.items()}
+        save_file(tensors, str(path), metadata={"crumple_plane": json.dumps(self.attrs)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plane:
+        """Read a plane written by :meth:`save`.
+
+        Example:
+            >>> import tempfile
+            >>> plane = Plane.random(torch.nn.Linear(3, 2), seed=4)
+            >>> Plane.load(plane.save(f"{tempfile.mkdtemp()}/p.safetensors")).attrs["seed"]
+            4
+        """
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = (f.metadata() or {}).get("crumple_plane")
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        except (OSError, ValueError, Exception) as e:
+            raise CrumpleError(f"cannot read a plane from {str(path)!r}: {e}") from e
+        if meta is None:
+            raise CrumpleError(f"{str(path)!r} is a safetensors file but not a crumple plane")
+        attrs = json.loads(meta)
+        attrs["axis_names"] = tuple(attrs.get("axis_names", ()))
+        parts: dict[str, Params] = {}
+        for key, t in tensors.items():
+            part, name = key.split("/", 1)
+            parts.setdefault(part, {})[name] = t
+        directions = tuple(parts[f"direction{k}"] for k in range(len(parts) - 1))
+        return cls(parts["origin"], directions, attrs)
+
     def at(self, *coords: Tensor | float) -> Params:
         """The weights at the given coordinates (works under ``torch.func.vmap``).
 
@@ -119,3 +326,76 @@ class Plane:
             return {n: cast(t, device, dtype) for n, t in params.items()}
 
         return Plane(move(self.origin), tuple(move(d) for d in self.directions), dict(self.attrs))
+
+
+def cosine(u: Params, v: Params) -> float:
+    """The cosine of the angle between two directions, over all their entries.
+
+    Example:
+        >>> cosine({"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([1.0, 1.0])})
+        0.7071067811865475
+    """
+    dot = sum(float((u[n].double() * v[n].double()).sum()) for n in u)
+    return dot / (_norm(u) * _norm(v))
+
+
+def _norm(d: Params) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in d.values()))
+
+
+def _normalized(direction: Params, weights: Params, normalize, ignore) -> Params:
+    out = {}
+    for name, d in direction.items():
+        w = weights[name]
+        if d.dim() <= 1:
+            if ignore == "biasbn":
+                d = torch.zeros_like(d)
+            elif normalize is not None:
+                d = w.clone()
+        elif normalize == "filter":
+            norms_w = w.reshape(len(w), -1).norm(dim=1)
+            norms_d = d.reshape(len(d), -1).norm(dim=1)
+            d = d * (norms_w / (norms_d + 1e-10)).reshape(-1, *([1] * (d.dim() - 1)))
+        elif normalize == "layer":
+            d = d * (w.norm() / (d.norm() + 1e-10))
+        out[name] = d
+    if normalize == "model":
+        multi = [n for n in out if out[n].dim() > 1]
+        scale = _norm({n: weights[n] for n in multi}) / (_norm({n: out[n] for n in multi}) + 1e-10)
+        out = {n: d * scale if n in multi else d for n, d in out.items()}
+    return out
+
+
+def _orthogonalized(v: Params, u: Params) -> Params:
+    """``v`` minus its component along ``u``, rescaled to ``v``'s norm."""
+    uu = sum(float((t.double() ** 2).sum()) for t in u.values())
+    uv = sum(float((u[n].double() * v[n].double()).sum()) for n in u)
+    w = {n: v[n] - (uv / uu) * u[n] for n in v}
+    scale = _norm(v) / _norm(w)
+    return {n: t * scale for n, t in w.items()}
+
+
+def _weights_of(model: nn.Module | Params, label: str) -> Params:
+    if isinstance(model, nn.Module):
+        return parameters_of(model)
+    if isinstance(model, dict) and all(isinstance(t, Tensor) for t in model.values()):
+        return {n: t.detach().clone() for n, t in model.items()}
+    raise TypeError(
+        f"model {label} must be an nn.Module or a {{name: tensor}} dict of its parameters, "
+        f"got {type(model).__name__}"
+    )
+
+
+def _check_same_layout(a: Params, b: Params, label: str) -> None:
+    if a.keys() != b.keys():
+        raise CrumpleError(
+            f"model {label} has other parameters than model a: only in a "
+            f"{sorted(a.keys() - b.keys())}, only in {label} {sorted(b.keys() - a.keys())}; "
+            "the models must share one architecture"
+        )
+    resized = [n for n in a if a[n].shape != b[n].shape]
+    if resized:
+        raise CrumpleError(
+            f"model {label} has parameters of other shapes than model a: {resized}; "
+            "the models must share one architecture"
+        )

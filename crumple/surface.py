@@ -13,13 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crumple.errors import CrumpleError
-from crumple.evaluate import (
-    LossFn,
-    auto_chunk_size,
-    batched_losses,
-    number_of_samples,
-    prepared,
-)
+from crumple.evaluate import DEFAULT_MAX_MEMORY, Evaluator, LossFn, prepared
 from crumple.grid import Grid
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
@@ -34,6 +28,8 @@ def surface(
     *,
     metrics: Mapping[str, LossFn] | None = None,
     chunk_size: int | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    strategy: str = "auto",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -41,15 +37,20 @@ def surface(
     """The loss (and metrics) at every point of a 2-D grid on a plane.
 
     Args:
-        model: any ``nn.Module``; it is left exactly as it was.
+        model: any ``nn.Module``; it is left exactly as it was (evaluation runs in eval
+            mode without gradients).
         loss_fn: ``loss_fn(pred, y)`` returning the batch mean.
         data: an ``(x, y)`` pair of tensors, a DataLoader or an iterable of pairs. The
             result is the exact mean over all samples: batches are weighed by their size.
         plane: a 2-D :class:`Plane` through the model's weights.
         grid: a :class:`Grid` with ``alpha`` and ``beta``.
         metrics: more ``fn(pred, y)`` batch means to store beside ``loss``.
-        chunk_size: grid points evaluated together in one vmapped call; by default as
-            many as keep one tile's activations near 8M elements (cache-sized).
+        chunk_size: grid points evaluated together; by default as many as keep a tile's
+            activations cache-sized and within ``max_memory``.
+        max_memory: bytes that one tile and the cached layer products may use.
+        strategy: ``"vmap"`` (batched over points), ``"loop"`` (one point at a time) or
+            ``"auto"`` (time both on the first tile, keep the faster; the choice is in
+            ``ds.attrs["strategy"]``).
         device: where to compute (default: where the plane's tensors are).
         dtype: floating-point type to compute in (default: the plane's).
         progress: show a progress bar over tiles.
@@ -73,9 +74,16 @@ def surface(
             f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
             f"plane and {grid!r}. For one direction use crumple.line"
         )
-    return _evaluate(
-        model, loss_fn, data, plane, grid, metrics, chunk_size, device, dtype, progress
+    options = dict(
+        metrics=metrics,
+        chunk_size=chunk_size,
+        max_memory=max_memory,
+        strategy=strategy,
+        device=device,
+        dtype=dtype,
+        progress=progress,
     )
+    return _evaluate(model, loss_fn, data, plane, grid, **options)
 
 
 def line(
@@ -84,16 +92,11 @@ def line(
     data: Any,
     plane: Plane,
     alpha,
-    *,
-    metrics: Mapping[str, LossFn] | None = None,
-    chunk_size: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress: bool = False,
+    **options: Any,
 ) -> xr.Dataset:
     """The loss along the first direction of ``plane`` at the coordinates ``alpha``.
 
-    Takes the same arguments as :func:`surface`; a 2-D plane is cut along ``beta = 0``.
+    Takes the keyword arguments of :func:`surface`; a 2-D plane is cut along ``beta = 0``.
 
     Example:
         >>> import numpy as np, torch, crumple as cr
@@ -106,38 +109,60 @@ def line(
     """
     if plane.ndim == 2:
         plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
-    return _evaluate(
-        model, loss_fn, data, plane, Grid(alpha), metrics, chunk_size, device, dtype, progress
-    )
+    return _evaluate(model, loss_fn, data, plane, Grid(alpha), **options)
 
 
-def _evaluate(model, loss_fn, data, plane, grid, metrics, chunk_size, device, dtype, progress):
+def _evaluate(
+    model,
+    loss_fn,
+    data,
+    plane,
+    grid,
+    *,
+    metrics=None,
+    chunk_size=None,
+    max_memory=DEFAULT_MAX_MEMORY,
+    strategy="auto",
+    device=None,
+    dtype=None,
+    progress=False,
+):
     _check_fits(model, plane)
     fns = _named_functions(loss_fn, metrics)
     start = time.perf_counter()
     with evaluation_mode(model):
         batches, plane_, buffers = prepared(model, data, plane, device, dtype)
+        evaluate = Evaluator(
+            model,
+            fns,
+            batches,
+            buffers,
+            plane_.origin,
+            plane=plane_,
+            strategy=strategy,
+            max_memory=max_memory,
+        )
         reference = next(iter(plane_.origin.values()))
         axes = [
             torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes
         ]
+        chunk_size = chunk_size or evaluate.points_per_tile
         results = {name: np.empty(grid.shape) for name in fns}
-        if chunk_size is None:
-            chunk_size = auto_chunk_size(model, batches, plane_.origin, buffers)
         for tile in tqdm(list(grid.tiles(chunk_size)), disable=not progress, unit="tile"):
-            values = batched_losses(
-                model,
-                fns,
-                batches,
-                plane_.at,
-                [axis[s] for axis, s in zip(axes, tile)],
-                list(range(len(tile))),
-                buffers,
+            values = evaluate(
+                plane_.at, [axis[s] for axis, s in zip(axes, tile)], list(range(len(tile)))
             )
             for name, v in values.items():
                 results[name][tile] = v.double().cpu().numpy()
-    seconds = time.perf_counter() - start
-    return _dataset(results, plane, grid, loss_fn, batches, reference.dtype, seconds, chunk_size)
+    facts = {
+        "n_samples": evaluate.n_samples,
+        "dtype": str(reference.dtype).removeprefix("torch."),
+        "device": str(reference.device),
+        "strategy": evaluate.strategy,
+        "chunk_size": chunk_size,
+        "seconds": time.perf_counter() - start,
+    }
+    return _dataset(results, plane, grid, loss_fn, facts)
 
 
 def _named_functions(loss_fn: LossFn, metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
@@ -168,7 +193,7 @@ def function_name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def _dataset(results, plane, grid, loss_fn, batches, dtype, seconds, chunk_size) -> xr.Dataset:
+def _dataset(results, plane, grid, loss_fn, facts) -> xr.Dataset:
     from crumple import __version__
 
     names = plane.attrs.get("axis_names", grid.dims)
@@ -176,17 +201,14 @@ def _dataset(results, plane, grid, loss_fn, batches, dtype, seconds, chunk_size)
         dim: (dim, axis, {"long_name": str(name)})
         for dim, axis, name in zip(grid.dims, grid.axes, names)
     }
+    loss_name = function_name(loss_fn)
     data_vars = {
-        name: (grid.dims, values, {"long_name": function_name(loss_fn) if name == "loss" else name})
+        name: (grid.dims, values, {"long_name": loss_name if name == "loss" else name})
         for name, values in results.items()
     }
-    attrs = {
-        "plane_kind": plane.attrs.get("kind", "custom"),
-        "loss_name": function_name(loss_fn),
-        "n_samples": number_of_samples(batches),
-        "dtype": str(dtype).removeprefix("torch."),
-        "seconds": seconds,
-        "chunk_size": chunk_size,
-        "crumple_version": __version__,
-    }
+    attrs = {"plane_kind": plane.attrs.get("kind", "custom")}
+    for key, value in plane.attrs.items():
+        if key not in ("kind", "axis_names"):
+            attrs[f"plane_{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    attrs |= {"loss_name": loss_name, **facts, "crumple_version": __version__}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)

@@ -1,8 +1,9 @@
-"""Record a training run's weights and place them on a plane."""
+"""Record a training run's weights, in memory or streamed to disk, and place them on a plane."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,38 +12,112 @@ import xarray as xr
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
-from crumple.evaluate import LossFn, batched_losses, prepared
-from crumple.params import Params, evaluation_mode, flatten, parameters_of
+from crumple.evaluate import Evaluator, LossFn, prepared
+from crumple.params import Params, evaluation_mode, parameters_of
 from crumple.plane import Plane
 
+INDEX = "trajectory.jsonl"
+PROJECT_CHUNK = 16  # snapshots evaluated together
 
-@dataclass
+
 class Trajectory:
     """Weight snapshots of a training run, with the step and the loss the loop reported.
 
+    Snapshots live in memory (``weights``), or in a folder written by
+    ``Recorder(model, to=folder)``, one safetensors file per snapshot, read when needed.
+
     Example:
         >>> t = Trajectory(steps=[0], weights=[{"w": torch.zeros(2)}], losses=[1.0])
-        >>> t.stacked()["w"].shape
+        >>> t.series("w").shape
         torch.Size([1, 2])
     """
 
-    steps: list[int] = field(default_factory=list)
-    weights: list[Params] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
+    def __init__(
+        self,
+        steps: list[int] | None = None,
+        weights: list[Params] | None = None,
+        losses: list[float] | None = None,
+        folder: str | Path | None = None,
+    ) -> None:
+        self.steps = list(steps or [])
+        self.losses = list(losses or [])
+        self.folder = None if folder is None else Path(folder)
+        self.weights = None if self.folder is not None else list(weights or [])
+        if self.weights is not None and len(self.weights) != len(self.steps):
+            raise CrumpleError("a trajectory needs one weights dict per step")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Trajectory:
+        """Open a trajectory a ``Recorder(model, to=folder)`` wrote.
+
+        Example:
+            >>> import tempfile
+            >>> folder = tempfile.mkdtemp() + "/run"
+            >>> rec = Recorder(torch.nn.Linear(1, 1), to=folder)
+            >>> rec.record(loss=0.5)
+            >>> Trajectory.load(folder).losses
+            [0.5]
+        """
+        index = Path(folder) / INDEX
+        if not index.is_file():
+            raise CrumpleError(
+                f"{str(folder)!r} holds no trajectory ({INDEX} is missing); "
+                "pass the folder given to Recorder(model, to=...)"
+            )
+        rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+        return cls([r["step"] for r in rows], None, [r["loss"] for r in rows], folder)
 
     def __len__(self) -> int:
         return len(self.steps)
 
-    def stacked(self) -> Params:
-        """The snapshots as one tensor per parameter, stacked along a new first axis.
+    def names(self) -> list[str]:
+        """The parameter names of the snapshots.
 
         Example:
-            >>> Trajectory([0, 1], [{"w": torch.zeros(3)}] * 2, [0.0, 0.0]).stacked()["w"].shape
+            >>> Trajectory([0], [{"w": torch.zeros(1), "b": torch.zeros(1)}], [0.0]).names()
+            ['w', 'b']
+        """
+        if not self.steps:
+            raise CrumpleError("the trajectory is empty; call Recorder.record() while training")
+        return list(self.snapshot(0))
+
+    def snapshot(self, k: int) -> Params:
+        """The weights of the ``k``-th snapshot.
+
+        Example:
+            >>> t = Trajectory([0, 5], [{"w": torch.zeros(1)}, {"w": torch.ones(1)}], [0, 0])
+            >>> t.snapshot(1)
+            {'w': tensor([1.])}
+        """
+        if self.weights is not None:
+            return self.weights[k]
+        from safetensors.torch import load_file
+
+        return load_file(str(self._file(self.steps[k])))
+
+    def series(self, name: str) -> Tensor:
+        """One parameter across all snapshots, stacked along a new first axis.
+
+        Only that tensor is read from each file of a trajectory on disk.
+
+        Example:
+            >>> Trajectory([0, 1], [{"w": torch.zeros(3)}] * 2, [0.0, 0.0]).series("w").shape
             torch.Size([2, 3])
         """
-        if not self.weights:
+        if not self.steps:
             raise CrumpleError("the trajectory is empty; call Recorder.record() while training")
-        return {n: torch.stack([w[n] for w in self.weights]) for n in self.weights[0]}
+        if self.weights is not None:
+            return torch.stack([w[name] for w in self.weights])
+        from safetensors import safe_open
+
+        tensors = []
+        for step in self.steps:
+            with safe_open(str(self._file(step)), framework="pt") as f:
+                tensors.append(f.get_tensor(name))
+        return torch.stack(tensors)
+
+    def _file(self, step: int) -> Path:
+        return self.folder / f"step_{step:09d}.safetensors"
 
 
 class Recorder:
@@ -51,6 +126,8 @@ class Recorder:
     Args:
         model: the model being trained.
         every: keep one snapshot every ``every`` calls (the first call is always kept).
+        to: a folder to stream snapshots to (one safetensors file each) instead of
+            keeping them in memory; it must not hold a trajectory already.
 
     Example:
         >>> net = torch.nn.Linear(1, 1)
@@ -60,13 +137,24 @@ class Recorder:
         1
     """
 
-    def __init__(self, model: nn.Module, every: int = 1) -> None:
+    def __init__(self, model: nn.Module, every: int = 1, to: str | Path | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(every, int) or every < 1:
             raise CrumpleError(f"every must be a positive integer, got {every!r}")
         self.model = model
         self.every = every
         self.step = 0
-        self.trajectory = Trajectory()
+        if to is not None:
+            folder = Path(to)
+            if (folder / INDEX).exists():
+                raise CrumpleError(
+                    f"{str(folder)!r} already holds a trajectory; record into a new folder "
+                    "or delete the old one first"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / INDEX).touch()
+        self.trajectory = Trajectory(folder=to)
 
     def record(self, loss: float | Tensor | None = None) -> None:
         """Count one step; keep a snapshot (on the CPU) if it is one to keep.
@@ -79,11 +167,19 @@ class Recorder:
             [0, 2, 4]
         """
         if self.step % self.every == 0:
-            self.trajectory.steps.append(self.step)
-            self.trajectory.weights.append(
-                {n: p.cpu() for n, p in parameters_of(self.model).items()}
-            )
-            self.trajectory.losses.append(float("nan") if loss is None else float(loss))
+            weights = {n: p.cpu() for n, p in parameters_of(self.model).items()}
+            value = float("nan") if loss is None else float(loss)
+            t = self.trajectory
+            if t.folder is None:
+                t.weights.append(weights)
+            else:
+                from safetensors.torch import save_file
+
+                save_file({n: w.contiguous() for n, w in weights.items()}, str(t._file(self.step)))
+                with open(t.folder / INDEX, "a") as index:
+                    index.write(json.dumps({"step": self.step, "loss": value}) + "\n")
+            t.steps.append(self.step)
+            t.losses.append(value)
         self.step += 1
 
 
@@ -114,44 +210,63 @@ def project(
         >>> float(path.off_plane[0])
         0.0
     """
-    snapshots = trajectory.stacked()
-    names = list(plane.origin)
-    if set(snapshots) != set(names):
+    names = trajectory.names()
+    if set(names) != set(plane.origin):
         raise CrumpleError(
             "the trajectory's parameters differ from the plane's; record the same model "
             "the plane was built from"
         )
-    # least squares in float64: D c = w - origin
-    basis = torch.stack([flatten(d, names).double() for d in plane.directions], dim=1)
-    offsets = torch.stack([flatten(w, names).double() for w in trajectory.weights])
-    offsets = offsets - flatten(plane.origin, names).double()
-    coords = torch.linalg.lstsq(basis, offsets.T).solution  # (ndim, T)
-    off_plane = torch.linalg.vector_norm(offsets.T - basis @ coords, dim=0)
+    coords, off_plane = _least_squares(trajectory, plane)
 
     with evaluation_mode(model):
         batches, plane_, buffers = prepared(model, data, plane, device, dtype)
         reference = next(iter(plane_.origin.values()))
-        fns = {"loss": loss_fn}
-        true = batched_losses(
-            model,
-            fns,
-            batches,
-            lambda w: w,
-            [{n: t.to(reference) for n, t in snapshots.items()}],
-            [0],
-            buffers,
-        )["loss"]
-        on_plane = batched_losses(
-            model, fns, batches, plane_.at, list(coords.to(reference)), [0] * plane.ndim, buffers
-        )["loss"]
+        evaluate = Evaluator(
+            model, {"loss": loss_fn}, batches, buffers, plane_.origin, plane=plane_
+        )
+        true, on_plane = [], []
+        for start in range(0, len(trajectory), PROJECT_CHUNK):
+            chunk = range(start, min(start + PROJECT_CHUNK, len(trajectory)))
+            stacked = {
+                n: torch.stack([trajectory.snapshot(k)[n] for k in chunk]).to(reference)
+                for n in names
+            }
+            true.append(evaluate(lambda w: w, [stacked], [0])["loss"])
+            point = [c[start : chunk.stop].to(reference) for c in coords]
+            on_plane.append(evaluate(plane_.at, point, [0] * plane.ndim)["loss"])
 
     dims = ("alpha", "beta")[: plane.ndim]
-    step = ("step", np.asarray(trajectory.steps))
     data_vars = {dim: ("step", c.numpy()) for dim, c in zip(dims, coords)}
     data_vars |= {
-        "loss": ("step", true.double().cpu().numpy()),
-        "loss_on_plane": ("step", on_plane.double().cpu().numpy()),
+        "loss": ("step", torch.cat(true).double().cpu().numpy()),
+        "loss_on_plane": ("step", torch.cat(on_plane).double().cpu().numpy()),
         "off_plane": ("step", off_plane.numpy()),
         "recorded_loss": ("step", np.asarray(trajectory.losses, dtype=np.float64)),
     }
-    return xr.Dataset(data_vars, coords={"step": step})
+    return xr.Dataset(data_vars, coords={"step": ("step", np.asarray(trajectory.steps))})
+
+
+def _least_squares(trajectory: Trajectory, plane: Plane) -> tuple[Tensor, Tensor]:
+    """Coordinates ``c`` minimising ``|w - origin - D c|`` for each snapshot (normal equations
+    accumulated parameter by parameter in float64), and that distance."""
+    n, k = len(trajectory), plane.ndim
+    gram = torch.zeros(k, k, dtype=torch.float64)
+    rhs = torch.zeros(k, n, dtype=torch.float64)
+    for name, origin in plane.origin.items():
+        offsets = trajectory.series(name).double().reshape(n, -1) - origin.double().reshape(-1)
+        basis = torch.stack([d[name].double().reshape(-1) for d in plane.directions], dim=1)
+        gram += basis.T @ basis
+        rhs += basis.T @ offsets.T
+    coords = torch.linalg.lstsq(gram, rhs).solution
+    return coords, _residuals(trajectory, plane, coords).sqrt()
+
+
+def _residuals(trajectory: Trajectory, plane: Plane, coords: Tensor) -> Tensor:
+    """``|w - origin - D c|^2`` for each snapshot, summed entry by entry."""
+    n = len(trajectory)
+    total = torch.zeros(n, dtype=torch.float64)
+    for name, origin in plane.origin.items():
+        offsets = trajectory.series(name).double().reshape(n, -1) - origin.double().reshape(-1)
+        basis = torch.stack([d[name].double().reshape(-1) for d in plane.directions], dim=1)
+        total += (offsets - (basis @ coords).T).pow(2).sum(dim=1)
+    return total

@@ -64,3 +64,97 @@ class Wide(nn.Module):
 
     def forward(self, x):
         return self.out(self.drop(torch.tanh(self.norm(self.inp(x)))))
+
+
+def digits(n: int = 300, dtype=torch.float64):
+    """scikit-learn's handwritten digits (shipped with the package): images (n, 1, 8, 8)
+    scaled to [0, 1] and integer labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images[:n] / 16.0, dtype=dtype)[:, None]
+    y = torch.tensor(bunch.target[:n], dtype=torch.long)
+    return x, y
+
+
+class MLP(nn.Module):
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, 10)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 3),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(6 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class AlwaysDropout(nn.Module):
+    """A model whose noise ignores eval mode: its loss is not deterministic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(64, 10)
+        self.noisy = NoisyLayer()
+
+    def forward(self, x):
+        return self.noisy(self.body(x.flatten(1)))
+
+
+class NoisyLayer(nn.Module):
+    def forward(self, x):
+        return nn.functional.dropout(x, 0.5, training=True)
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor value: vmap cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x):
+        out = self.lin(x.flatten(1))
+        if float(out.abs().max()) > 1e6:
+            return out / 2
+        return out
+
+
+def trained(model: nn.Module, data, steps: int = 12, lr: float = 0.2, seed_: int = 0):
+    """Train a copy of ``model`` briefly with SGD, recording every step; return both."""
+    import copy
+
+    import crumple as cr
+
+    torch.manual_seed(seed_)
+    model = copy.deepcopy(model)
+    rec = cr.Recorder(model)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x, y = data
+    for _ in range(steps):
+        model.train()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec.record()
+    model.eval()
+    return model, rec.trajectory
+
+
+def accuracy(pred, y):
+    return (pred.argmax(-1) == y).to(pred.dtype).mean()

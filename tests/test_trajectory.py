@@ -92,4 +92,4 @@ def test_recorder_every_and_errors():
     with pytest.raises(cr.CrumpleError, match="positive integer"):
         cr.Recorder(model, every=0)
     with pytest.raises(cr.CrumpleError, match="empty"):
-        cr.Trajectory().stacked()
+        cr.Trajectory().names()
