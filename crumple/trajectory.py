@@ -168,7 +168,7 @@ class Recorder:
         """
         if self.step % self.every == 0:
             weights = {n: p.cpu() for n, p in parameters_of(self.model).items()}
-            value = float("nan") if loss is None else float(loss)
+            value = float("nan") if loss is None else float(torch.as_tensor(loss).detach())
             t = self.trajectory
             if t.folder is None:
                 t.weights.append(weights)
