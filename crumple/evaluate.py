@@ -12,9 +12,10 @@ Two strategies give the same numbers:
   grouped convolutions.
 
 ``"auto"`` times both on the first tile and keeps the faster one. Under either, a linear or
-convolution layer whose input does not depend on the plane coordinates (the first layer,
-say) is expanded: ``f(x, W0 + a D1 + b D2) = f(x, W0) + a f(x, D1) + b f(x, D2)``, the three
-products computed once per batch instead of once per point.
+convolution layer applied to the input batch itself (the first layer, say) is expanded:
+``f(x, W0 + a D1 + b D2) = f(x, W0) + a f(x, D1) + b f(x, D2)``, the three products computed
+once per batch instead of once per point. Consecutive batches are concatenated into larger
+ones within the memory budget (the dataset mean does not depend on the batching).
 """
 
 from __future__ import annotations
@@ -99,6 +100,37 @@ def prepared(model: nn.Module, data: Any, plane: Plane, device=None, dtype=None)
     return batches, plane.to(device, dtype), buffers
 
 
+def merged(batches: Sequence[Batch], max_samples: int) -> list[Batch]:
+    """Concatenate consecutive batches of matching shapes into batches of at most
+    ``max_samples`` (or one original batch, if larger). The dataset mean is unchanged.
+
+    Example:
+        >>> batches = [(torch.zeros(3, 2), torch.zeros(3))] * 5
+        >>> [len(x) for x, _ in merged(batches, 7)]
+        [6, 6, 3]
+    """
+    out: list[list[Batch]] = []
+    for x, y in batches:
+        group = out[-1] if out else None
+        if (
+            group
+            and sum(len(b[0]) for b in group) + len(x) <= max_samples
+            and all(
+                a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
+                for a, b in zip(group[0], (x, y))
+            )
+        ):
+            group.append((x, y))
+        else:
+            out.append([(x, y)])
+    return [
+        group[0]
+        if len(group) == 1
+        else (torch.cat([b[0] for b in group]), torch.cat([b[1] for b in group]))
+        for group in out
+    ]
+
+
 def number_of_samples(batches: Sequence[Batch]) -> int:
     return sum(len(x) for x, _ in batches)
 
@@ -106,9 +138,10 @@ def number_of_samples(batches: Sequence[Batch]) -> int:
 class _Kernels(TorchFunctionMode):
     """Rewrites layer calls during evaluation; the numbers stay those of the plain call.
 
-    * A linear or convolution layer whose input is not batched over plane points and whose
-      weight (and bias) are plane parameters is expanded in the plane directions, with the
-      per-direction products cached per batch (see the module docstring).
+    * A linear or convolution layer whose input is the batch itself (or a view of it, as
+      after a flatten) and whose weight (and bias) are plane parameters is expanded in the
+      plane directions, with the per-direction products cached per batch (see the module
+      docstring).
     * ``F.linear`` with one input feature is a broadcast product: vmap would make it a
       batched matmul of inner size 1, about 3x slower.
     """
@@ -124,10 +157,13 @@ class _Kernels(TorchFunctionMode):
         self.point: Sequence[Any] = ()
         self.calls = 0
 
-    def start(self, batch: int, params: Params, point: Sequence[Any], on_plane: bool) -> None:
+    def start(
+        self, batch: int, x: Tensor, params: Params, point: Sequence[Any], on_plane: bool
+    ) -> None:
         """Called at the start of each forward pass; ``on_plane`` says that ``params`` is
         ``plane.at(*point)``, which the expansion needs."""
         self.batch = batch
+        self.input_ptr = x.untyped_storage().data_ptr()
         self.names = {id(t): n for n, t in params.items()} if on_plane and self.plane else {}
         self.point = point
         self.calls = 0
@@ -151,20 +187,29 @@ class _Kernels(TorchFunctionMode):
         bias = rest[0] if rest else kwargs.get("bias")
         w_name = self.names.get(id(weight))
         b_name = self.names.get(id(bias)) if bias is not None else None
-        if w_name is None or (bias is not None and b_name is None) or is_batchedtensor(x):
+        if w_name is None or (bias is not None and b_name is None) or not self._is_input(x):
             return None
         self.calls += 1
+        layout = (x.shape, x.stride(), x.storage_offset())
         hit = self.cache.get((self.batch, w_name, b_name, self.calls))
-        if hit is None or hit[0].shape != x.shape or not torch.equal(hit[0], x):
-            hit = self._products(func, x, w_name, b_name, rest[1:], kwargs)
-        base, products = hit[1], hit[2]
-        out = base
-        for coord, product in zip(self.point, products):
-            if product is not None:
-                out = out + coord * product
+        if hit is None or hit[0] != layout:
+            hit = self._products(func, x, layout, w_name, b_name, rest[1:], kwargs)
+        out = hit[1]
+        for coord, product in zip(self.point, hit[2]):
+            if product is None:
+                continue
+            if out is hit[1] or is_batchedtensor(out) or is_batchedtensor(coord):
+                out = torch.addcmul(out, coord, product)
+            else:  # a tensor made just above: update it in place, sparing an allocation
+                out.addcmul_(coord, product)
         return out
 
-    def _products(self, func, x, w_name, b_name, more_args, kwargs):
+    def _is_input(self, x: Tensor) -> bool:
+        """Whether ``x`` is the batch itself or a view of it (so not a function of the
+        plane coordinates)."""
+        return not is_batchedtensor(x) and x.untyped_storage().data_ptr() == self.input_ptr
+
+    def _products(self, func, x, layout, w_name, b_name, more_args, kwargs):
         kwargs = {k: v for k, v in kwargs.items() if k != "bias"}
 
         def call(params: Params):
@@ -176,7 +221,7 @@ class _Kernels(TorchFunctionMode):
             call(d) if w_name in touched or b_name in touched else None
             for d, touched in zip(self.plane.directions, self.plane.touched)
         ]
-        entry = (x, base, products)
+        entry = (layout, base, products)
         kept = [base, *(p for p in products if p is not None)]
         size = sum(t.numel() * t.element_size() for t in kept)
         if self.cache_bytes + size <= self.cache_budget:
@@ -261,16 +306,18 @@ class Evaluator:
     ) -> None:
         if strategy not in STRATEGIES:
             raise CrumpleError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        self.model, self.fns, self.batches, self.buffers = model, dict(fns), batches, buffers
+        self.model, self.fns, self.buffers = model, dict(fns), buffers
         self.strategy = strategy
         self.max_memory = max_memory
         self.n_samples = number_of_samples(batches)
         self.kernels = _Kernels(plane, max_memory // CACHE_SHARE)
-        x0 = batches[0][0][:8]
-        self.activations_per_sample = probe(model, reference, buffers, x0)
+        self.activations_per_sample = probe(model, reference, buffers, batches[0][0][:8])
         numel = sum(t.numel() for t in reference.values())
         element = next(iter(reference.values())).element_size()
-        largest = max(len(x) for x, _ in batches)
+        # fewer, larger batches: one pass over a merged batch stays within a share of the budget
+        per_sample = 3 * self.activations_per_sample * element
+        self.batches = merged(batches, max_memory // CACHE_SHARE // per_sample)
+        largest = max(len(x) for x, _ in self.batches)
         self.point_bytes = element * (3 * self.activations_per_sample * largest + numel)
         self.points_per_tile = max(
             1,
@@ -303,15 +350,18 @@ class Evaluator:
         return self._run(False, params_at, args, levels)
 
     def _choose(self, params_at, args, levels):
-        """Time this call with vmap, then a few of its points with the loop; keep the faster."""
+        """Time vmap on this call and the loop on a few of its points, each after a one-point
+        warm-up (which also fills the layer cache); keep the faster."""
+        one = [_head(a, 1) for a in args]
         self.strategy = "vmap"
-        start = time.perf_counter()
-        out = self(params_at, args, levels)
+        self(params_at, one, levels)
         if self.strategy == "loop":  # vmap failed and fell back
-            return out
-        n_points = _points(args, levels)
-        vmap_per_point = (time.perf_counter() - start) / n_points
-        few = [_head(a, min(_length(a), 2)) for a in args]
+            return self._run(False, params_at, args, levels)
+        self._run(False, params_at, one, levels)
+        start = time.perf_counter()
+        out = self._run(True, params_at, args, levels)
+        vmap_per_point = (time.perf_counter() - start) / _points(args, levels)
+        few = [_head(a, 2) for a in args]
         start = time.perf_counter()
         self._run(False, params_at, few, levels)
         loop_per_point = (time.perf_counter() - start) / _points(few, levels)
@@ -328,7 +378,7 @@ class Evaluator:
 
                 def predict(x: Tensor, *point: Any, b=b) -> Tensor:
                     params = params_at(*point)
-                    self.kernels.start(b, params, point, on_plane)
+                    self.kernels.start(b, x, params, point, on_plane)
                     return functional_call(self.model, (params, self.buffers), (x,))
 
                 if batched:
