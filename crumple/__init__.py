@@ -12,6 +12,7 @@ from crumple import plot
 from crumple.errors import CrumpleError
 from crumple.grid import Grid
 from crumple.plane import Plane
+from crumple.store import open_run
 from crumple.surface import line, surface
 from crumple.trajectory import Recorder, Trajectory, project
 
@@ -26,6 +27,8 @@ __all__ = [
     "Recorder",
     "Trajectory",
     "project",
+    # runs on disk
+    "open_run",
     # figures
     "plot",
     # errors

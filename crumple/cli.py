@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from crumple.errors import CrumpleError
+from crumple.specs import LOSSES
 
 MAX_POINTS_PER_AXIS = 2000
+PLANES = ("random", "axes", "between", "pca")
 
 
 def _positive_float(name: str):
@@ -50,6 +52,42 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def _grid_axis(text: str) -> np.ndarray:
+    parts = text.split(":")
+    try:
+        start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
+        if len(parts) != 3:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"grid {text!r} is not START:STOP:NUM, e.g. -1:1:51 (51 points from -1 to 1)"
+        ) from None
+    if not (math.isfinite(start) and math.isfinite(stop)) or stop <= start or num < 2:
+        raise argparse.ArgumentTypeError(
+            f"grid {text!r} needs START < STOP (finite) and NUM >= 2, e.g. -1:1:51"
+        )
+    if num > MAX_POINTS_PER_AXIS:
+        raise argparse.ArgumentTypeError(
+            f"grid {text!r} has {num} points per axis; at most {MAX_POINTS_PER_AXIS} are allowed"
+        )
+    return np.linspace(start, stop, num)
+
+
+def _memory(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+    number = text.upper().rstrip("BKMGT")
+    unit = text.upper()[len(number) :].strip() or ""
+    try:
+        value = float(number) * units[unit if unit != "" else ""]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"--max-memory {text!r} is not a size; write e.g. 512MB or 4GB"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--max-memory must be positive, got {text!r}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +158,97 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)"
     )
     demo.set_defaults(run=_demo)
+
+    surface = commands.add_parser(
+        "surface",
+        help="the loss landscape of any model: a plane, a grid, a page and the data",
+        description="Evaluate a model's loss on a grid over a plane through its weights and "
+        "write the run (landscape.zarr, plane.safetensors) and an HTML page to --out.",
+    )
+    surface.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:FACTORY",
+        help="function or class that builds the model, e.g. mymodels:make_net",
+    )
+    surface.add_argument(
+        "--weights", metavar="FILE", help="state dict to load (torch.save or .safetensors)"
+    )
+    surface.add_argument(
+        "--data",
+        required=True,
+        metavar="MODULE:LOADER",
+        help="a DataLoader, or a function returning one or an (x, y) pair",
+    )
+    surface.add_argument(
+        "--loss",
+        default="cross_entropy",
+        help=f"{', '.join(LOSSES)} or MODULE:FUNCTION (default cross_entropy)",
+    )
+    surface.add_argument(
+        "--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable"
+    )
+    surface.add_argument(
+        "--plane", choices=PLANES, default="random", help="random (default), axes, between or pca"
+    )
+    surface.add_argument(
+        "--normalize",
+        choices=["filter", "layer", "model", "none"],
+        default="filter",
+        help="random plane normalization (default filter)",
+    )
+    surface.add_argument(
+        "--ignore",
+        choices=["biasbn", "none"],
+        default="biasbn",
+        help="random plane: zero 1-D parameters (default biasbn)",
+    )
+    surface.add_argument("--seed", type=_int_at_least("--seed", 0), default=0)
+    surface.add_argument(
+        "--orthogonalize",
+        action="store_true",
+        help="random plane: make direction 2 orthogonal to direction 1",
+    )
+    surface.add_argument(
+        "--axes",
+        nargs=2,
+        metavar="NAME",
+        help="axes plane: two entries, e.g. fc.weight[0,3] fc.bias[1]",
+    )
+    surface.add_argument("--weights-b", metavar="FILE", help="between: second model's weights")
+    surface.add_argument("--weights-c", metavar="FILE", help="between: third model's weights")
+    surface.add_argument(
+        "--trajectory",
+        metavar="DIR",
+        help="a Recorder(model, to=DIR) folder: the pca plane's path, drawn on any plane",
+    )
+    surface.add_argument(
+        "--grid",
+        type=_grid_axis,
+        default=_grid_axis("-1:1:51"),
+        metavar="START:STOP:NUM",
+        help="alpha axis (default -1:1:51)",
+    )
+    surface.add_argument(
+        "--grid-beta",
+        type=_grid_axis,
+        metavar="START:STOP:NUM",
+        help="beta axis (default: as --grid)",
+    )
+    surface.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
+    surface.add_argument("--dtype", choices=["float32", "float64"], default=None)
+    surface.add_argument(
+        "--max-memory",
+        type=_memory,
+        default=None,
+        metavar="SIZE",
+        help="memory for one tile, e.g. 4GB (default 2GB)",
+    )
+    surface.add_argument("--strategy", choices=["auto", "vmap", "loop"], default="auto")
+    surface.add_argument(
+        "--out", type=Path, default=Path("out/surface"), help="output folder (default out/surface)"
+    )
+    surface.set_defaults(run=_surface)
     return parser
 
 
@@ -169,9 +298,120 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"wrote {page_path} and {data_path}")
 
 
+def _check_surface_args(args: argparse.Namespace) -> None:
+    needs = {
+        "axes": ("--axes", args.axes),
+        "between": ("--weights-b", args.weights_b),
+        "pca": ("--trajectory", args.trajectory),
+    }
+    if args.plane in needs and needs[args.plane][1] is None:
+        option = needs[args.plane][0]
+        raise CrumpleError(f"--plane {args.plane} needs {option}; see crumple surface --help")
+    if args.plane == "axes" or args.weights_c is None or args.plane == "between":
+        return
+    raise CrumpleError("--weights-c is for --plane between only")
+
+
+def _surface(args: argparse.Namespace) -> None:
+    _check_surface_args(args)
+    import torch
+
+    import crumple as cr
+    from crumple import specs, store
+    from crumple.evaluate import as_batches
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    loss_fn = specs.loss_function(args.loss)
+    metrics = {
+        m.rpartition(":")[2]: specs.loss_function(m, "--metric", specs.METRICS) for m in args.metric
+    }
+    model = specs.load_model(args.model, args.weights)
+    batches = as_batches(specs.load_data(args.data))
+    specs.check_fit(model, loss_fn, batches)
+    trajectory = cr.Trajectory.load(args.trajectory) if args.trajectory else None
+    if args.plane == "random":
+        plane = cr.Plane.random(
+            model,
+            normalize=None if args.normalize == "none" else args.normalize,
+            ignore=None if args.ignore == "none" else args.ignore,
+            seed=args.seed,
+            orthogonalize=args.orthogonalize,
+        )
+    elif args.plane == "axes":
+        plane = cr.Plane.axes(model, *args.axes)
+    elif args.plane == "between":
+        others = [specs.load_model(args.model, w) for w in (args.weights_b, args.weights_c) if w]
+        plane = cr.Plane.between(model, *others)
+    else:
+        plane = cr.Plane.pca(trajectory)
+    grid = cr.Grid(args.grid, args.grid if args.grid_beta is None else args.grid_beta)
+    options = {"max_memory": args.max_memory} if args.max_memory else {}
+    print(
+        f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
+    )
+    ds = cr.surface(
+        model,
+        loss_fn,
+        batches,
+        plane,
+        grid,
+        metrics=metrics,
+        device=args.device,
+        dtype=dtype,
+        strategy=args.strategy,
+        progress=True,
+        **options,
+    )
+    paths = {}
+    if trajectory is not None:
+        paths["path"] = cr.project(
+            trajectory, plane, model, loss_fn, batches, device=args.device, dtype=dtype
+        )
+    store.save_run(args.out, ds, paths, plane)
+    page = _write_page(args.out, ds, paths, model)
+    print(
+        f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
+        f"wrote {page} and {args.out / cr.store.DATA}"
+    )
+
+
+def _write_page(folder: Path, ds, paths, model) -> Path:
+    from crumple import plot
+
+    facts = {
+        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
+        "grid": " x ".join(str(n) for n in ds.loss.shape),
+        "plane": ds.attrs["plane_kind"],
+        "samples": ds.attrs["n_samples"],
+        "time": f"{ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']})",
+    }
+    if "plane_normalization" in ds.attrs:
+        facts["normalization"] = ds.attrs["plane_normalization"]
+    for name, path in paths.items():
+        facts[f"{name}: largest distance off the plane"] = f"{float(path.off_plane.max()):.3g}"
+    return plot.write_page(
+        folder / "landscape.html",
+        [plot.surface(ds, paths)],
+        title=f"crumple: {ds.attrs['loss_name']} landscape",
+        facts=facts,
+    )
+
+
+def _joined_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--grid -1:1:51`` as ``--grid=-1:1:51``: argparse would take ``-1:1:51`` for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--grid", "--grid-beta") and arg.startswith("-"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         args.run(args)
     except CrumpleError as e:

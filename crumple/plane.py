@@ -57,6 +57,13 @@ class Plane:
             for direction in self.directions
         )
         object.__setattr__(self, "touched", touched)
+        for k, names in enumerate(touched):
+            if not names:
+                raise CrumpleError(
+                    f"direction {k + 1} is zero everywhere, so the plane is degenerate: "
+                    "Plane.between needs models whose weights differ, Plane.random a model "
+                    "with parameters it does not ignore"
+                )
 
     @property
     def ndim(self) -> int:
@@ -158,9 +165,10 @@ class Plane:
             "orthogonalized": bool(orthogonalize),
             "axis_names": tuple(f"random direction {k + 1} ({label})" for k in range(ndim)),
         }
+        plane = cls(origin, tuple(directions), attrs)
         if ndim == 2:
-            attrs["cosine"] = cosine(*directions)
-        return cls(origin, tuple(directions), attrs)
+            plane.attrs["cosine"] = cosine(*directions)
+        return plane
 
     @classmethod
     def between(
@@ -184,10 +192,14 @@ class Plane:
         for k, point in zip("bc", points[1:]):
             _check_same_layout(origin, point, k)
         directions = tuple({n: point[n] - origin[n] for n in origin} for point in points[1:])
-        attrs = {"kind": "between", "axis_names": ("a -> b", "a -> c")[: len(directions)]}
+        plane = cls(
+            origin,
+            directions,
+            {"kind": "between", "axis_names": ("a -> b", "a -> c")[: len(directions)]},
+        )
         if len(directions) == 2:
-            attrs["cosine"] = cosine(*directions)
-        return cls(origin, directions, attrs)
+            plane.attrs["cosine"] = cosine(*directions)
+        return plane
 
     @classmethod
     def pca(cls, trajectory, ndim: int = 2) -> Plane:

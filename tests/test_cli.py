@@ -5,9 +5,9 @@ import sys
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from crumple.cli import main
+from crumple.store import open_run
 
 
 @pytest.mark.parametrize(
@@ -53,8 +53,8 @@ def test_small_demo_writes_page_and_data(tmp_path):
     assert f"wrote {out / 'landscape.html'}" in done.stdout
     html = (out / "landscape.html").read_text()
     assert html.count('class="plotly-graph-div"') == 2
-    surface = xr.open_zarr(out / "landscape.zarr", group="surface", consolidated=False)
-    path = xr.open_zarr(out / "landscape.zarr", group="path", consolidated=False)
+    run = open_run(out)
+    surface, path = run["surface"], run["SGD"]
     assert surface.loss.shape == (16, 16)
     assert np.allclose(surface.alpha.values, np.arange(-2, 2, 0.25))
     assert path.sizes["step"] == 4
@@ -67,8 +67,8 @@ def test_default_demo_is_the_article(tmp_path):
     done = run_demo("--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "80 x 80 grid, 25 epochs of sgd, lr 0.01" in done.stdout
-    surface = xr.open_zarr(out / "landscape.zarr", group="surface", consolidated=False)
-    path = xr.open_zarr(out / "landscape.zarr", group="path", consolidated=False)
+    run = open_run(out)
+    surface, path = run["surface"], run["SGD"]
     assert surface.loss.shape == (80, 80)
     assert path.sizes["step"] == 26
     assert path.alpha.values[0] == -1 and path.beta.values[0] == -1

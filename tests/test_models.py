@@ -262,7 +262,10 @@ def test_model_vmap_cannot_trace_falls_back_with_one_warning(data):
     assert_close(ds.loss.values, slow["loss"], rtol=1e-9, label="fallback")
 
 
-def test_between_refuses_other_architectures():
+def test_between_refuses_other_architectures_and_equal_models():
+    a = MLP()
+    with pytest.raises(cr.CrumpleError, match="direction 2 is zero everywhere"):
+        cr.Plane.between(a, MLP(), a)
     with pytest.raises(cr.CrumpleError, match="share one architecture"):
         cr.Plane.between(MLP(), SmallCNN())
     with pytest.raises(TypeError, match="nn.Module or a"):

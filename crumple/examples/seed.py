@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from crumple.grid import Grid
 from crumple.plane import Plane
+from crumple.store import DATA, save_run
 from crumple.surface import surface
 from crumple.trajectory import Recorder, Trajectory, project
 
@@ -228,14 +229,11 @@ def points_outside(result: SeedRun) -> int:
 
 
 def write(result: SeedRun, folder) -> tuple[Path, Path]:
-    """Write ``landscape.html`` and ``landscape.zarr`` (groups ``surface`` and ``path``)."""
+    """Write the run (``landscape.zarr``: groups ``surface`` and ``paths/SGD``; the plane)
+    and the page ``landscape.html``."""
     from crumple import plot
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    data_path = folder / "landscape.zarr"
-    result.surface.to_zarr(data_path, group="surface", mode="w", consolidated=False)
-    result.path.to_zarr(data_path, group="path", mode="a", consolidated=False)
+    folder = save_run(folder, result.surface, {"SGD": result.path}, result.plane)
     ds = result.surface
     facts = {
         "grid": " x ".join(str(n) for n in ds.loss.shape),
@@ -254,4 +252,4 @@ def write(result: SeedRun, folder) -> tuple[Path, Path]:
         title="crumple: the article's loss landscape",
         facts=facts,
     )
-    return page_path, data_path
+    return page_path, folder / DATA

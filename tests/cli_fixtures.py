@@ -1,0 +1,25 @@
+"""Factories and loaders that the command-line tests name as ``tests.cli_fixtures:...``."""
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.cases import MLP, digits
+
+
+def make_mlp():
+    torch.manual_seed(0)
+    return MLP()
+
+
+def not_a_model():
+    return "a string"
+
+
+def digits_loader():
+    x, y = digits(200, dtype=torch.float32)
+    return DataLoader(TensorDataset(x, y), batch_size=64)
+
+
+def wrong_shapes():
+    x, y = digits(50, dtype=torch.float32)
+    return x[:, :, :4], y
