@@ -14,8 +14,10 @@ Two strategies give the same numbers:
 ``"auto"`` times both on the first tile and keeps the faster one. Under either, a linear or
 convolution layer applied to the input batch itself (the first layer, say) is expanded:
 ``f(x, W0 + a D1 + b D2) = f(x, W0) + a f(x, D1) + b f(x, D2)``, the three products computed
-once per batch instead of once per point. Consecutive batches are concatenated into larger
-ones within the memory budget (the dataset mean does not depend on the batching).
+once per batch instead of once per point, for layers with a fan-in of at least
+``EXPAND_FAN_IN`` (below that the combination costs more than the layer). The data is
+re-batched so that one forward pass keeps its activations near ``WORKING_SET`` elements
+(the dataset mean does not depend on the batching).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ STRATEGIES = ("auto", "vmap", "loop")
 WORKING_SET = 2**23  # elements of activations per tile: small enough to stay in cache
 DEFAULT_MAX_MEMORY = 2 * 2**30
 CACHE_SHARE = 4  # expanded-layer products may use 1/CACHE_SHARE of max_memory
+EXPAND_FAN_IN = 128  # inputs per output below which a layer is cheaper than its expansion
 LINEAR_IN_WEIGHTS = {F.linear: 1, F.conv1d: 1, F.conv2d: 1, F.conv3d: 1}
 
 
@@ -100,35 +103,40 @@ def prepared(model: nn.Module, data: Any, plane: Plane, device=None, dtype=None)
     return batches, plane.to(device, dtype), buffers
 
 
-def merged(batches: Sequence[Batch], max_samples: int) -> list[Batch]:
-    """Concatenate consecutive batches of matching shapes into batches of at most
-    ``max_samples`` (or one original batch, if larger). The dataset mean is unchanged.
+def rebatched(batches: Sequence[Batch], size: int) -> list[Batch]:
+    """The same samples in the same order, in batches of ``size`` (the last of a run of
+    matching batches may be smaller): small batches are concatenated, large ones split.
+    The dataset mean does not depend on the batching.
 
     Example:
         >>> batches = [(torch.zeros(3, 2), torch.zeros(3))] * 5
-        >>> [len(x) for x, _ in merged(batches, 7)]
-        [6, 6, 3]
+        >>> [len(x) for x, _ in rebatched(batches, 4)]
+        [4, 4, 4, 3]
     """
-    out: list[list[Batch]] = []
+    out: list[Batch] = []
+    pending: list[Batch] = []
+
+    def flush(keep_partial: bool) -> None:
+        if not pending:
+            return
+        x, y = (torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*pending))
+        pieces = list(zip(x.split(size), y.split(size)))
+        pending.clear()
+        if keep_partial and len(pieces[-1][0]) < size:
+            pending.append(pieces.pop())
+        out.extend(pieces)
+
     for x, y in batches:
-        group = out[-1] if out else None
-        if (
-            group
-            and sum(len(b[0]) for b in group) + len(x) <= max_samples
-            and all(
-                a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
-                for a, b in zip(group[0], (x, y))
-            )
+        if pending and not all(
+            a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
+            for a, b in zip(pending[0], (x, y))
         ):
-            group.append((x, y))
-        else:
-            out.append([(x, y)])
-    return [
-        group[0]
-        if len(group) == 1
-        else (torch.cat([b[0] for b in group]), torch.cat([b[1] for b in group]))
-        for group in out
-    ]
+            flush(keep_partial=False)
+        pending.append((x, y))
+        if sum(len(b[0]) for b in pending) >= size:
+            flush(keep_partial=True)
+    flush(keep_partial=False)
+    return out
 
 
 def number_of_samples(batches: Sequence[Batch]) -> int:
@@ -187,7 +195,12 @@ class _Kernels(TorchFunctionMode):
         bias = rest[0] if rest else kwargs.get("bias")
         w_name = self.names.get(id(weight))
         b_name = self.names.get(id(bias)) if bias is not None else None
-        if w_name is None or (bias is not None and b_name is None) or not self._is_input(x):
+        if (
+            w_name is None
+            or (bias is not None and b_name is None)
+            or weight.numel() < EXPAND_FAN_IN * weight.shape[0]
+            or not self._is_input(x)
+        ):
             return None
         self.calls += 1
         layout = (x.shape, x.stride(), x.storage_offset())
@@ -314,9 +327,18 @@ class Evaluator:
         self.activations_per_sample = probe(model, reference, buffers, batches[0][0][:8])
         numel = sum(t.numel() for t in reference.values())
         element = next(iter(reference.values())).element_size()
-        # fewer, larger batches: one pass over a merged batch stays within a share of the budget
+        # batches whose activations stay cache-sized and within a share of the budget
         per_sample = 3 * self.activations_per_sample * element
-        self.batches = merged(batches, max_memory // CACHE_SHARE // per_sample)
+        self.batches = rebatched(
+            batches,
+            max(
+                1,
+                min(
+                    WORKING_SET // self.activations_per_sample,
+                    max_memory // CACHE_SHARE // per_sample,
+                ),
+            ),
+        )
         largest = max(len(x) for x, _ in self.batches)
         self.point_bytes = element * (3 * self.activations_per_sample * largest + numel)
         self.points_per_tile = max(

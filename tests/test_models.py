@@ -60,8 +60,11 @@ def reference_grid(model, fns, data, plane, grid):
     return {name: np.reshape(v, grid.shape) for name, v in slow.items()}
 
 
+@pytest.mark.parametrize("expand", [False, True], ids=["plain", "expanded"])
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
-def test_surfaces_equal_reference_loop(setup, data, strategy):
+def test_surfaces_equal_reference_loop(setup, data, strategy, expand, monkeypatch):
+    if expand:  # expand the first layer whatever its fan-in (the default skips narrow ones)
+        monkeypatch.setattr("crumple.evaluate.EXPAND_FAN_IN", 1)
     name, model, other, third, path = setup
     before = snapshot(model)
     fns = {"loss": F.cross_entropy, "accuracy": accuracy}
@@ -279,11 +282,18 @@ def test_random_refuses_unknown_options():
         cr.Plane.random(MLP(), ignore="bias")
 
 
-def test_input_layer_is_expanded_once_per_batch(data):
+@pytest.mark.parametrize(
+    ("fan_in", "expanded"), [(64, []), (256, ["0.weight"])], ids=["narrow", "wide"]
+)
+def test_wide_input_layers_are_expanded_once_per_batch(fan_in, expanded):
     from crumple.evaluate import Evaluator, prepared
     from crumple.params import evaluation_mode
 
-    model = SmallCNN().double()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(fan_in, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    ).double()
+    data = (torch.randn(50, fan_in, dtype=torch.float64), torch.randint(0, 3, (50,)))
     plane = cr.Plane.random(model, seed=1)
     with evaluation_mode(model):
         batches, plane_, buffers = prepared(model, data, plane)
@@ -298,8 +308,10 @@ def test_input_layer_is_expanded_once_per_batch(data):
         )
         axes = [torch.linspace(-1, 1, 3, dtype=torch.float64)] * 2
         first = evaluate(plane_.at, axes, [0, 1])
-        # the first convolution sees the raw images: its base and two direction products
-        # are cached; the later layers see batched inputs and are not expanded
-        assert [key[1] for key in evaluate.kernels.cache] == ["features.0.weight"]
+        # only the first layer sees the raw input; later layers see batched inputs
+        assert [key[1] for key in evaluate.kernels.cache] == expanded
         again = evaluate(plane_.at, axes, [0, 1])
     assert torch.equal(first["loss"], again["loss"])
+    grid = cr.Grid(axes[0].numpy(), axes[1].numpy())
+    slow = reference_grid(model, {"loss": F.cross_entropy}, data, plane, grid)
+    assert_close(first["loss"].numpy(), slow["loss"], rtol=1e-9, label=f"fan-in {fan_in}")
