@@ -25,8 +25,14 @@ lint: $(INSTALLED)
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(INSTALLED)
+BENCHED := $(VENV)/.benched
+$(BENCHED): $(INSTALLED)
+	$(BIN)/python -m pip install -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCHED)
 	$(BIN)/python benchmarks/seed_grid.py
+	$(BIN)/python benchmarks/general.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

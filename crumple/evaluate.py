@@ -23,6 +23,7 @@ re-batched so that one forward pass keeps its activations near ``WORKING_SET`` e
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -158,7 +159,8 @@ class _Kernels(TorchFunctionMode):
         super().__init__()
         self.plane = plane
         self.cache_budget = cache_budget
-        self.cache: dict[tuple, tuple[Tensor, Tensor, list]] = {}  # (batch, layer call) ->
+        # (batch, layer call) -> (input layout, base, products, the current row's partial sum)
+        self.cache: dict[tuple, tuple] = {}
         self.cache_bytes = 0
         self.batch = 0
         self.names: dict[int, str] = {}
@@ -207,14 +209,20 @@ class _Kernels(TorchFunctionMode):
         hit = self.cache.get((self.batch, w_name, b_name, self.calls))
         if hit is None or hit[0] != layout:
             hit = self._products(func, x, layout, w_name, b_name, rest[1:], kwargs)
-        out = hit[1]
-        for coord, product in zip(self.point, hit[2]):
-            if product is None:
-                continue
-            if out is hit[1] or is_batchedtensor(out) or is_batchedtensor(coord):
-                out = torch.addcmul(out, coord, product)
-            else:  # a tensor made just above: update it in place, sparing an allocation
-                out.addcmul_(coord, product)
+        base, products, row = hit[1], hit[2], hit[3]
+        terms = [(c, p) for c, p in zip(self.point, products) if p is not None]
+        if terms and all(isinstance(c, float) for c, _ in terms):  # one point at a time
+            *row_terms, (last, product) = terms
+            key = tuple(c for c, _ in row_terms)
+            if row.get("key") != key:  # the row's part is shared by its points
+                partial = base
+                for c, p in row_terms:
+                    partial = torch.add(partial, p, alpha=c)
+                row.update(key=key, partial=partial)
+            return torch.add(row["partial"], product, alpha=last)
+        out = base
+        for c, p in terms:
+            out = torch.addcmul(out, c, p)
         return out
 
     def _is_input(self, x: Tensor) -> bool:
@@ -234,7 +242,7 @@ class _Kernels(TorchFunctionMode):
             call(d) if w_name in touched or b_name in touched else None
             for d, touched in zip(self.plane.directions, self.plane.touched)
         ]
-        entry = (layout, base, products)
+        entry = (layout, base, products, {})
         kept = [base, *(p for p in products if p is not None)]
         size = sum(t.numel() * t.element_size() for t in kept)
         if self.cache_bytes + size <= self.cache_budget:
@@ -391,30 +399,34 @@ class Evaluator:
         return out
 
     def _run(self, batched: bool, params_at, args, levels) -> dict[str, Tensor]:
-        depth = max(levels) + 1
         plane = self.kernels.plane
         on_plane = plane is not None and params_at == plane.at
         sums: dict[str, Tensor] = {}
         with self.kernels:
             for b, (x, y) in enumerate(self.batches):
 
-                def predict(x: Tensor, *point: Any, b=b) -> Tensor:
-                    params = params_at(*point)
+                def predict(x: Tensor, params: Params, point: Sequence[Any], b=b) -> Tensor:
                     self.kernels.start(b, x, params, point, on_plane)
-                    return functional_call(self.model, (params, self.buffers), (x,))
+                    preds = functional_call(self.model, (params, self.buffers), (x,))
+                    _check_prediction(preds)
+                    return preds
 
                 if batched:
-                    values = self._batched(predict, x, y, args, levels, depth)
+                    values = self._batched(predict, params_at, x, y, args, levels)
                 else:
-                    values = self._looped(predict, x, y, args, levels)
+                    rows = plane if on_plane and list(levels) == [0, 1] else None
+                    values = self._looped(predict, params_at, x, y, args, levels, rows)
                 for name, v in values.items():
                     weighted = v * len(x)
                     sums[name] = weighted if name not in sums else sums[name] + weighted
         return {name: total / self.n_samples for name, total in sums.items()}
 
-    def _batched(self, predict, x, y, args, levels, depth):
-        preds = nested_vmap(predict, [None, *levels])(x, *args)
-        _check_prediction(preds)
+    def _batched(self, predict, params_at, x, y, args, levels):
+        def at_point(x: Tensor, *point: Any) -> Tensor:
+            return predict(x, params_at(*point), point)
+
+        preds = nested_vmap(at_point, [None, *levels])(x, *args)
+        depth = max(levels) + 1
         grid_shape = preds.shape[:depth]
         flat = preds.reshape(-1, *preds.shape[depth:])
         out = {}
@@ -425,22 +437,33 @@ class Evaluator:
             out[name] = values.reshape(grid_shape)
         return out
 
-    def _looped(self, predict, x, y, args, levels):
+    def _looped(self, predict, params_at, x, y, args, levels, rows: Plane | None):
+        """One point at a time, with coordinates as Python numbers; on a product grid of
+        ``rows``, each row's partial weights ``origin + a * directions[0]`` are made once."""
         shape = [0] * (max(levels) + 1)
         for arg, level in zip(args, levels):
             shape[level] = _length(arg)
         out = {name: torch.empty(shape, dtype=torch.float64) for name in self.fns}
-        for index in torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(
-            -1, len(shape)
-        ):
-            point = [tree_map(lambda t, i=int(index[lv]): t[i], a) for a, lv in zip(args, levels)]
-            preds = predict(x, *point)
-            _check_prediction(preds)
+        row, row_index = None, None
+        for index in itertools.product(*map(range, shape)):
+            point = [
+                float(a[index[lv]])
+                if isinstance(a, Tensor)
+                else tree_map(lambda t, i=index[lv]: t[i], a)
+                for a, lv in zip(args, levels)
+            ]
+            if rows is None:
+                params = params_at(*point)
+            else:
+                if index[0] != row_index:
+                    row, row_index = rows.shifted(rows.origin, 0, point[0]), index[0]
+                params = rows.shifted(row, 1, point[1])
+            preds = predict(x, params, point)
             for name, fn in self.fns.items():
                 value = fn(preds, y)
                 if value.dim() != 0:
                     raise _not_a_mean(name, value.shape)
-                out[name][tuple(index.tolist())] = value.double()
+                out[name][index] = value.double()
         return {name: v.to(preds.device) for name, v in out.items()}
 
 

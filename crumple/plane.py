@@ -317,13 +317,26 @@ class Plane:
         """
         if len(coords) != self.ndim:
             raise CrumpleError(f"a {self.ndim}-D plane needs {self.ndim} coordinates")
-        params = {}
-        for name, value in self.origin.items():
-            for c, direction, touched in zip(coords, self.directions, self.touched):
-                if name in touched:
-                    value = value + c * direction[name]
-            params[name] = value
+        params = self.origin
+        for k, c in enumerate(coords):
+            params = self.shifted(params, k, c)
         return params
+
+    def shifted(self, params: Params, k: int, c: Tensor | float) -> Params:
+        """``params + c * directions[k]``, touching only the parameters that direction moves.
+
+        Example:
+            >>> plane = Plane.axes(torch.nn.Linear(1, 1, bias=False), "weight")
+            >>> plane.shifted(plane.origin, 0, 2.0)["weight"]
+            tensor([[2.]])
+        """
+        direction, touched = self.directions[k], self.touched[k]
+        if isinstance(c, float):  # one fused pass
+            return {
+                n: torch.add(p, direction[n], alpha=c) if n in touched else p
+                for n, p in params.items()
+            }
+        return {n: p + c * direction[n] if n in touched else p for n, p in params.items()}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """A copy with floating-point tensors moved to ``device`` and cast to ``dtype``.

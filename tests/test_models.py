@@ -69,7 +69,9 @@ def test_surfaces_equal_reference_loop(setup, data, strategy, expand, monkeypatc
     before = snapshot(model)
     fns = {"loss": F.cross_entropy, "accuracy": accuracy}
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=100)
-    for kind, plane in planes(model, other, third, path).items():
+    all_planes = planes(model, other, third, path)
+    assert_untouched(model, before)  # building planes changes nothing either
+    for kind, plane in all_planes.items():
         ds = cr.surface(
             model,
             F.cross_entropy,
