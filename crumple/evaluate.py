@@ -329,32 +329,21 @@ class Evaluator:
             raise CrumpleError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.model, self.fns, self.buffers = model, dict(fns), buffers
         self.strategy = strategy
-        self.max_memory = max_memory
         self.n_samples = number_of_samples(batches)
         self.kernels = _Kernels(plane, max_memory // CACHE_SHARE)
-        self.activations_per_sample = probe(model, reference, buffers, batches[0][0][:8])
-        numel = sum(t.numel() for t in reference.values())
+        activations = probe(model, reference, buffers, batches[0][0][:8])  # per sample
         element = next(iter(reference.values())).element_size()
-        # batches whose activations stay cache-sized and within a share of the budget
-        per_sample = 3 * self.activations_per_sample * element
+        working_bytes = max_memory - max_memory // CACHE_SHARE
+        # batches whose activations stay cache-sized and within the budget
         self.batches = rebatched(
             batches,
-            max(
-                1,
-                min(
-                    WORKING_SET // self.activations_per_sample,
-                    max_memory // CACHE_SHARE // per_sample,
-                ),
-            ),
+            max(1, min(WORKING_SET // activations, working_bytes // (3 * activations * element))),
         )
         largest = max(len(x) for x, _ in self.batches)
-        self.point_bytes = element * (3 * self.activations_per_sample * largest + numel)
+        numel = sum(t.numel() for t in reference.values())
+        point_bytes = element * (3 * activations * largest + numel)
         self.points_per_tile = max(
-            1,
-            min(
-                WORKING_SET // (self.activations_per_sample * largest),
-                (max_memory - max_memory // CACHE_SHARE) // self.point_bytes,
-            ),
+            1, min(WORKING_SET // (activations * largest), working_bytes // point_bytes)
         )
 
     def __call__(
