@@ -44,6 +44,19 @@ def _int_at_least(name: str, low: int):
     return parse
 
 
+def _optimizers(text: str) -> tuple[str, ...]:
+    from crumple.examples.seed import OPTIMIZERS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--compare {text!r}: give distinct optimizers from {', '.join(OPTIMIZERS)}, "
+            "separated by commas"
+        )
+    return names
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -141,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=OPTIMIZERS,
         default="sgd",
         help="sgd, momentum (0.9) or adam (default sgd)",
+    )
+    demo.add_argument(
+        "--compare",
+        type=_optimizers,
+        default=None,
+        metavar="OPT,OPT,...",
+        help="train each of these optimizers from the same start and draw all paths, "
+        "e.g. sgd,momentum,adam",
     )
     demo.add_argument(
         "--seed",
@@ -249,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("out/surface"), help="output folder (default out/surface)"
     )
     surface.set_defaults(run=_surface)
+
+    plot_cmd = commands.add_parser(
+        "plot",
+        help="draw a run again: an HTML page, PNG or PDF",
+        description="Draw a run folder (from crumple surface or crumple demo) as a "
+        "self-contained HTML page and/or a static figure.",
+    )
+    plot_cmd.add_argument("run", type=Path, metavar="RUN", help="the run folder")
+    plot_cmd.add_argument("--html", type=Path, help="write the page here")
+    plot_cmd.add_argument("--png", type=Path, help="write a static PNG here")
+    plot_cmd.add_argument("--pdf", type=Path, help="write a static PDF here")
+    plot_cmd.add_argument("--log", action="store_true", help="draw log10 of the loss")
+    plot_cmd.add_argument(
+        "--zmax", type=_finite_float, default=None, help="clip the drawn loss at this value"
+    )
+    plot_cmd.set_defaults(run=_plot)
     return parser
 
 
@@ -273,7 +310,11 @@ def _demo(args: argparse.Namespace) -> None:
 
     from crumple.examples import seed
 
-    print(f"crumple demo: {n} x {n} grid, {args.epochs} epochs of {args.optimizer}, lr {args.lr:g}")
+    optimizers = args.compare or (args.optimizer,)
+    print(
+        f"crumple demo: {n} x {n} grid, {args.epochs} epochs of {', '.join(optimizers)}, "
+        f"lr {args.lr:g}"
+    )
     start = time.perf_counter()
     result = seed.run(
         w_min=args.w_min,
@@ -281,16 +322,16 @@ def _demo(args: argparse.Namespace) -> None:
         step=args.step,
         epochs=args.epochs,
         lr=args.lr,
-        optimizer=args.optimizer,
+        optimizers=optimizers,
         batch_size=args.batch_size,
         seed=args.seed,
     )
     page_path, data_path = seed.write(result, args.out)
     ds = result.surface
     print(
-        f"surface: {ds.loss.size:,} points in {ds.attrs['seconds'] * 1e3:.0f} ms; "
-        f"final test MSE {float(result.path.loss[-1]):.4f}; "
-        f"total {time.perf_counter() - start:.1f} s"
+        f"surface: {ds.loss.size:,} points in {ds.attrs['seconds'] * 1e3:.0f} ms; final test MSE "
+        + ", ".join(f"{name} {float(p.loss[-1]):.4f}" for name, p in result.paths.items())
+        + f"; total {time.perf_counter() - start:.1f} s"
     )
     outside = seed.points_outside(result)
     if outside:
@@ -317,7 +358,7 @@ def _surface(args: argparse.Namespace) -> None:
     import torch
 
     import crumple as cr
-    from crumple import specs, store
+    from crumple import plot, specs, store
     from crumple.evaluate import as_batches
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -368,34 +409,32 @@ def _surface(args: argparse.Namespace) -> None:
         paths["path"] = cr.project(
             trajectory, plane, model, loss_fn, batches, device=args.device, dtype=dtype
         )
+    ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
     store.save_run(args.out, ds, paths, plane)
-    page = _write_page(args.out, ds, paths, model)
+    page = plot.report(
+        args.out / "landscape.html", ds, paths, title=f"crumple: {ds.attrs['loss_name']} landscape"
+    )
     print(
         f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
         f"wrote {page} and {args.out / cr.store.DATA}"
     )
 
 
-def _write_page(folder: Path, ds, paths, model) -> Path:
-    from crumple import plot
+def _plot(args: argparse.Namespace) -> None:
+    if not (args.html or args.png or args.pdf):
+        raise CrumpleError("say what to write: --html PAGE, --png FILE and/or --pdf FILE")
+    from crumple import plot, store
 
-    facts = {
-        "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
-        "grid": " x ".join(str(n) for n in ds.loss.shape),
-        "plane": ds.attrs["plane_kind"],
-        "samples": ds.attrs["n_samples"],
-        "time": f"{ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']})",
-    }
-    if "plane_normalization" in ds.attrs:
-        facts["normalization"] = ds.attrs["plane_normalization"]
-    for name, path in paths.items():
-        facts[f"{name}: largest distance off the plane"] = f"{float(path.off_plane.max()):.3g}"
-    return plot.write_page(
-        folder / "landscape.html",
-        [plot.surface(ds, paths)],
-        title=f"crumple: {ds.attrs['loss_name']} landscape",
-        facts=facts,
-    )
+    run = store.open_run(args.run)
+    ds = run.pop("surface")
+    if args.html:
+        page = plot.report(
+            args.html, ds, run, title=f"crumple: {args.run}", log=args.log, zmax=args.zmax
+        )
+        print(f"wrote {page}")
+    for target in (args.png, args.pdf):
+        if target:
+            print(f"wrote {plot.save_static(ds, target, run, log=args.log, zmax=args.zmax)}")
 
 
 def _joined_negative_values(argv: Sequence[str]) -> list[str]:

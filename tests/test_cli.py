@@ -52,9 +52,9 @@ def test_small_demo_writes_page_and_data(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"wrote {out / 'landscape.html'}" in done.stdout
     html = (out / "landscape.html").read_text()
-    assert html.count('class="plotly-graph-div"') == 2
+    assert html.count('id="figure-') == 4  # 3-D, contour, loss curves, data fit
     run = open_run(out)
-    surface, path = run["surface"], run["SGD"]
+    surface, path = run["surface"], run["Adam"]
     assert surface.loss.shape == (16, 16)
     assert np.allclose(surface.alpha.values, np.arange(-2, 2, 0.25))
     assert path.sizes["step"] == 4

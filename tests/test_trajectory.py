@@ -21,7 +21,8 @@ def test_every_path_point_lies_on_the_surface(seed_run):
     assert path.sizes["step"] == 5  # before training and after each of 4 epochs
     assert np.all(path.off_plane.values == 0)
     # the surface evaluated at each path point's weights gives the path's loss (float64)
-    path64 = cr.project(seed_run.trajectory, plane, model, F.mse_loss, test64, dtype=torch.float64)
+    trajectory = seed_run.trajectories["SGD"]
+    path64 = cr.project(trajectory, plane, model, F.mse_loss, test64, dtype=torch.float64)
     for k in range(path.sizes["step"]):
         a, b = float(path64.alpha[k]), float(path64.beta[k])
         here = cr.surface(model, F.mse_loss, test64, plane, cr.Grid([a], [b]), dtype=torch.float64)

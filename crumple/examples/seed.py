@@ -147,15 +147,29 @@ def train(
 
 @dataclass
 class SeedRun:
-    """Everything the demo draws."""
+    """Everything the demo draws: one trained model, trajectory and path per optimizer."""
 
-    model: SeedNet
     train_data: tuple[torch.Tensor, torch.Tensor]
     test_data: tuple[torch.Tensor, torch.Tensor]
     plane: Plane
-    trajectory: Trajectory
+    models: dict[str, SeedNet]
+    trajectories: dict[str, Trajectory]
     surface: xr.Dataset
-    path: xr.Dataset
+    paths: dict[str, xr.Dataset]
+
+    @property
+    def model(self) -> SeedNet:
+        """The first optimizer's trained model."""
+        return next(iter(self.models.values()))
+
+    @property
+    def path(self) -> xr.Dataset:
+        """The first optimizer's path."""
+        return next(iter(self.paths.values()))
+
+
+def path_name(optimizer: str) -> str:
+    return {"sgd": "SGD", "momentum": "SGD + momentum", "adam": "Adam"}[optimizer]
 
 
 def run(
@@ -165,91 +179,100 @@ def run(
     step: float = 0.05,
     epochs: int = 25,
     lr: float = 1e-2,
-    optimizer: str = "sgd",
+    optimizers: tuple[str, ...] = ("sgd",),
     batch_size: int = 64,
     seed: int = 0,
     n_samples: int = 10_000,
     progress: bool = True,
 ) -> SeedRun:
-    """The article end to end: data, training with a recorded path, surface, projection.
+    """The article end to end: data, training (one run per optimizer, all from the same
+    start and batch order) with recorded paths, the surface, and the projections.
 
     Example:
-        >>> result = run(step=0.5, epochs=1, n_samples=200, progress=False)
-        >>> result.surface.loss.shape, result.path.sizes["step"]
-        ((8, 8), 2)
+        >>> result = run(step=0.5, epochs=1, n_samples=200, optimizers=("sgd", "adam"),
+        ...              progress=False)
+        >>> result.surface.loss.shape, list(result.paths), result.path.sizes["step"]
+        ((8, 8), ['SGD', 'Adam'], 2)
     """
     train_data, test_data = split(*make_data(n_samples, seed), seed=seed)
-    model = SeedNet()
-    plane = Plane.axes(model, *AXES)  # coordinates are the two weights themselves
-    recorder = train(
-        model,
-        train_data,
-        test_data,
-        epochs=epochs,
-        lr=lr,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-    )
+    plane = Plane.axes(SeedNet(), *AXES)  # coordinates are the two weights themselves
+    models, trajectories = {}, {}
+    for optimizer in optimizers:
+        model = SeedNet()
+        recorder = train(
+            model,
+            train_data,
+            test_data,
+            epochs=epochs,
+            lr=lr,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
+        models[path_name(optimizer)] = model
+        trajectories[path_name(optimizer)] = recorder.trajectory
     weights = np.arange(w_min, w_max, step)
     loss_fn = nn.functional.mse_loss
+    model = next(iter(models.values()))
     ds = surface(model, loss_fn, test_data, plane, Grid(weights, weights))
-    path = project(recorder.trajectory, plane, model, loss_fn, test_data)
-    return SeedRun(model, train_data, test_data, plane, recorder.trajectory, ds, path)
+    ds.attrs["n_parameters"] = 2
+    paths = {
+        name: project(trajectory, plane, model, loss_fn, test_data)
+        for name, trajectory in trajectories.items()
+    }
+    return SeedRun(train_data, test_data, plane, models, trajectories, ds, paths)
 
 
-def figures(result: SeedRun):
-    """The demo's two panels: the surface with the path, and the data with the fitted curve."""
+def fit_figure(result: SeedRun):
+    """The test data with each trained model's curve."""
     from crumple import plot
 
-    landscape = plot.surface(result.surface, paths={"SGD": result.path})
     x, y = result.test_data
     x_curve = torch.linspace(float(x.min()), float(x.max()), 400)[:, None]
+    curves = {}
     with torch.no_grad():
-        y_curve = result.model(x_curve)
-    w1, w2 = (float(result.model.get_parameter(n).detach()) for n in AXES)
-    data_fit = plot.fit(
-        x[:, 0].numpy(),
-        y[:, 0].numpy(),
-        x_curve[:, 0].numpy(),
-        y_curve[:, 0].numpy(),
-        title=f"Test data and the trained model (W1 = {w1:.3f}, W2 = {w2:.3f})",
+        for name, model in result.models.items():
+            w1, w2 = (float(model.get_parameter(n)) for n in AXES)
+            curves[f"{name} (W1 = {w1:.3f}, W2 = {w2:.3f})"] = (
+                x_curve[:, 0].numpy(),
+                model(x_curve)[:, 0].numpy(),
+            )
+    return plot.fit(
+        x[:, 0].numpy(), y[:, 0].numpy(), curves, title="Test data and the trained models"
     )
-    return landscape, data_fit
 
 
 def points_outside(result: SeedRun) -> int:
-    """How many path points lie beyond the grid's range (drawn, but off the surface)."""
-    inside = True
-    for dim in ("alpha", "beta"):
-        axis, coord = result.surface[dim].values, result.path[dim].values
-        inside = inside & (coord >= axis.min()) & (coord <= axis.max())
-    return int((~inside).sum())
+    """How many path points (over all paths) lie beyond the grid's range (drawn, but off
+    the surface)."""
+    count = 0
+    for path in result.paths.values():
+        inside = True
+        for dim in ("alpha", "beta"):
+            axis, coord = result.surface[dim].values, path[dim].values
+            inside = inside & (coord >= axis.min()) & (coord <= axis.max())
+        count += int((~inside).sum())
+    return count
 
 
 def write(result: SeedRun, folder) -> tuple[Path, Path]:
-    """Write the run (``landscape.zarr``: groups ``surface`` and ``paths/SGD``; the plane)
+    """Write the run (``landscape.zarr``: groups ``surface`` and ``paths/NAME``; the plane)
     and the page ``landscape.html``."""
     from crumple import plot
 
-    folder = save_run(folder, result.surface, {"SGD": result.path}, result.plane)
-    ds = result.surface
-    facts = {
-        "grid": " x ".join(str(n) for n in ds.loss.shape),
-        "surface time": f"{ds.attrs['seconds'] * 1e3:.0f} ms",
-        "test samples": ds.attrs["n_samples"],
-        "epochs": result.path.sizes["step"] - 1,
-        "final test MSE": f"{float(result.path.loss[-1]):.4f}",
-        "grid minimum": f"{float(ds.loss.min()):.4f}",
-    }
+    folder = save_run(folder, result.surface, result.paths, result.plane)
+    more = {"epochs": result.path.sizes["step"] - 1}
     outside = points_outside(result)
     if outside:
-        facts["path points outside the grid"] = f"{outside} of {result.path.sizes['step']}"
-    page_path = plot.write_page(
+        total = sum(p.sizes["step"] for p in result.paths.values())
+        more["path points outside the grid"] = f"{outside} of {total}"
+    page_path = plot.report(
         folder / "landscape.html",
-        figures(result),
+        result.surface,
+        result.paths,
         title="crumple: the article's loss landscape",
-        facts=facts,
+        more_facts=more,
+        more_figures=[fit_figure(result)],
     )
     return page_path, folder / DATA

@@ -1,10 +1,24 @@
-"""plotly figures of landscapes and paths, and self-contained HTML pages.
+"""plotly figures of landscapes and paths, self-contained HTML pages, and static export.
 
-Every function returns a ``plotly.graph_objects.Figure`` (or HTML text) and never calls
-``.show()``.
+Every figure function returns a ``plotly.graph_objects.Figure`` and never calls ``.show()``;
+labels come from the datasets' ``long_name`` attributes.
 """
 
-from crumple.plot.figures import fit, surface
+from crumple.plot.figures import animate, contour, fit, line, losses, surface
 from crumple.plot.page import page, write_page
+from crumple.plot.report import facts, report
+from crumple.plot.static import save_static
 
-__all__ = ["surface", "fit", "page", "write_page"]
+__all__ = [
+    "surface",
+    "contour",
+    "line",
+    "losses",
+    "animate",
+    "fit",
+    "page",
+    "write_page",
+    "report",
+    "facts",
+    "save_static",
+]

@@ -1,13 +1,19 @@
-"""Self-contained HTML pages: plotly.js embedded once, no network needed to open them."""
+"""Self-contained HTML pages: plotly.js embedded (gzip-compressed, unpacked by the browser's
+own DecompressionStream), the figures as JSON, no network needed to open them."""
 
 from __future__ import annotations
 
+import base64
+import functools
+import gzip
 import html
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.offline import get_plotlyjs
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
@@ -18,26 +24,69 @@ _TEMPLATE = """<!DOCTYPE html>
 <style>
 body {{ background: #111; color: #ddd; font-family: system-ui, sans-serif; margin: 1.5rem; }}
 h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
-.facts {{ color: #aaa; margin: 0 0 1rem; }}
-.facts span {{ margin-right: 1.5rem; white-space: nowrap; }}
+.facts {{ color: #aaa; margin: 0 0 .5rem; }}
+.facts span {{ margin-right: 1.5rem; white-space: nowrap; display: inline-block; }}
+.note {{ color: #e6c069; margin: 0 0 .5rem; }}
 .panels {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1rem; }}
-.panel {{ min-width: 0; }}
+.panel {{ min-width: 0; height: {height}px; }}
+#status {{ color: #e66; }}
 </style>
 </head>
 <body>
 <h1>{title}</h1>
 <p class="facts">{facts}</p>
+{notes}
+<p id="status"></p>
 <div class="panels">
 {panels}
 </div>
+<script id="plotly-gz" type="application/octet-stream">{plotly}</script>
+<script id="figures" type="application/json">{figures}</script>
 <script>
-// each figure was drawn as soon as it was parsed, before the panels beside it existed
-window.addEventListener("load", () =>
-  document.querySelectorAll(".plotly-graph-div").forEach((div) => Plotly.Plots.resize(div)));
+(async () => {{
+  const status = document.getElementById("status");
+  try {{
+    const packed = atob(document.getElementById("plotly-gz").textContent.trim());
+    const bytes = Uint8Array.from(packed, (c) => c.charCodeAt(0));
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+    (0, eval)(await new Response(stream).text());
+  }} catch (e) {{
+    status.textContent = "This browser cannot unpack the embedded plotly.js (" + e + "); " +
+      "open the page in a current Chrome, Firefox, Safari or Edge.";
+    return;
+  }}
+  const figures = JSON.parse(document.getElementById("figures").textContent);
+  const divs = [];
+  for (const [k, fig] of figures.entries()) {{
+    const div = document.getElementById("figure-" + k);
+    await Plotly.newPlot(div, fig.data, fig.layout, {{displaylogo: false, responsive: true}});
+    if (fig.frames) await Plotly.addFrames(div, fig.frames);
+    divs.push(div);
+  }}
+  // the contour view drives a cursor in the 3-D view
+  const scene = divs.find((d) => d.data.some((t) => t.name === "cursor"));
+  const flat = divs.find((d) => d.data.length && d.data[0].type === "contour");
+  if (scene && flat) {{
+    const cursor = scene.data.findIndex((t) => t.name === "cursor");
+    const surface = scene.data[0];
+    flat.on("plotly_hover", (ev) => {{
+      const p = ev.points[0];
+      const i = surface.y.indexOf(p.y), j = surface.x.indexOf(p.x);
+      if (i < 0 || j < 0) return;
+      Plotly.restyle(scene, {{x: [[p.x]], y: [[p.y]], z: [[surface.z[i][j]]]}}, [cursor]);
+    }});
+  }}
+  document.body.dataset.ready = "yes";
+}})();
 </script>
 </body>
 </html>
 """
+
+
+@functools.cache
+def _packed_plotly() -> str:
+    return base64.b64encode(gzip.compress(get_plotlyjs().encode(), 9, mtime=0)).decode()
 
 
 def page(
@@ -45,32 +94,35 @@ def page(
     *,
     title: str = "crumple",
     facts: Mapping[str, object] | None = None,
-    heights: Sequence[int] | None = None,
+    notes: Sequence[str] = (),
+    height: int = 620,
 ) -> str:
-    """One HTML page showing ``figures`` side by side, with plotly.js embedded once.
+    """One HTML page showing ``figures`` in a grid, with plotly.js embedded once.
 
     Example:
         >>> import plotly.graph_objects as go
         >>> "<script src=" in page([go.Figure()])
         False
     """
-    heights = heights or [700] * len(figures)
-    panels = []
-    for k, (fig, height) in enumerate(zip(figures, heights)):
-        div = pio.to_html(
-            fig,
-            full_html=False,
-            include_plotlyjs=k == 0,
-            include_mathjax=False,
-            default_height=f"{height}px",
-            config={"displaylogo": False, "responsive": True},
-        )
-        panels.append(f'<div class="panel">{div}</div>')
+    panels = "\n".join(
+        f'<div class="panel"><div id="figure-{k}" style="height:100%"></div></div>'
+        for k in range(len(figures))
+    )
+    specs = [json.loads(pio.to_json(fig, validate=False)) for fig in figures]
     facts_html = "".join(
         f"<span>{html.escape(str(k))}: <b>{html.escape(str(v))}</b></span>"
         for k, v in (facts or {}).items()
     )
-    return _TEMPLATE.format(title=html.escape(title), facts=facts_html, panels="\n".join(panels))
+    notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    return _TEMPLATE.format(
+        title=html.escape(title),
+        facts=facts_html,
+        notes=notes_html,
+        panels=panels,
+        height=height,
+        plotly=_packed_plotly(),
+        figures=json.dumps(specs, separators=(",", ":")).replace("</", "<\\/"),
+    )
 
 
 def write_page(path: str | Path, figures: Sequence[go.Figure], **kwargs) -> Path:

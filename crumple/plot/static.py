@@ -1,0 +1,100 @@
+"""Static figures for papers (PNG, PDF, SVG) through matplotlib: the 3-D surface and the
+contour view with the paths, critical points and grid minimum, as on the page."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from crumple.analysis import critical_points
+from crumple.errors import require_extra
+from crumple.plot.figures import PATH_STYLES, Scale, _label, display_grid
+
+
+def save_static(
+    ds: xr.Dataset,
+    path: str | Path,
+    paths: Mapping[str, xr.Dataset] | None = None,
+    *,
+    log: bool = False,
+    zmax: float | None = None,
+    title: str = "Loss Surface",
+    dpi: int = 200,
+) -> Path:
+    """Write the surface (3-D and contour views side by side) to ``path``; the format
+    follows the suffix (``.png``, ``.pdf``, ``.svg``). Needs the ``static`` extra.
+
+    Example:
+        >>> import tempfile
+        >>> a = np.linspace(-1, 1, 5)
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), a[:, None] ** 2 + a[None, :] ** 2)},
+        ...                 coords={"alpha": a, "beta": a})
+        >>> save_static(ds, f"{tempfile.mkdtemp()}/s.png").suffix
+        '.png'
+    """
+    require_extra("matplotlib", "static")
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    view, note = display_grid(ds)
+    scale = Scale(view.loss.values, log, zmax)
+    a, b = view.alpha.values, view.beta.values
+    A, B = np.meshgrid(a, b, indexing="ij")
+    z = scale(view.loss.values)
+    fig = plt.figure(figsize=(13, 5.5))
+    ax3 = fig.add_subplot(1, 2, 1, projection="3d")
+    ax3.plot_surface(A, B, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.9)
+    ax2 = fig.add_subplot(1, 2, 2)
+    filled = ax2.contourf(A, B, z, levels=30, cmap="viridis")
+    fig.colorbar(filled, ax=ax2, label=scale.title(_label(ds.loss)))
+    for k, (name, p) in enumerate((paths or {}).items()):
+        color = PATH_STYLES[k % len(PATH_STYLES)][0]
+        x, y, zp = p.alpha.values, p.beta.values, scale(p.loss.values)
+        ax3.plot(x, y, zp, color=color, lw=2, label=name, zorder=10)
+        ax2.plot(x, y, color=color, lw=2, marker="o", ms=3, label=name)
+        ax2.plot(x[:1], y[:1], "D", color=color, ms=7)
+        ax2.plot(x[-1:], y[-1:], "s", color=color, ms=7)
+    found = critical_points(view)
+    for kind, marker, color in (
+        ("minima", "o", "#00c060"),
+        ("maxima", "o", "#e03030"),
+        ("saddles", "x", "#d4a000"),
+    ):
+        points = getattr(found, kind)
+        if points:
+            i, j = np.array(points).T
+            ax2.scatter(
+                a[i],
+                b[j],
+                marker=marker,
+                **(dict(facecolors="none", edgecolors=color) if marker == "o" else dict(c=color)),
+                label=f"{kind} ({len(points)})",
+                zorder=5,
+            )
+    if found.global_min is not None:
+        i, j = found.global_min
+        ax2.annotate(
+            f"grid minimum {view.loss.values[i, j]:.4g}",
+            (a[i], b[j]),
+            xytext=(10, 10),
+            textcoords="offset points",
+            color="white",
+            bbox=dict(facecolor="black", alpha=0.5),
+        )
+    for ax in (ax3, ax2):
+        ax.set_xlabel(_label(ds.alpha))
+        ax.set_ylabel(_label(ds.beta))
+    ax3.set_zlabel(scale.title(_label(ds.loss)))
+    ax2.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title if note is None else f"{title}\n{note}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
