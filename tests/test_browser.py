@@ -1,4 +1,4 @@
-"""The demo page in a real headless Chromium, with the network cut off."""
+"""The demo and comparison pages in a real headless Chromium, with the network cut off."""
 
 import io
 import os
@@ -36,11 +36,21 @@ def browser():
         b.close()
 
 
-def test_demo_page_renders_offline(browser, tmp_path):
+@pytest.fixture(
+    scope="module", params=[("sgd",), ("sgd", "momentum", "adam")], ids=["demo", "compare"]
+)
+def page_file(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("page")
+    result = seed.run(epochs=25, optimizers=request.param, progress=False)
+    page_path, _ = seed.write(result, folder)
+    return page_path, list(result.paths)
+
+
+def test_page_renders_offline_with_every_path_and_a_working_slider(browser, page_file):
     from PIL import Image
 
-    page_path, _ = seed.write(seed.run(epochs=3, progress=False), tmp_path)
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page_path, names = page_file
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
     errors, remote = [], []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -49,17 +59,50 @@ def test_demo_page_renders_offline(browser, tmp_path):
         lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else remote.append(r.url),
     )
     page.goto(page_path.as_uri())
+    page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=120_000)
     page.wait_for_selector(".gl-container canvas", timeout=60_000)
-    page.wait_for_function("document.querySelectorAll('.main-svg').length >= 2", timeout=60_000)
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(1000)
     box = page.locator(".gl-container canvas").first.bounding_box()
     assert box["width"] > 200 and box["height"] > 200
-    legend = page.locator(".legendtext").all_text_contents()
-    assert "SGD" in legend and "data" in legend and "model" in legend
+
+    # the 3-D view's legend lists every path (plus critical-point entries)
+    legend = page.locator("#figure-0 .legendtext").all_text_contents()
+    assert all(name in legend for name in names), legend
+
+    # the slider drives the animation: the paths shrink to the chosen step
+    def lengths():
+        return page.evaluate(
+            "(names) => names.map((n) => document.getElementById('figure-0')._fullData"
+            ".find((t) => t.name === n).x.length)",
+            names,
+        )
+
+    assert lengths() == [26] * len(names)
+    rail = page.locator("#figure-0 .slider-rail-rect").bounding_box()
+    page.mouse.click(rail["x"] + 0.2 * rail["width"], rail["y"] + rail["height"] / 2)
+    page.wait_for_timeout(1500)
+    shrunk = lengths()
+    assert all(1 < n < 26 for n in shrunk), shrunk
+    page.locator("#figure-0 .updatemenu-button").first.click()  # play
+    page.wait_for_function(
+        "(names) => names.every((n) => document.getElementById('figure-0')._fullData"
+        ".find((t) => t.name === n).x.length === 26)",
+        arg=names,
+        timeout=30_000,
+    )
+
+    # the contour view drives a cursor in the 3-D view
+    contour = page.locator("#figure-1 .nsewdrag").first.bounding_box()
+    page.mouse.move(contour["x"] + contour["width"] * 0.7, contour["y"] + contour["height"] * 0.4)
+    page.wait_for_timeout(500)
+    cursor = page.evaluate(
+        "document.getElementById('figure-0')._fullData.find((t) => t.name === 'cursor').x.length"
+    )
+    assert cursor == 1
+
     shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
     colours = shot.getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 500, "the screenshot is nearly blank"
-    (tmp_path / "screenshot.png").write_bytes(page.screenshot())
     assert errors == []
     assert remote == []
     page.close()

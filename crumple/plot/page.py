@@ -68,10 +68,10 @@ h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
   const flat = divs.find((d) => d.data.length && d.data[0].type === "contour");
   if (scene && flat) {{
     const cursor = scene.data.findIndex((t) => t.name === "cursor");
-    const surface = scene.data[0];
     flat.on("plotly_hover", (ev) => {{
+      const surface = scene._fullData[0];  // arrays decoded
       const p = ev.points[0];
-      const i = surface.y.indexOf(p.y), j = surface.x.indexOf(p.x);
+      const i = Array.from(surface.y).indexOf(p.y), j = Array.from(surface.x).indexOf(p.x);
       if (i < 0 || j < 0) return;
       Plotly.restyle(scene, {{x: [[p.x]], y: [[p.y]], z: [[surface.z[i][j]]]}}, [cursor]);
     }});
