@@ -83,3 +83,31 @@ def test_python_dash_m_and_version():
         [sys.executable, "-m", "crumple", "--version"], capture_output=True, text=True, check=True
     )
     assert done.stdout.startswith("crumple ")
+
+
+def test_plot_draws_a_run_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["demo", "--step", "0.5", "--epochs", "2", "--compare", "sgd,adam", "--out", str(out)])
+    capsys.readouterr()
+    main(
+        [
+            "plot",
+            str(out),
+            "--html",
+            str(tmp_path / "again.html"),
+            "--png",
+            str(tmp_path / "again.png"),
+            "--log",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert "again.html" in text and "again.png" in text
+    html = (tmp_path / "again.html").read_text()
+    assert html.count('id="figure-') == 3 and "SGD" in html and "Adam" in html
+    assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        main(["plot", str(out)])
+    assert "--html PAGE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plot", str(tmp_path / "nothing")])
+    assert "holds no crumple run" in capsys.readouterr().err
