@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw a run folder (from crumple surface or crumple demo) as a "
         "self-contained HTML page and/or a static figure.",
     )
-    plot_cmd.add_argument("run", type=Path, metavar="RUN", help="the run folder")
+    plot_cmd.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
     plot_cmd.add_argument("--html", type=Path, help="write the page here")
     plot_cmd.add_argument("--png", type=Path, help="write a static PNG here")
     plot_cmd.add_argument("--pdf", type=Path, help="write a static PDF here")
@@ -425,11 +425,11 @@ def _plot(args: argparse.Namespace) -> None:
         raise CrumpleError("say what to write: --html PAGE, --png FILE and/or --pdf FILE")
     from crumple import plot, store
 
-    run = store.open_run(args.run)
+    run = store.open_run(args.folder)
     ds = run.pop("surface")
     if args.html:
         page = plot.report(
-            args.html, ds, run, title=f"crumple: {args.run}", log=args.log, zmax=args.zmax
+            args.html, ds, run, title=f"crumple: {args.folder}", log=args.log, zmax=args.zmax
         )
         print(f"wrote {page}")
     for target in (args.png, args.pdf):

@@ -109,5 +109,5 @@ def test_plot_draws_a_run_again(tmp_path, capsys):
         main(["plot", str(out)])
     assert "--html PAGE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["plot", str(tmp_path / "nothing")])
+        main(["plot", str(tmp_path / "nothing"), "--html", str(tmp_path / "x.html")])
     assert "holds no crumple run" in capsys.readouterr().err
