@@ -13,6 +13,7 @@ from crumple.errors import CrumpleError
 from crumple.grid import Grid
 from crumple.plane import Plane
 from crumple.store import open_run
+from crumple.store import open_run as open  # noqa: A001
 from crumple.surface import line, surface
 from crumple.trajectory import Recorder, Trajectory, project
 
@@ -28,6 +29,7 @@ __all__ = [
     "Trajectory",
     "project",
     # runs on disk
+    "open",
     "open_run",
     # figures
     "plot",

@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     surface.add_argument("--strategy", choices=["auto", "vmap", "loop"], default="auto")
     surface.add_argument(
+        "--data-id",
+        default=None,
+        metavar="NAME",
+        help="name the data in the run's fingerprint instead of hashing it",
+    )
+    surface.add_argument(
         "--out", type=Path, default=Path("out/surface"), help="output folder (default out/surface)"
     )
     surface.set_defaults(run=_surface)
@@ -286,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--zmax", type=_finite_float, default=None, help="clip the drawn loss at this value"
     )
     plot_cmd.set_defaults(run=_plot)
+
+    info = commands.add_parser(
+        "info",
+        help="what a run folder holds and how complete it is",
+        description="Print what a run folder holds and how complete it is; --netcdf exports "
+        "the surface and the paths to one netCDF file for sharing.",
+    )
+    info.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
+    info.add_argument("--netcdf", type=Path, metavar="FILE", help="also write one netCDF file")
+    info.set_defaults(run=_info)
     return parser
 
 
@@ -397,6 +413,8 @@ def _surface(args: argparse.Namespace) -> None:
         batches,
         plane,
         grid,
+        store=args.out,
+        data_id=args.data_id,
         metrics=metrics,
         device=args.device,
         dtype=dtype,
@@ -418,6 +436,14 @@ def _surface(args: argparse.Namespace) -> None:
         f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
         f"wrote {page} and {args.out / cr.store.DATA}"
     )
+
+
+def _info(args: argparse.Namespace) -> None:
+    from crumple import store
+
+    print(store.describe(args.folder))
+    if args.netcdf:
+        print(f"wrote {store.export_netcdf(args.folder, args.netcdf)}")
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -456,4 +482,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CrumpleError as e:
         parser.exit(2, f"crumple {args.command}: error: {e}\n")
     except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        kept = (
+            f"; the finished tiles are kept in {out}: run the same command to resume" if out else ""
+        )
+        print(f"crumple {args.command}: stopped{kept}", file=sys.stderr)
         sys.exit(130)

@@ -311,6 +311,7 @@ class Evaluator:
         plane: the plane being evaluated, for the layer expansion (or ``None``).
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
         max_memory: bytes a tile and the cached layer products may take.
+        batch_size: samples per forward pass (default: cache-sized, within ``max_memory``).
     """
 
     def __init__(
@@ -324,6 +325,7 @@ class Evaluator:
         plane: Plane | None = None,
         strategy: str = "auto",
         max_memory: int = DEFAULT_MAX_MEMORY,
+        batch_size: int | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise CrumpleError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -335,10 +337,10 @@ class Evaluator:
         element = next(iter(reference.values())).element_size()
         working_bytes = max_memory - max_memory // CACHE_SHARE
         # batches whose activations stay cache-sized and within the budget
-        self.batches = rebatched(
-            batches,
-            max(1, min(WORKING_SET // activations, working_bytes // (3 * activations * element))),
+        self.batch_size = batch_size or max(
+            1, min(WORKING_SET // activations, working_bytes // (3 * activations * element))
         )
+        self.batches = rebatched(batches, self.batch_size)
         largest = max(len(x) for x, _ in self.batches)
         numel = sum(t.numel() for t in reference.values())
         point_bytes = element * (3 * activations * largest + numel)

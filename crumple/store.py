@@ -1,18 +1,196 @@
-"""A run on disk: one folder with the surface and the paths (zarr) and the plane
-(safetensors)."""
+"""A run on disk: one folder whose ``landscape.zarr`` holds the surface (written tile by tile
+as tiles finish), the recorded paths and a fingerprint of everything that determines the
+numbers; the plane sits beside it as ``plane.safetensors``.
+
+Running the same surface into the same folder again resumes: finished tiles are read, not
+recomputed. A folder made for other inputs is refused, never mixed or overwritten.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
+import torch
 import xarray as xr
+from torch import Tensor
 
 from crumple.errors import CrumpleError
 from crumple.plane import Plane
 
 DATA = "landscape.zarr"
 PLANE = "plane.safetensors"
+DONE = "tile_done"
+
+
+def _digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _qualified(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def fingerprint(
+    model,
+    plane: Plane,
+    grid,
+    batches,
+    fns: Mapping[str, Callable],
+    dtype,
+    data_id: str | None = None,
+) -> dict[str, str]:
+    """What determines a surface's numbers, each part hashed on its own so that a mismatch
+    can say which part differs.
+
+    Example:
+        >>> import crumple as cr
+        >>> net = torch.nn.Linear(1, 1)
+        >>> fp = fingerprint(net, cr.Plane.axes(net, "weight"), cr.Grid([0.0, 1.0]),
+        ...                  [(torch.ones(2, 1), torch.ones(2, 1))],
+        ...                  {"loss": torch.nn.functional.mse_loss}, torch.float32)
+        >>> sorted(fp)
+        ['data', 'dtype', 'grid', 'loss', 'plane', 'weights']
+    """
+    weights = [*model.named_parameters(), *model.named_buffers()]
+    plane_tensors = [(f"origin.{n}", t) for n, t in plane.origin.items()]
+    for k, d in enumerate(plane.directions):
+        plane_tensors += [(f"d{k}.{n}", t) for n, t in d.items()]
+    data = (
+        data_id
+        if data_id is not None
+        else _digest(
+            (f"{k}.{part}", t) for k, batch in enumerate(batches) for part, t in zip("xy", batch)
+        )
+    )
+    return {
+        "weights": _digest(weights),
+        "plane": _digest(plane_tensors),
+        "grid": _digest((f"axis{k}", torch.from_numpy(a)) for k, a in enumerate(grid.axes)),
+        "data": str(data),
+        "loss": ", ".join(f"{name}={_qualified(fn)}" for name, fn in fns.items()),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+class RunStore:
+    """The surface of a run on disk, tile by tile.
+
+    Example:
+        >>> import tempfile, crumple as cr
+        >>> grid = cr.Grid([0.0, 1.0, 2.0], [0.0, 1.0])
+        >>> run = RunStore.create(tempfile.mkdtemp(), {"weights": "w"}, grid, ["loss"], 4)
+        >>> run.done(), len(run.tiles)
+        ([False, False], 2)
+    """
+
+    def __init__(self, folder: Path, grid, tiles: list, names: list[str], plan: dict) -> None:
+        self.folder, self.grid, self.tiles, self.names, self.plan = folder, grid, tiles, names, plan
+
+    @property
+    def path(self) -> Path:
+        return self.folder / DATA
+
+    @classmethod
+    def resume(cls, folder, fp: Mapping[str, str], grid) -> RunStore | None:
+        """The run in ``folder`` if there is one, after checking that it was made from the
+        same inputs; ``None`` if the folder holds no run."""
+        folder = Path(folder)
+        if not (folder / DATA).exists():
+            return None
+        group = _surface_group(folder)
+        try:
+            stored = json.loads(group.attrs["fingerprint"])
+            plan = json.loads(group.attrs["plan"])
+        except (KeyError, ValueError) as e:
+            raise _damaged(folder, e) from e
+        differs = [k for k in fp if stored.get(k) != fp[k]]
+        if differs:
+            raise CrumpleError(
+                f"{str(folder)!r} holds a run made with other {', '.join(differs)}; it is left "
+                "as it is. To resume it, give the same model weights, plane, grid, data, loss "
+                "and dtype; to start a fresh run, choose another folder or delete this one"
+            )
+        names = [n for n in group.array_keys() if n not in (DONE, *grid.dims)]
+        names = sorted(names, key=lambda n: n != "loss")
+        return cls(folder, grid, list(grid.tiles(plan["chunk_size"])), names, plan)
+
+    @classmethod
+    def create(
+        cls,
+        folder,
+        fp: Mapping[str, str],
+        grid,
+        names: list[str],
+        chunk_size: int,
+        coord_attrs: Mapping[str, dict] | None = None,
+    ) -> RunStore:
+        """Start a run in ``folder``: every value nan, every tile not done."""
+        folder = Path(folder)
+        tiles = list(grid.tiles(chunk_size))
+        plan = {"chunk_size": chunk_size}
+        template = xr.Dataset(
+            {name: (grid.dims, np.full(grid.shape, np.nan)) for name in names}
+            | {DONE: (("tile",), np.zeros(len(tiles), dtype=bool))},
+            coords={
+                d: (d, a, dict((coord_attrs or {}).get(d, {})))
+                for d, a in zip(grid.dims, grid.axes)
+            },
+            attrs={"fingerprint": json.dumps(dict(fp)), "plan": json.dumps(plan)},
+        )
+        tile_shape = tuple(s.stop - s.start for s in tiles[0])
+        encoding = {name: {"chunks": tile_shape} for name in names} | {DONE: {"chunks": (1,)}}
+        folder.mkdir(parents=True, exist_ok=True)
+        template.to_zarr(
+            folder / DATA, group="surface", mode="w", encoding=encoding, consolidated=False
+        )
+        return cls(folder, grid, tiles, names, plan)
+
+    def done(self) -> list[bool]:
+        """Which tiles are finished."""
+        return [bool(v) for v in _surface_group(self.folder)[DONE][:]]
+
+    def write(self, k: int, values: Mapping[str, np.ndarray]) -> None:
+        """Store tile ``k``'s values, then mark it finished."""
+        group = _surface_group(self.folder, mode="r+")
+        for name, v in values.items():
+            group[name][self.tiles[k]] = v
+        group[DONE][k] = True
+
+    def set_plan(self, **changes) -> None:
+        self.plan.update(changes)
+        _surface_group(self.folder, mode="r+").attrs["plan"] = json.dumps(self.plan)
+
+    def finish(self, attrs: Mapping[str, object], var_attrs: Mapping[str, dict]) -> xr.Dataset:
+        group = _surface_group(self.folder, mode="r+")
+        group.attrs.update({k: v for k, v in attrs.items()})
+        for name, a in var_attrs.items():
+            group[name].attrs.update(a)
+        return open_run(self.folder)["surface"]
+
+
+def _surface_group(folder: Path, mode: str = "r"):
+    import zarr
+
+    try:
+        return zarr.open_group(str(Path(folder) / DATA), mode=mode, path="surface")
+    except Exception as e:
+        raise _damaged(folder, e) from e
+
+
+def _damaged(folder, e: Exception) -> CrumpleError:
+    return CrumpleError(
+        f"the run in {str(folder)!r} is damaged and cannot be read ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else ''}); delete the folder to start afresh"
+    )
 
 
 def save_run(
@@ -21,10 +199,11 @@ def save_run(
     paths: Mapping[str, xr.Dataset] | None = None,
     plane: Plane | None = None,
 ) -> Path:
-    """Write ``surface`` (group ``surface``), each path (group ``paths/NAME``) and the plane.
+    """Write ``surface`` (group ``surface``, unless the folder's store already holds it),
+    each path (group ``paths/NAME``) and the plane.
 
     Example:
-        >>> import tempfile, numpy as np
+        >>> import tempfile
         >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((2, 2)))})
         >>> folder = save_run(tempfile.mkdtemp(), ds)
         >>> open_run(folder)["surface"].loss.shape
@@ -32,7 +211,8 @@ def save_run(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    surface.to_zarr(folder / DATA, group="surface", mode="w", consolidated=False)
+    if surface.attrs.get("store") != str(folder):
+        surface.to_zarr(folder / DATA, group="surface", mode="w", consolidated=False)
     for name, path in (paths or {}).items():
         path.to_zarr(folder / DATA, group=f"paths/{name}", mode="w", consolidated=False)
     if plane is not None:
@@ -41,7 +221,8 @@ def save_run(
 
 
 def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
-    """The datasets of a run: ``"surface"`` and one entry per path name.
+    """The datasets of a run: ``"surface"`` and one entry per path name. A run that is not
+    complete has nan at the points not yet computed, and ``attrs["tiles_done"]``.
 
     Example:
         >>> open_run("no/such/run")
@@ -52,8 +233,98 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
     data = Path(folder) / DATA
     if not data.is_dir():
         raise CrumpleError(f"{str(folder)!r} holds no crumple run ({DATA} is missing)")
-    out = {"surface": xr.open_zarr(data, group="surface", consolidated=False).load()}
-    paths = data / "paths"
-    for group in sorted(p.name for p in paths.iterdir() if p.is_dir()) if paths.is_dir() else []:
-        out[group] = xr.open_zarr(data, group=f"paths/{group}", consolidated=False).load()
+    try:
+        surface = xr.open_zarr(data, group="surface", consolidated=False).load()
+        out = {"surface": surface}
+        paths = data / "paths"
+        for group in (
+            sorted(p.name for p in paths.iterdir() if p.is_dir()) if paths.is_dir() else []
+        ):
+            out[group] = xr.open_zarr(data, group=f"paths/{group}", consolidated=False).load()
+    except CrumpleError:
+        raise
+    except Exception as e:
+        raise _damaged(folder, e) from e
+    if DONE in surface:
+        done = surface[DONE].values
+        surface = surface.drop_vars(DONE)
+        surface.attrs["tiles_done"] = f"{int(done.sum())} of {done.size}"
+        for key in ("fingerprint", "plan"):
+            surface.attrs.pop(key, None)
+        out["surface"] = surface
     return out
+
+
+def describe(folder: str | Path) -> str:
+    """What a run folder holds and how complete it is, as text.
+
+    Example:
+        >>> import tempfile
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((2, 3)))},
+        ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0, 2.0]})
+        >>> print(describe(save_run(tempfile.mkdtemp(), ds)).splitlines()[1])
+        surface: loss over alpha 2 x beta 3, complete
+    """
+    run = open_run(folder)
+    surface = run.pop("surface")
+    values = surface.loss.values
+    missing = int(np.isnan(values).sum())
+    done = surface.attrs.get("tiles_done")
+    state = "complete" if missing == 0 else f"{values.size - missing} of {values.size} points"
+    if done and missing:
+        state += f" ({done} tiles done; run the same command again to resume)"
+    dims = " x ".join(f"{d} {surface.sizes[d]}" for d in surface.loss.dims)
+    lines = [
+        f"run {str(folder)!r}",
+        f"surface: {', '.join(surface.data_vars)} over {dims}, {state}",
+    ]
+    for key in (
+        "plane_kind",
+        "plane_normalization",
+        "loss_name",
+        "n_samples",
+        "dtype",
+        "strategy",
+        "seconds",
+        "crumple_version",
+    ):
+        if key in surface.attrs:
+            lines.append(f"  {key}: {surface.attrs[key]}")
+    for d in surface.loss.dims:
+        a = surface[d].values
+        lines.append(f"  {d} ({surface[d].attrs.get('long_name', d)}): {a[0]:g} .. {a[-1]:g}")
+    for name, path in run.items():
+        lines.append(f"path {name!r}: {path.sizes['step']} steps")
+    if (Path(folder) / PLANE).is_file():
+        lines.append(f"plane: {PLANE}")
+    return "\n".join(lines)
+
+
+def export_netcdf(folder: str | Path, file: str | Path) -> Path:
+    """One netCDF file with the surface and every path (``path{k}_*`` variables along
+    ``step{k}``, the path's name in their ``path_name`` attribute), for sharing.
+
+    Example:
+        >>> import tempfile
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.ones((2, 2)))},
+        ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0]})
+        >>> folder = save_run(tempfile.mkdtemp(), ds)
+        >>> float(xr.open_dataset(export_netcdf(folder, f"{folder}/run.nc")).loss.sum())
+        4.0
+    """
+    run = open_run(folder)
+    merged = run.pop("surface").copy()
+    for k, (name, path) in enumerate(run.items()):
+        renamed = path.rename({"step": f"step{k}"}).rename(
+            {v: f"path{k}_{v}" for v in path.data_vars}
+        )
+        for v in renamed.data_vars:
+            renamed[v].attrs["path_name"] = name
+        merged = merged.merge(renamed)
+    attrs = {
+        k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in merged.attrs.items()
+    }
+    merged.attrs = {k: v for k, v in attrs.items() if v is not None}
+    file = Path(file)
+    merged.to_netcdf(file)
+    return file

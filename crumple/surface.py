@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from crumple.evaluate import DEFAULT_MAX_MEMORY, Evaluator, LossFn, prepared
 from crumple.grid import Grid
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
+from crumple.store import RunStore, fingerprint, open_run
 
 
 def surface(
@@ -33,6 +35,8 @@ def surface(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    store: str | Path | None = None,
+    data_id: str | None = None,
 ) -> xr.Dataset:
     """The loss (and metrics) at every point of a 2-D grid on a plane.
 
@@ -53,7 +57,12 @@ def surface(
             ``ds.attrs["strategy"]``).
         device: where to compute (default: where the plane's tensors are).
         dtype: floating-point type to compute in (default: the plane's).
-        progress: show a progress bar over tiles.
+        progress: show a progress bar over tiles (and, before a run of several tiles, the
+            estimated time after the first).
+        store: a run folder: tiles are written to it as they finish, and running the same
+            call again resumes (finished tiles are read, not recomputed). A folder made from
+            other inputs (weights, plane, grid, data, loss, dtype) is refused.
+        data_id: a name for the data to fingerprint instead of hashing its contents.
 
     Returns:
         A Dataset with ``loss[i, j]`` the loss at ``(alpha[i], beta[j])``.
@@ -75,6 +84,8 @@ def surface(
             f"plane and {grid!r}. For one direction use crumple.line"
         )
     options = dict(
+        store=store,
+        data_id=data_id,
         metrics=metrics,
         chunk_size=chunk_size,
         max_memory=max_memory,
@@ -126,12 +137,24 @@ def _evaluate(
     device=None,
     dtype=None,
     progress=False,
+    store=None,
+    data_id=None,
 ):
     _check_fits(model, plane)
     fns = _named_functions(loss_fn, metrics)
     start = time.perf_counter()
     with evaluation_mode(model):
         batches, plane_, buffers = prepared(model, data, plane, device, dtype)
+        reference = next(iter(plane_.origin.values()))
+        run = None
+        if store is not None:
+            fp = fingerprint(model, plane, grid, batches, fns, reference.dtype, data_id)
+            run = RunStore.resume(store, fp, grid)
+            if run is not None and all(run.done()):
+                out = open_run(store)["surface"]
+                out.attrs["tiles_computed"] = 0
+                return out
+        plan = run.plan if run is not None else {}
         evaluate = Evaluator(
             model,
             fns,
@@ -139,30 +162,62 @@ def _evaluate(
             buffers,
             plane_.origin,
             plane=plane_,
-            strategy=strategy,
+            strategy=plan.get("strategy", strategy),
             max_memory=max_memory,
+            batch_size=plan.get("batch_size"),
         )
-        reference = next(iter(plane_.origin.values()))
+        chunk_size = plan.get("chunk_size") or chunk_size or evaluate.points_per_tile
+        if store is not None and run is None:
+            run = RunStore.create(store, fp, grid, list(fns), chunk_size, _coord_attrs(plane, grid))
+        tiles = list(grid.tiles(chunk_size))
+        done = run.done() if run is not None else [False] * len(tiles)
+        todo = [k for k, finished in enumerate(done) if not finished]
         axes = [
             torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes
         ]
-        chunk_size = chunk_size or evaluate.points_per_tile
         results = {name: np.empty(grid.shape) for name in fns}
-        for tile in tqdm(list(grid.tiles(chunk_size)), disable=not progress, unit="tile"):
+        bar = tqdm(
+            total=len(tiles), initial=len(tiles) - len(todo), disable=not progress, unit="tile"
+        )
+        for n, k in enumerate(todo):
+            tile = tiles[k]
+            first = time.perf_counter()
             values = evaluate(
                 plane_.at, [axis[s] for axis, s in zip(axes, tile)], list(range(len(tile)))
             )
-            for name, v in values.items():
-                results[name][tile] = v.double().cpu().numpy()
+            values = {name: v.double().cpu().numpy() for name, v in values.items()}
+            if run is None:
+                for name, v in values.items():
+                    results[name][tile] = v
+            else:
+                if n == 0:
+                    run.set_plan(strategy=evaluate.strategy, batch_size=evaluate.batch_size)
+                run.write(k, values)
+            if n == 0 and progress and len(todo) > 1:
+                estimate = (time.perf_counter() - first) * len(todo)
+                bar.write(f"crumple: {len(todo)} tiles to compute, about {estimate:.3g} s in all")
+            bar.update()
+        bar.close()
     facts = {
         "n_samples": evaluate.n_samples,
         "dtype": str(reference.dtype).removeprefix("torch."),
         "device": str(reference.device),
         "strategy": evaluate.strategy,
         "chunk_size": chunk_size,
+        "tiles_computed": len(todo),
         "seconds": time.perf_counter() - start,
     }
-    return _dataset(results, plane, grid, loss_fn, facts)
+    ds = _dataset(results, plane, grid, loss_fn, facts)
+    if run is None:
+        return ds
+    out = run.finish(ds.attrs | {"store": str(Path(store))}, {n: dict(ds[n].attrs) for n in fns})
+    out.attrs["tiles_computed"] = len(todo)
+    return out
+
+
+def _coord_attrs(plane, grid) -> dict[str, dict]:
+    names = plane.attrs.get("axis_names", grid.dims)
+    return {dim: {"long_name": str(name)} for dim, name in zip(grid.dims, names)}
 
 
 def _named_functions(loss_fn: LossFn, metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
@@ -196,11 +251,8 @@ def function_name(fn: Callable) -> str:
 def _dataset(results, plane, grid, loss_fn, facts) -> xr.Dataset:
     from crumple import __version__
 
-    names = plane.attrs.get("axis_names", grid.dims)
-    coords = {
-        dim: (dim, axis, {"long_name": str(name)})
-        for dim, axis, name in zip(grid.dims, grid.axes, names)
-    }
+    attrs_of = _coord_attrs(plane, grid)
+    coords = {dim: (dim, axis, attrs_of[dim]) for dim, axis in zip(grid.dims, grid.axes)}
     loss_name = function_name(loss_fn)
     data_vars = {
         name: (grid.dims, values, {"long_name": loss_name if name == "loss" else name})
