@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crumple.errors import CrumpleError
-from crumple.evaluate import DEFAULT_MAX_MEMORY, Evaluator, LossFn, prepared
+from crumple.evaluate import DEFAULT_MAX_MEMORY, Evaluator, LossFn, as_batches, prepared
 from crumple.grid import Grid
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
@@ -144,11 +144,12 @@ def _evaluate(
     fns = _named_functions(loss_fn, metrics)
     start = time.perf_counter()
     with evaluation_mode(model):
-        batches, plane_, buffers = prepared(model, data, plane, device, dtype)
+        given = as_batches(data)  # as the user gave it: the fingerprint hashes these
+        batches, plane_, buffers = prepared(model, given, plane, device, dtype)
         reference = next(iter(plane_.origin.values()))
         run = None
         if store is not None:
-            fp = fingerprint(model, plane, grid, batches, fns, reference.dtype, data_id)
+            fp = fingerprint(model, plane, grid, given, fns, reference.dtype, data_id)
             run = RunStore.resume(store, fp, grid)
             if run is not None and all(run.done()):
                 out = open_run(store)["surface"]

@@ -23,3 +23,11 @@ def digits_loader():
 def wrong_shapes():
     x, y = digits(50, dtype=torch.float32)
     return x[:, :, :4], y
+
+
+def slow_cross_entropy(pred, y):
+    """Cross-entropy that takes a while, so that a run can be stopped part-way."""
+    import time
+
+    time.sleep(0.01)
+    return torch.nn.functional.cross_entropy(pred, y)

@@ -1,0 +1,200 @@
+"""Runs that survive: stopped and resumed bit for bit, refused when the inputs differ, clear
+errors for damaged stores, and the info and netCDF commands."""
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import crumple as cr
+from crumple.cli import main
+from crumple.store import DATA
+from tests import cli_fixtures
+
+GRID = cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10))
+RUN = """
+import numpy as np, torch, crumple as cr
+from tests import cli_fixtures
+torch.set_num_threads(1)
+model = cli_fixtures.make_mlp()
+cr.surface(model, cli_fixtures.slow_cross_entropy, cli_fixtures.digits_loader(),
+           cr.Plane.random(model, seed=1),
+           cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10)),
+           store={store!r}, strategy="loop", chunk_size=4)
+"""
+
+
+def surface_into(store, loss=cli_fixtures.slow_cross_entropy, **changes):
+    torch.set_num_threads(1)
+    model = changes.pop("model", None) or cli_fixtures.make_mlp()
+    return cr.surface(
+        model,
+        loss,
+        changes.pop("data", None) or cli_fixtures.digits_loader(),
+        changes.pop("plane", None) or cr.Plane.random(model, seed=1),
+        changes.pop("grid", GRID),
+        store=store,
+        strategy="loop",
+        chunk_size=4,
+        **changes,
+    )
+
+
+def _done_flags(store: Path):
+    import zarr
+
+    return zarr.open_group(str(store / DATA), mode="r", path="surface")["tile_done"][:]
+
+
+def files_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run."""
+    store = tmp_path_factory.mktemp("reference") / "run"
+    ds = surface_into(store)
+    assert ds.attrs["tiles_computed"] == 36
+    return store, ds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_stopped_run_resumes_bit_for_bit_without_recomputing(tmp_path, reference, sig):
+    store = tmp_path / "run"
+    root = Path(__file__).parents[1]
+    child = subprocess.Popen(
+        [sys.executable, "-c", RUN.format(store=str(store))],
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        if (store / DATA).exists() and int(_safe_done(store).sum()) >= 5:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, f"the run ended before it could be stopped: {child.stderr.read()}"
+    child.send_signal(sig)
+    child.wait(timeout=60)
+    if sig == signal.SIGINT:
+        assert "KeyboardInterrupt" in child.stderr.read()
+    done_before = int(_safe_done(store).sum())
+    assert 5 <= done_before < 36
+    resumed = surface_into(store)
+    assert resumed.attrs["tiles_computed"] == 36 - done_before  # no finished tile again
+    _, whole = reference
+    for var in ("loss",):
+        a, b = resumed[var].values, whole[var].values
+        assert a.tobytes() == b.tobytes(), f"{var}: {np.argwhere(a != b)[:5]}"
+    again = surface_into(store)  # complete: returns at once
+    assert again.attrs["tiles_computed"] == 0
+    assert again.loss.values.tobytes() == whole.loss.values.tobytes()
+
+
+def _safe_done(store: Path):
+    try:
+        return _done_flags(store)
+    except Exception:
+        return np.zeros(1, dtype=bool)
+
+
+@pytest.mark.parametrize("part", ["weights", "plane", "grid", "data", "loss", "dtype"])
+def test_a_store_from_other_inputs_is_refused_and_left_intact(reference, part):
+    store, _ = reference
+    before = files_digest(store)
+    model = cli_fixtures.make_mlp()
+    changes = {
+        "weights": lambda: {"model": _nudged(model)},
+        "plane": lambda: {"plane": cr.Plane.random(model, seed=2)},
+        "grid": lambda: {"grid": cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1.5, 10))},
+        "data": lambda: {"data": _fewer_samples()},
+        "loss": lambda: {"loss": F.cross_entropy},
+        "dtype": lambda: {"dtype": torch.float64},
+    }[part]()
+    loss = changes.pop("loss", cli_fixtures.slow_cross_entropy)
+    with pytest.raises(cr.CrumpleError, match=f"made with other {part}") as refused:
+        surface_into(store, loss=loss, **changes)
+    assert "choose another folder or delete this one" in str(refused.value)
+    assert files_digest(store) == before
+
+
+def _nudged(model):
+    with torch.no_grad():
+        model.net[1].bias[0] += 1e-3
+    return model
+
+
+def _fewer_samples():
+    x, y = next(iter(cli_fixtures.digits_loader()))
+    return (x, y)
+
+
+def test_data_id_names_the_data_instead_of_hashing_it(tmp_path):
+    grid = cr.Grid(np.linspace(-1, 1, 3), np.linspace(-1, 1, 2))
+    first = surface_into(tmp_path / "run", grid=grid, data_id="digits-200", loss=F.cross_entropy)
+    # other data under the same name is trusted to be the same: the store is reused
+    again = surface_into(
+        tmp_path / "run",
+        grid=grid,
+        data_id="digits-200",
+        loss=F.cross_entropy,
+        data=_fewer_samples(),
+    )
+    assert again.attrs["tiles_computed"] == 0
+    assert np.array_equal(first.loss.values, again.loss.values)
+
+
+def test_damaged_stores_give_a_clear_error(tmp_path):
+    grid = cr.Grid(np.linspace(-1, 1, 4), np.linspace(-1, 1, 4))
+    store = tmp_path / "run"
+    surface_into(store, grid=grid, loss=F.cross_entropy)
+    chunk = next(
+        p
+        for p in (store / DATA / "surface" / "loss").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    with pytest.raises(
+        cr.CrumpleError, match="is damaged and cannot be read; delete the folder|is damaged"
+    ):
+        cr.open(store)
+    meta = store / DATA / "surface" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    with pytest.raises(cr.CrumpleError, match="damaged"):
+        surface_into(store, grid=grid, loss=F.cross_entropy)
+
+
+def test_info_and_netcdf(tmp_path, capsys, reference):
+    store, ds = reference
+    main(["info", str(store), "--netcdf", str(tmp_path / "run.nc")])
+    text = capsys.readouterr().out
+    assert "surface: loss over alpha 12 x beta 10, complete" in text
+    assert "plane_kind: random" in text and "wrote" in text
+    import xarray as xr
+
+    shared = xr.open_dataset(tmp_path / "run.nc")
+    assert np.array_equal(shared.loss.values, ds.loss.values)
+    partial = tmp_path / "partial"
+    import shutil
+
+    shutil.copytree(store, partial)
+    import zarr
+
+    group = zarr.open_group(str(partial / DATA), mode="r+", path="surface")
+    group["tile_done"][3] = False
+    group["loss"][list(GRID.tiles(4))[3]] = np.nan
+    main(["info", str(partial)])
+    assert "(35 of 36 tiles done; run the same command again to resume)" in capsys.readouterr().out
