@@ -267,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     surface.add_argument("--strategy", choices=["auto", "vmap", "loop"], default="auto")
     surface.add_argument(
+        "--dask",
+        default=None,
+        metavar="local:N|ADDRESS",
+        help="evaluate tiles on Dask: local:4 (four local worker processes) or a scheduler "
+        "address such as tcp://host:8786",
+    )
+    surface.add_argument(
         "--data-id",
         default=None,
         metavar="NAME",
@@ -415,6 +422,7 @@ def _surface(args: argparse.Namespace) -> None:
         grid,
         store=args.out,
         data_id=args.data_id,
+        dask=args.dask,
         metrics=metrics,
         device=args.device,
         dtype=dtype,

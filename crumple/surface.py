@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,6 +38,7 @@ def surface(
     progress: bool = False,
     store: str | Path | None = None,
     data_id: str | None = None,
+    dask: Any = None,
 ) -> xr.Dataset:
     """The loss (and metrics) at every point of a 2-D grid on a plane.
 
@@ -63,6 +65,10 @@ def surface(
             call again resumes (finished tiles are read, not recomputed). A folder made from
             other inputs (weights, plane, grid, data, loss, dtype) is refused.
         data_id: a name for the data to fingerprint instead of hashing its contents.
+        dask: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
+            ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
+            the first are evaluated on its workers, which receive the model, data and plane
+            once each; results reach ``store`` as they arrive (needs the ``dask`` extra).
 
     Returns:
         A Dataset with ``loss[i, j]`` the loss at ``(alpha[i], beta[j])``.
@@ -84,6 +90,7 @@ def surface(
             f"plane and {grid!r}. For one direction use crumple.line"
         )
     options = dict(
+        dask=dask,
         store=store,
         data_id=data_id,
         metrics=metrics,
@@ -139,6 +146,7 @@ def _evaluate(
     progress=False,
     store=None,
     data_id=None,
+    dask=None,
 ):
     _check_fits(model, plane)
     fns = _named_functions(loss_fn, metrics)
@@ -177,26 +185,52 @@ def _evaluate(
             torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes
         ]
         results = {name: np.empty(grid.shape) for name in fns}
+        levels = list(range(len(grid.axes)))
+
+        def coords(k: int) -> list:
+            return [axis[s] for axis, s in zip(axes, tiles[k])]
+
+        def local(ks):
+            for k in ks:
+                yield k, evaluate(plane_.at, coords(k), levels)
+
+        # the first tile runs here: it fixes the strategy and gives the time estimate
+        sources = [local(todo[:1])]
+        if dask is not None and len(todo) > 1:
+            from crumple.distributed import evaluate_tiles
+
+            settings = {
+                "strategy": None,
+                "batch_size": evaluate.batch_size,
+                "max_memory": max_memory,
+            }
+            payload = (model, fns, batches, buffers, plane_, settings)
+            sources.append(
+                evaluate_tiles(dask, payload, evaluate, [(k, coords(k)) for k in todo[1:]], levels)
+            )
+        else:
+            sources.append(local(todo[1:]))
         bar = tqdm(
             total=len(tiles), initial=len(tiles) - len(todo), disable=not progress, unit="tile"
         )
-        for n, k in enumerate(todo):
-            tile = tiles[k]
-            first = time.perf_counter()
-            values = evaluate(
-                plane_.at, [axis[s] for axis, s in zip(axes, tile)], list(range(len(tile)))
-            )
-            values = {name: v.double().cpu().numpy() for name, v in values.items()}
+        first = time.perf_counter()
+        for n, (k, values) in enumerate(itertools.chain(*sources)):
+            values = {
+                name: np.asarray(torch.as_tensor(v).double().cpu()) for name, v in values.items()
+            }
             if run is None:
                 for name, v in values.items():
-                    results[name][tile] = v
+                    results[name][tiles[k]] = v
             else:
                 if n == 0:
                     run.set_plan(strategy=evaluate.strategy, batch_size=evaluate.batch_size)
                 run.write(k, values)
             if n == 0 and progress and len(todo) > 1:
                 estimate = (time.perf_counter() - first) * len(todo)
-                bar.write(f"crumple: {len(todo)} tiles to compute, about {estimate:.3g} s in all")
+                where = " on this process" if dask is not None else ""
+                bar.write(
+                    f"crumple: {len(todo)} tiles to compute, about {estimate:.3g} s in all{where}"
+                )
             bar.update()
         bar.close()
     facts = {

@@ -1,0 +1,118 @@
+"""Tiles on a Dask cluster: the model, the data and the plane go to each worker once
+(``scatter(..., broadcast=True)``); each task evaluates one tile and returns its values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from crumple.errors import CrumpleError, require_extra
+
+_EVALUATORS: dict[str, Any] = {}  # on a worker: one Evaluator per scattered payload
+UNPACKED = [0]  # on a worker: how many payloads it has unpacked (tests count these)
+
+
+def connect(dask: Any):
+    """A ``distributed.Client`` for ``dask``, and whether crumple made it (and must close it).
+
+    ``dask`` is a Client, a scheduler address, or ``"local:N"`` for N local one-thread
+    worker processes.
+    """
+    distributed = require_extra("distributed", "dask")
+    if isinstance(dask, distributed.Client):
+        return dask, False
+    if isinstance(dask, str) and dask.startswith("local:"):
+        try:
+            n = int(dask.split(":", 1)[1])
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise CrumpleError(f"dask {dask!r}: write local:N with N >= 1 workers") from None
+        cluster = distributed.LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        return distributed.Client(cluster), True
+    if isinstance(dask, str):
+        try:
+            return distributed.Client(dask, timeout=30), True
+        except OSError as e:
+            raise CrumpleError(
+                f"cannot reach the Dask scheduler at {dask!r} ({e}); start one with "
+                "`dask scheduler` (and workers with `dask worker ADDRESS`) or use local:N"
+            ) from e
+    raise TypeError(
+        f"dask must be a distributed.Client, a scheduler address or 'local:N', got {dask!r}"
+    )
+
+
+def evaluate_tiles(
+    dask: Any, payload: tuple, evaluate, tiles: Sequence[tuple[int, list]], levels: list[int]
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Evaluate ``tiles`` (index, coordinates) on the cluster; yield results as they arrive."""
+    distributed = require_extra("distributed", "dask")
+    client, owned = connect(dask)
+    futures = []
+    try:
+        import cloudpickle
+
+        model, fns, batches, buffers, plane, settings = payload
+        settings = {**settings, "strategy": evaluate.strategy}
+        # pickled here, as a whole, so that the model arrives as torch.save would keep it
+        packed = cloudpickle.dumps((model, fns, batches, buffers, plane, settings))
+        shipped = client.scatter(packed, broadcast=True, hash=False)
+        futures = [
+            client.submit(_tile, shipped, k, [c.cpu() for c in coords], levels, pure=False)
+            for k, coords in tiles
+        ]
+        for future in distributed.as_completed(futures):
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+        if owned:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _tile(packed: bytes, k: int, coords: list, levels: list[int]):
+    """Runs on a worker: evaluate tile ``k`` with the worker's cached Evaluator."""
+    import hashlib
+    import pickle
+
+    from crumple.evaluate import Evaluator
+    from crumple.params import evaluation_mode
+
+    key = hashlib.sha256(packed).hexdigest()
+    if key not in _EVALUATORS:
+        model, fns, batches, buffers, plane, settings = pickle.loads(packed)
+        UNPACKED[0] += 1
+        try:
+            from distributed import get_worker
+
+            torch.set_num_threads(max(1, get_worker().state.nthreads))
+        except (ImportError, ValueError, AttributeError):
+            pass
+        with evaluation_mode(model):
+            evaluate = Evaluator(
+                model,
+                fns,
+                batches,
+                buffers,
+                plane.origin,
+                plane=plane,
+                strategy=settings["strategy"],
+                max_memory=settings["max_memory"],
+                batch_size=settings["batch_size"],
+            )
+        _EVALUATORS.clear()
+        _EVALUATORS[key] = (model, plane, evaluate)
+    model, plane, evaluate = _EVALUATORS[key]
+    device = next(iter(plane.origin.values())).device
+    with evaluation_mode(model):
+        values = evaluate(plane.at, [c.to(device) for c in coords], levels)
+    return k, {name: v.double().cpu().numpy() for name, v in values.items()}

@@ -1,0 +1,116 @@
+"""Tiles on a Dask cluster of two worker processes: the same numbers, bit for bit, as in
+process; the payload shipped once per worker; a worker killed mid-run costs nothing."""
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import crumple as cr
+from crumple.store import DATA
+from tests import cli_fixtures
+
+distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow
+
+GRID = cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10))
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def surface(loss=F.cross_entropy, **options):
+    torch.set_num_threads(1)
+    model = cli_fixtures.make_mlp()
+    return cr.surface(
+        model,
+        loss,
+        cli_fixtures.digits_loader(),
+        cr.Plane.random(model, seed=1),
+        GRID,
+        strategy="vmap",
+        chunk_size=4,
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    return surface()
+
+
+def test_cluster_gives_the_in_process_numbers_and_ships_once_per_worker(client, in_process):
+    client.run(lambda: __import__("crumple.distributed").distributed.UNPACKED.__setitem__(0, 0))
+    on_cluster = surface(dask=client)
+    assert on_cluster.loss.values.tobytes() == in_process.loss.values.tobytes()
+    unpacked = client.run(lambda: __import__("crumple.distributed").distributed.UNPACKED[0])
+    assert sorted(unpacked.values()) == [1, 1], unpacked  # 35 tiles, one payload per worker
+
+
+def test_a_worker_killed_mid_run_costs_nothing(client, in_process, tmp_path):
+    store = tmp_path / "run"
+    pids = client.run(os.getpid)
+    victim = next(iter(pids.values()))
+    at_kill = []
+
+    def kill_when_started():
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                import zarr
+
+                done = zarr.open_group(str(store / DATA), mode="r", path="surface")["tile_done"][:]
+                if done.sum() >= 4:
+                    at_kill.append(int(done.sum()))
+                    break
+            except Exception:
+                pass
+            time.sleep(0.02)
+        os.kill(victim, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    result = surface(loss=cli_fixtures.slower_cross_entropy, dask=client, store=store)
+    killer.join()
+    assert at_kill and at_kill[0] < 30, at_kill  # killed while tiles were still running
+    assert victim not in client.run(os.getpid).values()  # the worker really died
+    reference = surface(loss=cli_fixtures.slower_cross_entropy)
+    assert result.loss.values.tobytes() == reference.loss.values.tobytes()
+    assert not np.isnan(result.loss.values).any()
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_start_in_process_finish_on_the_cluster(client, in_process, tmp_path):
+    store = tmp_path / "run"
+    surface(store=store)
+    import zarr
+
+    group = zarr.open_group(str(store / DATA), mode="r+", path="surface")
+    tiles = list(GRID.tiles(4))
+    for k in range(10, 30):  # as if the in-process run had stopped there
+        group["tile_done"][k] = False
+        group["loss"][tiles[k]] = np.nan
+    resumed = surface(store=store, dask=client)
+    assert resumed.attrs["tiles_computed"] == 20
+    assert resumed.loss.values.tobytes() == in_process.loss.values.tobytes()
+    shutil.rmtree(store)
+
+
+def test_bad_dask_arguments_are_refused():
+    with pytest.raises(cr.CrumpleError, match="local:N with N >= 1"):
+        surface(dask="local:0")
+    with pytest.raises(TypeError, match="distributed.Client, a scheduler address"):
+        surface(dask=3)
