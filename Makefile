@@ -33,6 +33,7 @@ $(BENCHED): $(INSTALLED)
 bench: $(BENCHED)
 	$(BIN)/python benchmarks/seed_grid.py
 	$(BIN)/python benchmarks/general.py
+	$(BIN)/python benchmarks/distributed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
