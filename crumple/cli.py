@@ -267,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     surface.add_argument("--strategy", choices=["auto", "vmap", "loop"], default="auto")
     surface.add_argument(
+        "--chunk-size",
+        type=_int_at_least("--chunk-size", 1),
+        default=None,
+        metavar="POINTS",
+        help="grid points per tile (default: from the memory budget)",
+    )
+    surface.add_argument(
         "--dask",
         default=None,
         metavar="local:N|ADDRESS",
@@ -423,6 +430,7 @@ def _surface(args: argparse.Namespace) -> None:
         store=args.out,
         data_id=args.data_id,
         dask=args.dask,
+        chunk_size=args.chunk_size,
         metrics=metrics,
         device=args.device,
         dtype=dtype,

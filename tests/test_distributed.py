@@ -114,3 +114,32 @@ def test_bad_dask_arguments_are_refused():
         surface(dask="local:0")
     with pytest.raises(TypeError, match="distributed.Client, a scheduler address"):
         surface(dask=3)
+
+
+def test_command_line_dask_local(tmp_path, capsys):
+    from crumple.cli import main
+
+    out = tmp_path / "run"
+    main(
+        [
+            "surface",
+            "--model",
+            "tests.cli_fixtures:make_mlp",
+            "--data",
+            "tests.cli_fixtures:digits_loader",
+            "--grid",
+            "-1:1:6",
+            "--strategy",
+            "vmap",
+            "--chunk-size",
+            "6",
+            "--dask",
+            "local:2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert "wrote" in capsys.readouterr().out
+    ds = cr.open(out)["surface"]
+    assert ds.attrs["tiles_done"] == "6 of 6"
+    assert ds.loss.shape == (6, 6) and not np.isnan(ds.loss.values).any()
