@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -107,6 +108,11 @@ class RunStore:
         if not (folder / DATA).exists():
             return None
         group = _surface_group(folder)
+        if "fingerprint" not in group.attrs:
+            raise CrumpleError(
+                f"{str(folder)!r} holds a finished run that cannot be resumed (it has no "
+                "fingerprint: crumple demo writes such runs); choose another folder or delete it"
+            )
         try:
             stored = json.loads(group.attrs["fingerprint"])
             plan = json.loads(group.attrs["plan"])
@@ -212,6 +218,13 @@ def save_run(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if surface.attrs.get("store") != str(folder):
+        if (folder / DATA).exists():
+            if "fingerprint" in _surface_group(folder).attrs:
+                raise CrumpleError(
+                    f"{str(folder)!r} holds a resumable surface run; it is left as it is: "
+                    "write to another folder"
+                )
+            shutil.rmtree(folder / DATA)  # an earlier result written here: replaced whole
         surface.to_zarr(folder / DATA, group="surface", mode="w", consolidated=False)
     for name, path in (paths or {}).items():
         path.to_zarr(folder / DATA, group=f"paths/{name}", mode="w", consolidated=False)

@@ -198,3 +198,21 @@ def test_info_and_netcdf(tmp_path, capsys, reference):
     group["loss"][list(GRID.tiles(4))[3]] = np.nan
     main(["info", str(partial)])
     assert "(35 of 36 tiles done; run the same command again to resume)" in capsys.readouterr().out
+
+
+def test_demo_output_never_replaces_a_resumable_run(tmp_path, capsys):
+    grid = cr.Grid(np.linspace(-1, 1, 3), np.linspace(-1, 1, 2))
+    store = tmp_path / "run"
+    surface_into(store, grid=grid, loss=F.cross_entropy)
+    before = files_digest(store)
+    with pytest.raises(SystemExit):
+        main(["demo", "--step", "1", "--epochs", "1", "--out", str(store)])
+    assert "holds a resumable surface run" in capsys.readouterr().err
+    assert files_digest(store) == before
+    # a demo folder is replaced whole by the next demo, and is not resumable
+    demo = tmp_path / "demo"
+    main(["demo", "--step", "1", "--epochs", "1", "--compare", "sgd,adam", "--out", str(demo)])
+    main(["demo", "--step", "1", "--epochs", "1", "--out", str(demo)])
+    assert sorted(cr.open(demo)) == ["SGD", "surface"]  # no stale Adam path
+    with pytest.raises(cr.CrumpleError, match="cannot be resumed"):
+        surface_into(demo, grid=grid, loss=F.cross_entropy)
