@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 
 import numpy as np
@@ -86,42 +87,93 @@ def matmul_gflops(device, n=2048, repeats=10) -> float:
     return 2 * n**3 * repeats / seconds / 1e9
 
 
-def case(name, model, x, y, steps, batch_size, device, skip_package, repeats):
+def setup(name: str, device):
+    """The model, data, plane, grid and loader of one case, the same in every process."""
     torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    if name == "mlp":
+        model, steps, batch_size = mlp(), 21, 512
+        x = torch.randn(2048, 784, generator=g)
+        y = torch.randint(0, 10, (2048,), generator=g)
+    else:
+        model, steps, batch_size = cnn(), 11, 128
+        x = torch.randn(512, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (512,), generator=g)
     model = model.to(device).eval()
     x, y = x.to(device), y.to(device)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
     plane = cr.Plane.random(model, normalize="filter", seed=0)
     axis = np.linspace(-1, 1, steps)
-    grid = cr.Grid(axis, axis)
+    return model, x, y, loader, plane, cr.Grid(axis, axis), steps, batch_size
+
+
+def measure(method: str, name: str, device, out: str) -> None:
+    """One method on one case, in this (fresh) process: a small warm-up, then the timed run;
+    prints the seconds (and the strategy) as JSON and saves the values to ``out``."""
+    model, x, y, loader, plane, grid, steps, _ = setup(name, device)
+    small = cr.Grid(grid.axes[0][:2], grid.axes[1][:2])
+    run = {
+        "crumple": lambda g: cr.surface(model, F.cross_entropy, loader, plane, g),
+        "loop": lambda g: classic_loop(model, loader, plane, g, device),
+        "package": lambda g: package(model, x, y, len(g.axes[0])),
+    }[method]
+    run(small)
+    result, seconds = timed(lambda: run(grid))
+    values = result.loss.values if method == "crumple" else np.asarray(result)
+    np.save(out, values)
+    facts = {"seconds": seconds}
+    if method == "crumple":
+        facts |= {k: result.attrs[k] for k in ("strategy", "chunk_size", "dtype")}
+    print(json.dumps(facts))
+
+
+def case(name, label, device, skip_package, repeats):
+    import subprocess
+    import sys
+    import tempfile
+
+    model, x, *_, grid, steps, batch_size = setup(name, device)
     with FlopCounterMode(display=False) as counter:
         model(x)
     flops = counter.get_total_flops() * grid.size
-
-    cr.surface(model, F.cross_entropy, loader, plane, cr.Grid(axis[:2], axis[:2]))  # warm-up
-    methods = {
-        "crumple": lambda: cr.surface(model, F.cross_entropy, loader, plane, grid),
-        "loop": lambda: classic_loop(model, loader, plane, grid, device),
-    }
-    if not skip_package:
-        methods["package"] = lambda: package(model, x, y, steps)
+    methods = ["crumple", "loop"] + ([] if skip_package else ["package"])
     times = {m: [] for m in methods}
-    results = {}
-    for _ in range(repeats):  # interleaved, so that load on the machine hits all alike
-        for m, fn in methods.items():
-            results[m], seconds = timed(fn)
-            times[m].append(seconds)
+    facts, values = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):  # interleaved, so that load on the machine hits all alike
+            for m in methods:
+                out = f"{tmp}/{m}.npy"
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--measure",
+                        m,
+                        "--only",
+                        name,
+                        "--device",
+                        str(device),
+                        "--out",
+                        out,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                facts[m] = json.loads(done.stdout.strip().splitlines()[-1])
+                times[m].append(facts[m]["seconds"])
+                values[m] = np.load(out)
     t = {m: float(np.median(v)) for m, v in times.items()}
-    ds = results["crumple"]
-    rel = np.abs(ds.loss.values - results["loop"]) / np.abs(results["loop"])
-
+    rel = np.abs(values["crumple"] - values["loop"]) / np.abs(values["loop"])
+    c = facts["crumple"]
     print(
-        f"\n{name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"\n{label}: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(x)} inputs in batches of {batch_size}, grid {steps} x {steps}, "
-        f"{flops / grid.size / 1e9:.2f} GFLOP per point; median of {repeats} interleaved runs"
+        f"{flops / grid.size / 1e9:.2f} GFLOP per point; median of {repeats} interleaved runs, "
+        "each method in a fresh process"
     )
     print(
-        f"  crumple ({ds.attrs['strategy']}, {ds.attrs['chunk_size']} points per tile): "
+        f"  crumple ({c['strategy']}, {c['chunk_size']} points per tile): "
         f"{t['crumple']:7.2f} s  {flops / t['crumple'] / 1e9:6.1f} GFLOP/s"
     )
     print(
@@ -134,10 +186,7 @@ def case(name, model, x, y, steps, batch_size, device, skip_package, repeats):
             f"{flops / t['package'] / 1e9:6.1f} GFLOP/s  -> crumple "
             f"{t['package'] / t['crumple']:.2f}x"
         )
-    print(
-        f"  crumple vs loop, same plane: max relative difference {rel.max():.1e} "
-        f"({ds.attrs['dtype']})"
-    )
+    print(f"  crumple vs loop, same plane: max relative difference {rel.max():.1e} ({c['dtype']})")
 
 
 def main() -> None:
@@ -146,8 +195,13 @@ def main() -> None:
     parser.add_argument("--only", choices=["mlp", "cnn"], default=None)
     parser.add_argument("--skip-package", action="store_true", help="leave out loss-landscapes")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per method")
+    parser.add_argument("--measure", choices=["crumple", "loop", "package"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.measure:
+        measure(args.measure, args.only, device, args.out)
+        return
     print(
         f"torch {torch.__version__} on {device}"
         + (
@@ -157,17 +211,10 @@ def main() -> None:
         )
     )
     print(f"plain float32 matmul 2048^3: {matmul_gflops(device):.1f} GFLOP/s")
-    g = torch.Generator().manual_seed(0)
     if args.only in (None, "mlp"):
-        x = torch.randn(2048, 784, generator=g)
-        y = torch.randint(0, 10, (2048,), generator=g)
-        case("MLP 784-256-256-10", mlp(), x, y, 21, 512, device, args.skip_package, args.repeats)
+        case("mlp", "MLP 784-256-256-10", device, args.skip_package, args.repeats)
     if args.only in (None, "cnn"):
-        x = torch.randn(512, 3, 32, 32, generator=g)
-        y = torch.randint(0, 10, (512,), generator=g)
-        case(
-            "CNN 3->16->32 + linear", cnn(), x, y, 11, 128, device, args.skip_package, args.repeats
-        )
+        case("cnn", "CNN 3->16->32 + linear", device, args.skip_package, args.repeats)
 
 
 if __name__ == "__main__":
