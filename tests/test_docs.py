@@ -29,3 +29,12 @@ def test_readme_python_example_runs():
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["ds"].loss.shape == (80, 80)
     assert [t.name for t in scope["fig"].data if t.type == "scatter3d"].count("SGD") == 1
+
+
+def test_a_missing_extra_says_which_to_install():
+    import pytest
+
+    from crumple.errors import require_extra
+
+    with pytest.raises(ImportError, match=r"pip install 'crumple\[static\]'"):
+        require_extra("no_such_module_for_crumple", "static")
