@@ -72,7 +72,7 @@ def evaluate_tiles(
         import cloudpickle
 
         model, fns, batches, buffers, plane, settings = payload
-        settings = {**settings, "strategy": evaluate.strategy}
+        settings = {**settings, "strategy": evaluate.strategy}  # fixed by the first tile
         # pickled here, as a whole, so that the model arrives as torch.save would keep it
         packed = cloudpickle.dumps((model, fns, batches, buffers, plane, settings))
         shipped = client.scatter(packed, broadcast=True, hash=False)

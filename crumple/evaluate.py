@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,7 +49,7 @@ WORKING_SET = 2**23  # elements of activations per tile: small enough to stay in
 DEFAULT_MAX_MEMORY = 2 * 2**30
 CACHE_SHARE = 4  # expanded-layer products may use 1/CACHE_SHARE of max_memory
 EXPAND_FAN_IN = 128  # inputs per output below which a layer is cheaper than its expansion
-LINEAR_IN_WEIGHTS = {F.linear: 1, F.conv1d: 1, F.conv2d: 1, F.conv3d: 1}
+LINEAR_IN_WEIGHTS = frozenset({F.linear, F.conv1d, F.conv2d, F.conv3d})
 
 
 def as_batches(data: Any, *, device=None, dtype: torch.dtype | None = None) -> list[Batch]:
@@ -450,9 +451,7 @@ class Evaluator:
     def _looped(self, predict, params_at, x, y, args, levels, rows: Plane | None):
         """One point at a time, with coordinates as Python numbers; on a product grid of
         ``rows``, each row's partial weights ``origin + a * directions[0]`` are made once."""
-        shape = [0] * (max(levels) + 1)
-        for arg, level in zip(args, levels):
-            shape[level] = _length(arg)
+        shape = _grid_shape(args, levels)
         out = {name: torch.empty(shape, dtype=torch.float64) for name in self.fns}
         row, row_index = None, None
         for index in itertools.product(*map(range, shape)):
@@ -500,12 +499,16 @@ def _head(arg, n: int):
     return tree_map(lambda t: t[:n], arg)
 
 
+def _grid_shape(args, levels) -> list[int]:
+    """Points along each level: arguments on the same level are zipped."""
+    shape = [0] * (max(levels) + 1)
+    for arg, level in zip(args, levels):
+        shape[level] = _length(arg)
+    return shape
+
+
 def _points(args, levels) -> int:
-    sizes = {level: _length(arg) for arg, level in zip(args, levels)}
-    total = 1
-    for n in sizes.values():
-        total *= n
-    return total
+    return math.prod(_grid_shape(args, levels))
 
 
 def reference_losses(

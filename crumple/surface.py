@@ -199,11 +199,7 @@ def _evaluate(
         if dask is not None and len(todo) > 1:
             from crumple.distributed import evaluate_tiles
 
-            settings = {
-                "strategy": None,
-                "batch_size": evaluate.batch_size,
-                "max_memory": max_memory,
-            }
+            settings = {"batch_size": evaluate.batch_size, "max_memory": max_memory}
             payload = (model, fns, batches, buffers, plane_, settings)
             sources.append(
                 evaluate_tiles(dask, payload, evaluate, [(k, coords(k)) for k in todo[1:]], levels)

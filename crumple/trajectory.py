@@ -252,21 +252,23 @@ def _least_squares(trajectory: Trajectory, plane: Plane) -> tuple[Tensor, Tensor
     n, k = len(trajectory), plane.ndim
     gram = torch.zeros(k, k, dtype=torch.float64)
     rhs = torch.zeros(k, n, dtype=torch.float64)
-    for name, origin in plane.origin.items():
-        offsets = trajectory.series(name).double().reshape(n, -1) - origin.double().reshape(-1)
-        basis = torch.stack([d[name].double().reshape(-1) for d in plane.directions], dim=1)
+    for offsets, basis in _offsets_and_bases(trajectory, plane):
         gram += basis.T @ basis
         rhs += basis.T @ offsets.T
     coords = torch.linalg.lstsq(gram, rhs).solution
-    return coords, _residuals(trajectory, plane, coords).sqrt()
+    # a second pass, entry by entry: no cancellation for points close to the plane
+    residual = torch.zeros(n, dtype=torch.float64)
+    for offsets, basis in _offsets_and_bases(trajectory, plane):
+        residual += (offsets - (basis @ coords).T).pow(2).sum(dim=1)
+    return coords, residual.sqrt()
 
 
-def _residuals(trajectory: Trajectory, plane: Plane, coords: Tensor) -> Tensor:
-    """``|w - origin - D c|^2`` for each snapshot, summed entry by entry."""
+def _offsets_and_bases(trajectory: Trajectory, plane: Plane):
+    """Per parameter, in float64: each snapshot minus the origin (T x numel) and the plane's
+    directions as columns (numel x ndim). One parameter at a time, so a trajectory on disk
+    is never loaded whole."""
     n = len(trajectory)
-    total = torch.zeros(n, dtype=torch.float64)
     for name, origin in plane.origin.items():
         offsets = trajectory.series(name).double().reshape(n, -1) - origin.double().reshape(-1)
         basis = torch.stack([d[name].double().reshape(-1) for d in plane.directions], dim=1)
-        total += (offsets - (basis @ coords).T).pow(2).sum(dim=1)
-    return total
+        yield offsets, basis
