@@ -18,6 +18,10 @@ once per batch instead of once per point, for layers with a fan-in of at least
 ``EXPAND_FAN_IN`` (below that the combination costs more than the layer). The data is
 re-batched so that one forward pass keeps its activations near ``WORKING_SET`` elements
 (the dataset mean does not depend on the batching).
+
+In the loop, a parameter that only expanded layers read is not combined at each point: it
+stays at the origin. Every other call the model makes is watched for such a parameter; one
+that reads it makes the point run again with that parameter combined, from then on.
 """
 
 from __future__ import annotations
@@ -154,6 +158,9 @@ class _Kernels(TorchFunctionMode):
       docstring).
     * ``F.linear`` with one input feature is a broadcast product: vmap would make it a
       batched matmul of inner size 1, about 3x slower.
+
+    It also notes which parameters other calls read (``reads``) and which expanded layers
+    stand in for (``expanded``): the rest of these, ``elidable``, the loop need not combine.
     """
 
     def __init__(self, plane: Plane | None, cache_budget: int) -> None:
@@ -167,17 +174,33 @@ class _Kernels(TorchFunctionMode):
         self.names: dict[int, str] = {}
         self.point: Sequence[Any] = ()
         self.calls = 0
+        self.expanded: set[str] = set()
+        self.reads: set[str] = set()
+        self.elided: frozenset[str] = frozenset()
+
+    @property
+    def elidable(self) -> frozenset[str]:
+        """Parameters that only expanded layers have read so far."""
+        return frozenset(self.expanded - self.reads)
 
     def start(
-        self, batch: int, x: Tensor, params: Params, point: Sequence[Any], on_plane: bool
+        self,
+        batch: int,
+        x: Tensor,
+        params: Params,
+        point: Sequence[Any],
+        on_plane: bool,
+        elided: frozenset[str] = frozenset(),
     ) -> None:
         """Called at the start of each forward pass; ``on_plane`` says that ``params`` is
-        ``plane.at(*point)``, which the expansion needs."""
+        ``plane.at(*point)``, which the expansion needs, except for the ``elided`` names,
+        which hold the origin's values."""
         self.batch = batch
         self.input_ptr = x.untyped_storage().data_ptr()
         self.names = {id(t): n for n, t in params.items()} if on_plane and self.plane else {}
         self.point = point
         self.calls = 0
+        self.elided = elided
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -185,6 +208,9 @@ class _Kernels(TorchFunctionMode):
             out = self._expanded(func, args, kwargs)
             if out is not None:
                 return out
+        if self.names:
+            self._note_reads(args)
+            self._note_reads(kwargs.values())
         if func is F.linear:
             x, weight, *rest = args
             bias = rest[0] if rest else kwargs.get("bias")
@@ -206,6 +232,7 @@ class _Kernels(TorchFunctionMode):
         ):
             return None
         self.calls += 1
+        self.expanded.update(n for n in (w_name, b_name) if n is not None)
         layout = (x.shape, x.stride(), x.storage_offset())
         hit = self.cache.get((self.batch, w_name, b_name, self.calls))
         if hit is None or hit[0] != layout:
@@ -225,6 +252,17 @@ class _Kernels(TorchFunctionMode):
         for c, p in terms:
             out = torch.addcmul(out, c, p)
         return out
+
+    def _note_reads(self, items: Iterable[Any]) -> None:
+        for item in items:
+            if isinstance(item, (list, tuple)):
+                self._note_reads(item)
+            elif isinstance(item, dict):
+                self._note_reads(item.values())
+            elif (name := self.names.get(id(item))) is not None:
+                self.reads.add(name)
+                if name in self.elided:
+                    raise _ElidedRead(name)
 
     def _is_input(self, x: Tensor) -> bool:
         """Whether ``x`` is the batch itself or a view of it (so not a function of the
@@ -250,6 +288,10 @@ class _Kernels(TorchFunctionMode):
             self.cache[(self.batch, w_name, b_name, self.calls)] = entry
             self.cache_bytes += size
         return entry
+
+
+class _ElidedRead(Exception):
+    """A call other than an expanded layer read a parameter left at the origin."""
 
 
 def nested_vmap(fn: Callable, levels: Sequence[int | None]) -> Callable:
@@ -416,9 +458,12 @@ class Evaluator:
         with self.kernels:
             for b, (x, y) in enumerate(self.batches):
 
-                def predict(x: Tensor, params: Params, point: Sequence[Any], b=b) -> Tensor:
-                    self.kernels.start(b, x, params, point, on_plane)
-                    preds = functional_call(self.model, (params, self.buffers), (x,))
+                def predict(x: Tensor, params: Params, point: Sequence[Any], elided=(), b=b):
+                    self.kernels.start(b, x, params, point, on_plane, frozenset(elided))
+                    try:
+                        preds = functional_call(self.model, (params, self.buffers), (x,))
+                    finally:
+                        self.kernels.names = {}  # reads count only inside the forward pass
                     _check_prediction(preds)
                     return preds
 
@@ -450,10 +495,11 @@ class Evaluator:
 
     def _looped(self, predict, params_at, x, y, args, levels, rows: Plane | None):
         """One point at a time, with coordinates as Python numbers; on a product grid of
-        ``rows``, each row's partial weights ``origin + a * directions[0]`` are made once."""
+        ``rows``, each row's partial weights ``origin + a * directions[0]`` are made once,
+        leaving out the parameters only expanded layers read."""
         shape = _grid_shape(args, levels)
         out = {name: torch.empty(shape, dtype=torch.float64) for name in self.fns}
-        row, row_index = None, None
+        row, row_key = None, None
         for index in itertools.product(*map(range, shape)):
             point = [
                 float(a[index[lv]])
@@ -461,13 +507,20 @@ class Evaluator:
                 else tree_map(lambda t, i=index[lv]: t[i], a)
                 for a, lv in zip(args, levels)
             ]
-            if rows is None:
-                params = params_at(*point)
-            else:
-                if index[0] != row_index:
-                    row, row_index = rows.shifted(rows.origin, 0, point[0]), index[0]
-                params = rows.shifted(row, 1, point[1])
-            preds = predict(x, params, point)
+            while True:
+                if rows is None:
+                    elided, params = frozenset(), params_at(*point)
+                else:
+                    elided = self.kernels.elidable
+                    if row_key != (index[0], elided):
+                        row = rows.shifted(rows.origin, 0, point[0], skip=elided)
+                        row_key = (index[0], elided)
+                    params = rows.shifted(row, 1, point[1], skip=elided)
+                try:
+                    preds = predict(x, params, point, elided)
+                    break
+                except _ElidedRead:  # now in kernels.reads: combined from here on
+                    continue
             for name, fn in self.fns.items():
                 value = fn(preds, y)
                 if value.dim() != 0:

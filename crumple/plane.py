@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -322,21 +323,25 @@ class Plane:
             params = self.shifted(params, k, c)
         return params
 
-    def shifted(self, params: Params, k: int, c: Tensor | float) -> Params:
-        """``params + c * directions[k]``, touching only the parameters that direction moves.
+    def shifted(
+        self, params: Params, k: int, c: Tensor | float, skip: Collection[str] = ()
+    ) -> Params:
+        """``params + c * directions[k]``, touching only the parameters that direction moves
+        and leaving the names in ``skip`` as they are in ``params``.
 
         Example:
             >>> plane = Plane.axes(torch.nn.Linear(1, 1, bias=False), "weight")
             >>> plane.shifted(plane.origin, 0, 2.0)["weight"]
             tensor([[2.]])
         """
-        direction, touched = self.directions[k], self.touched[k]
+        direction = self.directions[k]
+        moved = self.touched[k] - set(skip) if skip else self.touched[k]
         if isinstance(c, float):  # one fused pass
             return {
-                n: torch.add(p, direction[n], alpha=c) if n in touched else p
+                n: torch.add(p, direction[n], alpha=c) if n in moved else p
                 for n, p in params.items()
             }
-        return {n: p + c * direction[n] if n in touched else p for n, p in params.items()}
+        return {n: p + c * direction[n] if n in moved else p for n, p in params.items()}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """A copy with floating-point tensors moved to ``device`` and cast to ``dtype``.

@@ -135,6 +135,25 @@ class DataDependent(nn.Module):
         return out
 
 
+class ReadsFirstWeight(nn.Module):
+    """An MLP whose output is scaled by the first layer's weight norm: always, or only where
+    its output bias (zero at the start) is positive."""
+
+    def __init__(self, always: bool) -> None:
+        super().__init__()
+        self.always = always
+        self.first = nn.Linear(64, 16)
+        self.out = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.out.bias.zero_()
+
+    def forward(self, x):
+        logits = self.out(torch.relu(self.first(x.flatten(1))))
+        if self.always or float(self.out.bias[0]) > 0:
+            logits = logits * (1 + 0.1 * self.first.weight.norm())
+        return logits
+
+
 def trained(model: nn.Module, data, steps: int = 12, lr: float = 0.2, seed_: int = 0):
     """Train a copy of ``model`` briefly with SGD, recording every step; return both."""
     import copy

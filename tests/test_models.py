@@ -12,6 +12,7 @@ from tests.cases import (
     MLP,
     AlwaysDropout,
     DataDependent,
+    ReadsFirstWeight,
     SmallCNN,
     accuracy,
     assert_close,
@@ -317,3 +318,45 @@ def test_wide_input_layers_are_expanded_once_per_batch(fan_in, expanded):
     grid = cr.Grid(axes[0].numpy(), axes[1].numpy())
     slow = reference_grid(model, {"loss": F.cross_entropy}, data, plane, grid)
     assert_close(first["loss"].numpy(), slow["loss"], rtol=1e-9, label=f"fan-in {fan_in}")
+
+
+def skips_of(monkeypatch) -> list[frozenset]:
+    """Record the names each ``Plane.shifted`` call leaves out."""
+    skipped = []
+    shifted = cr.Plane.shifted
+
+    def spy(self, params, k, c, skip=()):
+        skipped.append(frozenset(skip))
+        return shifted(self, params, k, c, skip)
+
+    monkeypatch.setattr(cr.Plane, "shifted", spy)
+    return skipped
+
+
+@pytest.mark.parametrize("model", ["mlp", "reads-always", "reads-in-half-the-plane"], ids=str)
+def test_loop_leaves_out_weights_only_expanded_layers_read(data, model, monkeypatch):
+    """The loop does not combine weights that only the expanded first layer reads; a model
+    that reads them elsewhere (everywhere, or from the middle of the grid on) has them
+    combined and still gets exact numbers."""
+    monkeypatch.setattr("crumple.evaluate.EXPAND_FAN_IN", 1)
+    torch.manual_seed(0)
+    if model == "mlp":
+        net, weight = MLP().double(), "net.1.weight"
+        plane = cr.Plane.random(net, seed=1)
+    else:
+        net, weight = ReadsFirstWeight(always=model == "reads-always").double(), "first.weight"
+        plane = cr.Plane.axes(net, "out.bias[0]", "first.weight[3, 5]")
+    skipped = skips_of(monkeypatch)
+    before = snapshot(net)
+    ds = cr.surface(net, F.cross_entropy, data, plane, GRID, strategy="loop")
+    left_out = [weight in s for s in skipped[2:]]  # (row, point) of the first point: unknown
+    assert_untouched(net, before)
+    slow = reference_grid(net, {"loss": F.cross_entropy}, data, plane, GRID)
+    assert_close(ds.loss.values, slow["loss"], rtol=1e-9, label=model)
+    if model == "mlp":
+        assert all(left_out)
+    elif model == "reads-always":
+        assert not any(left_out)
+    else:  # left out while the bias is <= 0, combined from the first read on
+        first_read = left_out.index(False)
+        assert first_read > 0 and all(left_out[:first_read]) and not any(left_out[first_read:])
