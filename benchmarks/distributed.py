@@ -42,7 +42,7 @@ def main() -> None:
     plane = cr.Plane.random(model, seed=0)
     axis = np.linspace(-1, 1, args.steps)
     grid = cr.Grid(axis, axis)
-    options = dict(strategy="loop", chunk_size=args.steps)  # one row a tile, as auto picks
+    options = dict(strategy="loop", chunk_size=args.steps)  # one row a tile in every run
 
     def run(**more):
         start = time.perf_counter()

@@ -129,7 +129,7 @@ def measure(method: str, name: str, device, out: str) -> None:
     np.save(out, values)
     facts = {"seconds": seconds}
     if method == "crumple":
-        facts |= {k: result.attrs[k] for k in ("strategy", "chunk_size", "dtype")}
+        facts |= {k: result.attrs[k] for k in ("strategy", "points_per_call", "dtype")}
     print(json.dumps(facts))
 
 
@@ -179,7 +179,7 @@ def case(name, label, device, skip_package, repeats):
         "each method in a fresh process"
     )
     print(
-        f"  crumple ({c['strategy']}, {c['chunk_size']} points per tile): "
+        f"  crumple ({c['strategy']}, {c['points_per_call']} points per call): "
         f"{t['crumple']:7.2f} s  {flops / t['crumple'] / 1e9:6.1f} GFLOP/s"
     )
     print(

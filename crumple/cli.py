@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_memory,
         default=None,
         metavar="SIZE",
-        help="memory for one tile, e.g. 4GB (default 2GB)",
+        help="memory for the points evaluated together, e.g. 4GB (default 2GB)",
     )
     surface.add_argument("--strategy", choices=["auto", "vmap", "loop"], default="auto")
     surface.add_argument(
@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least("--chunk-size", 1),
         default=None,
         metavar="POINTS",
-        help="grid points per tile (default: from the memory budget)",
+        help="grid points per tile, also the most evaluated together (default: tiles of "
+        "about 0.25 s, calls sized from the memory budget)",
     )
     surface.add_argument(
         "--dask",

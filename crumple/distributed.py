@@ -121,6 +121,7 @@ def _tile(packed: bytes, k: int, coords: list, levels: list[int]):
                 strategy=settings["strategy"],
                 max_memory=settings["max_memory"],
                 batch_size=settings["batch_size"],
+                points_per_call=settings["points_per_call"],
             )
         _EVALUATORS.clear()
         _EVALUATORS[key] = (model, plane, evaluate)

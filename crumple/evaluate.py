@@ -43,6 +43,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from crumple.errors import CrumpleError
+from crumple.grid import blocks
 from crumple.params import Params, buffers_of, cast
 from crumple.plane import Plane
 
@@ -371,8 +372,10 @@ class Evaluator:
         reference: a full set of parameters to probe the model with.
         plane: the plane being evaluated, for the layer expansion (or ``None``).
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
-        max_memory: bytes a tile and the cached layer products may take.
+        max_memory: bytes the points of one call and the cached layer products may take.
         batch_size: samples per forward pass (default: cache-sized, within ``max_memory``).
+        points_per_call: points vmap evaluates together (default: as many as keep their
+            activations cache-sized and within ``max_memory``); more are split into blocks.
     """
 
     def __init__(
@@ -387,11 +390,13 @@ class Evaluator:
         strategy: str = "auto",
         max_memory: int = DEFAULT_MAX_MEMORY,
         batch_size: int | None = None,
+        points_per_call: int | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise CrumpleError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.model, self.fns, self.buffers = model, dict(fns), buffers
         self.strategy = strategy
+        self.seconds_per_point: float | None = None  # as timed by the "auto" choice
         self.n_samples = number_of_samples(batches)
         self.kernels = _Kernels(plane, max_memory // CACHE_SHARE)
         settle_allocator()
@@ -406,7 +411,7 @@ class Evaluator:
         largest = max(len(x) for x, _ in self.batches)
         numel = sum(t.numel() for t in reference.values())
         point_bytes = element * (3 * activations * largest + numel)
-        self.points_per_tile = max(
+        self.points_per_call = points_per_call or max(
             1, min(WORKING_SET // (activations * largest), working_bytes // point_bytes)
         )
 
@@ -415,6 +420,16 @@ class Evaluator:
     ) -> dict[str, Tensor]:
         """Evaluate at every point ``params_at(*args)`` maps out; result axes follow ``levels``:
         arguments with the same level are zipped, each level is one axis."""
+        shape = _grid_shape(args, levels)
+        if self.strategy != "loop" and math.prod(shape) > self.points_per_call:
+            out: dict[str, Tensor] = {}
+            for block in blocks(tuple(shape), self.points_per_call):
+                part = [_take(a, block[lv]) for a, lv in zip(args, levels)]
+                for name, v in self(params_at, part, levels).items():
+                    if name not in out:
+                        out[name] = torch.empty(shape, dtype=torch.float64, device=v.device)
+                    out[name][block] = v
+            return out
         if self.strategy == "auto":
             return self._choose(params_at, args, levels)
         if self.strategy == "vmap":
@@ -435,7 +450,7 @@ class Evaluator:
     def _choose(self, params_at, args, levels):
         """Time vmap on this call and the loop on a few of its points, each after a one-point
         warm-up (which also fills the layer cache); keep the faster."""
-        one = [_head(a, 1) for a in args]
+        one = [_take(a, slice(0, 1)) for a in args]
         self.strategy = "vmap"
         self(params_at, one, levels)
         if self.strategy == "loop":  # vmap failed and fell back
@@ -444,11 +459,12 @@ class Evaluator:
         start = time.perf_counter()
         out = self._run(True, params_at, args, levels)
         vmap_per_point = (time.perf_counter() - start) / _points(args, levels)
-        few = [_head(a, 2) for a in args]
+        few = [_take(a, slice(0, 2)) for a in args]
         start = time.perf_counter()
         self._run(False, params_at, few, levels)
         loop_per_point = (time.perf_counter() - start) / _points(few, levels)
         self.strategy = "loop" if loop_per_point < vmap_per_point else "vmap"
+        self.seconds_per_point = min(loop_per_point, vmap_per_point)
         return out
 
     def _run(self, batched: bool, params_at, args, levels) -> dict[str, Tensor]:
@@ -548,8 +564,8 @@ def _length(arg) -> int:
     return len(arg) if isinstance(arg, Tensor) else len(next(iter(arg.values())))
 
 
-def _head(arg, n: int):
-    return tree_map(lambda t: t[:n], arg)
+def _take(arg, part: slice):
+    return tree_map(lambda t: t[part], arg)
 
 
 def _grid_shape(args, levels) -> list[int]:

@@ -46,19 +46,30 @@ class Grid:
             >>> list(Grid(np.arange(3), np.arange(2)).tiles(4))
             [(slice(0, 2, None), slice(0, 2, None)), (slice(2, 3, None), slice(0, 2, None))]
         """
-        if max_points < 1:
-            raise CrumpleError(f"chunk_size must be a positive number of points, got {max_points}")
-        *_, n_last = self.shape
-        cols = min(n_last, max_points)
-        rows = max(1, max_points // cols)
-        starts = [range(0, n, rows) for n in self.shape[:-1]] + [range(0, n_last, cols)]
-        steps = [rows] * (len(self.shape) - 1) + [cols]
-        for corner in itertools.product(*starts):
-            yield tuple(slice(i, min(i + step, n)) for i, step, n in zip(corner, steps, self.shape))
+        return blocks(self.shape, max_points)
 
     def __repr__(self) -> str:
         parts = [f"{d}=[{a[0]:g} .. {a[-1]:g}] ({len(a)})" for d, a in zip(self.dims, self.axes)]
         return f"Grid({', '.join(parts)})"
+
+
+def blocks(shape: tuple[int, ...], max_points: int) -> Iterator[tuple[slice, ...]]:
+    """Rectangular blocks of at most ``max_points`` points that cover an array of ``shape``,
+    row by row: whole rows where they fit, else pieces of one row.
+
+    Example:
+        >>> [(r.start, r.stop, c.start, c.stop) for r, c in blocks((2, 5), 3)]
+        [(0, 1, 0, 3), (0, 1, 3, 5), (1, 2, 0, 3), (1, 2, 3, 5)]
+    """
+    if max_points < 1:
+        raise CrumpleError(f"chunk_size must be a positive number of points, got {max_points}")
+    *_, n_last = shape
+    cols = min(n_last, max_points)
+    rows = max(1, max_points // cols)
+    starts = [range(0, n, rows) for n in shape[:-1]] + [range(0, n_last, cols)]
+    steps = [rows] * (len(shape) - 1) + [cols]
+    for corner in itertools.product(*starts):
+        yield tuple(slice(i, min(i + step, n)) for i, step, n in zip(corner, steps, shape))
 
 
 def _checked_axis(values, dim: str) -> np.ndarray:

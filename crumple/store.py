@@ -13,6 +13,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,13 +89,15 @@ class RunStore:
     Example:
         >>> import tempfile, crumple as cr
         >>> grid = cr.Grid([0.0, 1.0, 2.0], [0.0, 1.0])
-        >>> run = RunStore.create(tempfile.mkdtemp(), {"weights": "w"}, grid, ["loss"], 4)
+        >>> run = RunStore.create(tempfile.mkdtemp(), {"weights": "w"}, grid, ["loss"],
+        ...                       {"chunk_size": 4})
         >>> run.done(), len(run.tiles)
         ([False, False], 2)
     """
 
     def __init__(self, folder: Path, grid, tiles: list, names: list[str], plan: dict) -> None:
         self.folder, self.grid, self.tiles, self.names, self.plan = folder, grid, tiles, names, plan
+        self._arrays: dict | None = None  # opened on the first write
 
     @property
     def path(self) -> Path:
@@ -136,13 +139,14 @@ class RunStore:
         fp: Mapping[str, str],
         grid,
         names: list[str],
-        chunk_size: int,
+        plan: Mapping[str, Any],
         coord_attrs: Mapping[str, dict] | None = None,
     ) -> RunStore:
-        """Start a run in ``folder``: every value nan, every tile not done."""
+        """Start a run in ``folder``: every value nan, every tile not done. ``plan`` holds
+        the tile size (``chunk_size``) and whatever else a resumed run must reuse."""
         folder = Path(folder)
-        tiles = list(grid.tiles(chunk_size))
-        plan = {"chunk_size": chunk_size}
+        plan = dict(plan)
+        tiles = list(grid.tiles(plan["chunk_size"]))
         template = xr.Dataset(
             {name: (grid.dims, np.full(grid.shape, np.nan)) for name in names}
             | {DONE: (("tile",), np.zeros(len(tiles), dtype=bool))},
@@ -166,10 +170,12 @@ class RunStore:
 
     def write(self, k: int, values: Mapping[str, np.ndarray]) -> None:
         """Store tile ``k``'s values, then mark it finished."""
-        group = _surface_group(self.folder, mode="r+")
+        if self._arrays is None:
+            group = _surface_group(self.folder, mode="r+")
+            self._arrays = {name: group[name] for name in (*self.names, DONE)}
         for name, v in values.items():
-            group[name][self.tiles[k]] = v
-        group[DONE][k] = True
+            self._arrays[name][self.tiles[k]] = v
+        self._arrays[DONE][k] = True
 
     def set_plan(self, **changes) -> None:
         self.plan.update(changes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ from crumple.grid import Grid
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
 from crumple.store import RunStore, fingerprint, open_run
+
+TILE_SECONDS = 0.25  # a tile (stored, resumed and distributed as one) takes about this long
 
 
 def surface(
@@ -51,9 +54,12 @@ def surface(
         plane: a 2-D :class:`Plane` through the model's weights.
         grid: a :class:`Grid` with ``alpha`` and ``beta``.
         metrics: more ``fn(pred, y)`` batch means to store beside ``loss``.
-        chunk_size: grid points evaluated together; by default as many as keep a tile's
-            activations cache-sized and within ``max_memory``.
-        max_memory: bytes that one tile and the cached layer products may use.
+        chunk_size: grid points per tile (stored, resumed and sent to a Dask worker as one),
+            also the most that vmap evaluates together. By default tiles take about
+            ``TILE_SECONDS`` (as timed on a first call), and vmap takes as many points at
+            once as keep their activations cache-sized and within ``max_memory``.
+        max_memory: bytes that the points evaluated together and the cached layer products
+            may use.
         strategy: ``"vmap"`` (batched over points), ``"loop"`` (one point at a time) or
             ``"auto"`` (time both on the first tile, keep the faster; the choice is in
             ``ds.attrs["strategy"]``).
@@ -174,35 +180,57 @@ def _evaluate(
             strategy=plan.get("strategy", strategy),
             max_memory=max_memory,
             batch_size=plan.get("batch_size"),
+            # stores written before tiles and calls were told apart used one size for both
+            points_per_call=plan.get("points_per_call", plan.get("chunk_size", chunk_size)),
         )
-        chunk_size = plan.get("chunk_size") or chunk_size or evaluate.points_per_tile
-        if store is not None and run is None:
-            run = RunStore.create(store, fp, grid, list(fns), chunk_size, _coord_attrs(plane, grid))
-        tiles = list(grid.tiles(chunk_size))
-        done = run.done() if run is not None else [False] * len(tiles)
-        todo = [k for k, finished in enumerate(done) if not finished]
         axes = [
             torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes
         ]
-        results = {name: np.empty(grid.shape) for name in fns}
         levels = list(range(len(grid.axes)))
 
-        def coords(k: int) -> list:
-            return [axis[s] for axis, s in zip(axes, tiles[k])]
+        def coords(tile: tuple[slice, ...]) -> list:
+            return [axis[s] for axis, s in zip(axes, tile)]
+
+        chunk_size = plan.get("chunk_size") or chunk_size
+        measured = None
+        if chunk_size is None:  # tiles of about TILE_SECONDS, as timed on a first call
+            block = next(grid.tiles(evaluate.points_per_call))
+            timer = time.perf_counter()
+            measured = (block, evaluate(plane_.at, coords(block), levels))
+            seconds = time.perf_counter() - timer
+            points = math.prod(s.stop - s.start for s in block)
+            per_point = evaluate.seconds_per_point or seconds / points  # the first excludes warm-up
+            chunk_size = max(evaluate.points_per_call, math.ceil(TILE_SECONDS / per_point))
+        if store is not None and run is None:
+            tiling = {"chunk_size": chunk_size, "points_per_call": evaluate.points_per_call}
+            run = RunStore.create(store, fp, grid, list(fns), tiling, _coord_attrs(plane, grid))
+        tiles = list(grid.tiles(chunk_size))
+        done = run.done() if run is not None else [False] * len(tiles)
+        todo = [k for k, finished in enumerate(done) if not finished]
+        results = {name: np.empty(grid.shape) for name in fns}
 
         def local(ks):
             for k in ks:
-                yield k, evaluate(plane_.at, coords(k), levels)
+                if measured is not None and tiles[k] == measured[0]:
+                    yield k, measured[1]
+                else:
+                    yield k, evaluate(plane_.at, coords(tiles[k]), levels)
 
         # the first tile runs here: it fixes the strategy and gives the time estimate
         sources = [local(todo[:1])]
         if dask is not None and len(todo) > 1:
             from crumple.distributed import evaluate_tiles
 
-            settings = {"batch_size": evaluate.batch_size, "max_memory": max_memory}
+            settings = {
+                "batch_size": evaluate.batch_size,
+                "points_per_call": evaluate.points_per_call,
+                "max_memory": max_memory,
+            }
             payload = (model, fns, batches, buffers, plane_, settings)
             sources.append(
-                evaluate_tiles(dask, payload, evaluate, [(k, coords(k)) for k in todo[1:]], levels)
+                evaluate_tiles(
+                    dask, payload, evaluate, [(k, coords(tiles[k])) for k in todo[1:]], levels
+                )
             )
         else:
             sources.append(local(todo[1:]))
@@ -235,6 +263,7 @@ def _evaluate(
         "device": str(reference.device),
         "strategy": evaluate.strategy,
         "chunk_size": chunk_size,
+        "points_per_call": evaluate.points_per_call,
         "tiles_computed": len(todo),
         "seconds": time.perf_counter() - start,
     }

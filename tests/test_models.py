@@ -219,14 +219,14 @@ def test_surface_attributes_describe_the_plane(setup, data):
     assert ds.attrs["plane_explained_variance_ratio"] == ratios
 
 
-def test_memory_budget_sets_the_tile_and_not_the_numbers(data):
+def test_memory_budget_sets_the_points_per_call_and_not_the_numbers(data):
     model = MLP().double()
     plane = cr.Plane.random(model, seed=1)
     big = cr.surface(model, F.cross_entropy, data, plane, GRID, strategy="vmap")
     small = cr.surface(
         model, F.cross_entropy, data, plane, GRID, strategy="vmap", max_memory=8 * 2**20
     )
-    assert small.attrs["chunk_size"] < big.attrs["chunk_size"]
+    assert small.attrs["points_per_call"] < big.attrs["points_per_call"]
     assert_close(small.loss.values, big.loss.values, rtol=1e-12, label="budget")
 
 

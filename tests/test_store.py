@@ -42,7 +42,7 @@ def surface_into(store, loss=cli_fixtures.slow_cross_entropy, **changes):
         changes.pop("grid", GRID),
         store=store,
         strategy="loop",
-        chunk_size=4,
+        chunk_size=changes.pop("chunk_size", 4),
         **changes,
     )
 
@@ -109,6 +109,30 @@ def _safe_done(store: Path):
         return _done_flags(store)
     except Exception:
         return np.zeros(1, dtype=bool)
+
+
+def test_resumed_run_keeps_the_tiles_it_was_started_with(tmp_path, monkeypatch):
+    """Default tiles are sized by time; a resumed run keeps the stored sizes whatever its
+    own timing says."""
+    import zarr
+
+    surface_module = sys.modules["crumple.surface"]  # (crumple.surface is also a function)
+    monkeypatch.setattr(surface_module, "TILE_SECONDS", 0.0)  # tiles of one call each
+    monkeypatch.setattr("crumple.evaluate.WORKING_SET", 2**16)  # of a few points
+    store = tmp_path / "run"
+    whole = surface_into(store, chunk_size=None)
+    tiles = len(list(GRID.tiles(whole.attrs["chunk_size"])))
+    assert tiles > 1
+    group = zarr.open_group(str(store / DATA), mode="r+", path="surface")
+    lost = range(tiles // 2, tiles)
+    for k in lost:  # as if stopped half way
+        group["tile_done"][k] = False
+    monkeypatch.setattr(surface_module, "TILE_SECONDS", 1e9)  # would make one tile
+    resumed = surface_into(store, chunk_size=None)
+    assert resumed.attrs["tiles_computed"] == len(lost)
+    assert resumed.attrs["chunk_size"] == whole.attrs["chunk_size"]
+    assert resumed.attrs["points_per_call"] == whole.attrs["points_per_call"]
+    assert resumed.loss.values.tobytes() == whole.loss.values.tobytes()
 
 
 @pytest.mark.parametrize("part", ["weights", "plane", "grid", "data", "loss", "dtype"])

@@ -1,5 +1,7 @@
 """The batched surface against the plain per-point loop, in float64."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,43 @@ def test_tiling_does_not_change_numbers(seed_data64, chunk_size):
         model, F.mse_loss, seed_data64, plane.to(dtype=torch.float64), *grid.axes
     )
     assert_close(ds.loss.values, slow, rtol=1e-9, label=f"chunk {chunk_size}")
+
+
+@pytest.mark.parametrize("tile_seconds", [0.0, 1e9], ids=["one-call-a-tile", "one-tile"])
+def test_default_tiles_are_sized_by_time(seed_data64, tile_seconds, monkeypatch):
+    from crumple.evaluate import Evaluator
+
+    # (crumple.surface is also the function's name)
+    monkeypatch.setattr(sys.modules["crumple.surface"], "TILE_SECONDS", tile_seconds)
+    monkeypatch.setattr("crumple.evaluate.WORKING_SET", 2**14)  # a few points per call
+    evaluated = []
+    run = Evaluator._run
+
+    def counting(self, batched, params_at, args, levels):
+        evaluated.append(int(np.prod([len(a) for a in args])))
+        return run(self, batched, params_at, args, levels)
+
+    monkeypatch.setattr(Evaluator, "_run", counting)
+    model = SeedNet()
+    plane = cr.Plane.axes(model, *AXES)
+    grid = cr.Grid(np.linspace(-2, 2, 13), np.linspace(-1, 3, 11))
+    ds = cr.surface(
+        model, F.mse_loss, seed_data64, plane, grid, strategy="vmap", dtype=torch.float64
+    )
+    per_call = ds.attrs["points_per_call"]
+    assert 1 < per_call < grid.size
+    assert max(evaluated) <= per_call  # larger tiles are split into calls of this size
+    if tile_seconds == 0:  # the timed call is the first tile: kept, not made again
+        assert ds.attrs["chunk_size"] == per_call
+        assert sum(evaluated) == grid.size
+    else:  # a tile of several calls: made whole (the timed call once more)
+        assert ds.attrs["chunk_size"] >= grid.size
+        assert sum(evaluated) == grid.size + evaluated[0]
+    assert ds.attrs["tiles_computed"] == len(list(grid.tiles(ds.attrs["chunk_size"])))
+    slow = reference_surface(
+        model, F.mse_loss, seed_data64, plane.to(dtype=torch.float64), *grid.axes
+    )
+    assert_close(ds.loss.values, slow, rtol=1e-9, label=f"tiles of {tile_seconds} s")
 
 
 def test_wide_model_with_bias_norm_dropout_matches_reference_and_is_untouched(seed_data64):
