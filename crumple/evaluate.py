@@ -416,16 +416,28 @@ class Evaluator:
         )
 
     def __call__(
-        self, params_at: Callable[..., Params], args: Sequence[Any], levels: Sequence[int]
+        self,
+        params_at: Callable[..., Params],
+        args: Sequence[Any],
+        levels: Sequence[int],
+        first_block: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Evaluate at every point ``params_at(*args)`` maps out; result axes follow ``levels``:
-        arguments with the same level are zipped, each level is one axis."""
+        arguments with the same level are zipped, each level is one axis. Under vmap, more
+        than ``points_per_call`` points are taken in blocks of that size; ``first_block``
+        gives the first block's values, already computed."""
         shape = _grid_shape(args, levels)
-        if self.strategy != "loop" and math.prod(shape) > self.points_per_call:
+        many = self.strategy != "loop" and math.prod(shape) > self.points_per_call
+        if many or first_block is not None:
             out: dict[str, Tensor] = {}
-            for block in blocks(tuple(shape), self.points_per_call):
-                part = [_take(a, block[lv]) for a, lv in zip(args, levels)]
-                for name, v in self(params_at, part, levels).items():
+            for n, block in enumerate(blocks(tuple(shape), self.points_per_call)):
+                if n == 0 and first_block is not None:
+                    values = first_block
+                else:
+                    values = self(
+                        params_at, [_take(a, block[lv]) for a, lv in zip(args, levels)], levels
+                    )
+                for name, v in values.items():
                     if name not in out:
                         out[name] = torch.empty(shape, dtype=torch.float64, device=v.device)
                     out[name][block] = v

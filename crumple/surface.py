@@ -196,7 +196,7 @@ def _evaluate(
         if chunk_size is None:  # tiles of about TILE_SECONDS, as timed on a first call
             block = next(grid.tiles(evaluate.points_per_call))
             timer = time.perf_counter()
-            measured = (block, evaluate(plane_.at, coords(block), levels))
+            measured = evaluate(plane_.at, coords(block), levels)
             seconds = time.perf_counter() - timer
             points = math.prod(s.stop - s.start for s in block)
             per_point = evaluate.seconds_per_point or seconds / points  # the first excludes warm-up
@@ -211,10 +211,9 @@ def _evaluate(
 
         def local(ks):
             for k in ks:
-                if measured is not None and tiles[k] == measured[0]:
-                    yield k, measured[1]
-                else:
-                    yield k, evaluate(plane_.at, coords(tiles[k]), levels)
+                # the timed call was the first block of tile 0
+                known = measured if k == 0 else None
+                yield k, evaluate(plane_.at, coords(tiles[k]), levels, first_block=known)
 
         # the first tile runs here: it fixes the strategy and gives the time estimate
         sources = [local(todo[:1])]

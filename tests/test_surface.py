@@ -90,8 +90,11 @@ def test_tiling_does_not_change_numbers(seed_data64, chunk_size):
     assert_close(ds.loss.values, slow, rtol=1e-9, label=f"chunk {chunk_size}")
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
 @pytest.mark.parametrize("tile_seconds", [0.0, 1e9], ids=["one-call-a-tile", "one-tile"])
-def test_default_tiles_are_sized_by_time(seed_data64, tile_seconds, monkeypatch):
+def test_default_tiles_are_sized_by_time_and_the_timed_call_is_kept(
+    seed_data64, tile_seconds, strategy, monkeypatch
+):
     from crumple.evaluate import Evaluator
 
     # (crumple.surface is also the function's name)
@@ -109,17 +112,15 @@ def test_default_tiles_are_sized_by_time(seed_data64, tile_seconds, monkeypatch)
     plane = cr.Plane.axes(model, *AXES)
     grid = cr.Grid(np.linspace(-2, 2, 13), np.linspace(-1, 3, 11))
     ds = cr.surface(
-        model, F.mse_loss, seed_data64, plane, grid, strategy="vmap", dtype=torch.float64
+        model, F.mse_loss, seed_data64, plane, grid, strategy=strategy, dtype=torch.float64
     )
     per_call = ds.attrs["points_per_call"]
     assert 1 < per_call < grid.size
-    assert max(evaluated) <= per_call  # larger tiles are split into calls of this size
-    if tile_seconds == 0:  # the timed call is the first tile: kept, not made again
-        assert ds.attrs["chunk_size"] == per_call
-        assert sum(evaluated) == grid.size
-    else:  # a tile of several calls: made whole (the timed call once more)
-        assert ds.attrs["chunk_size"] >= grid.size
-        assert sum(evaluated) == grid.size + evaluated[0]
+    if strategy == "vmap":
+        assert max(evaluated) <= per_call  # larger tiles are split into calls of this size
+    assert sum(evaluated) == grid.size  # the timed call is not made again
+    expected = per_call if tile_seconds == 0 else grid.size
+    assert ds.attrs["chunk_size"] >= expected
     assert ds.attrs["tiles_computed"] == len(list(grid.tiles(ds.attrs["chunk_size"])))
     slow = reference_surface(
         model, F.mse_loss, seed_data64, plane.to(dtype=torch.float64), *grid.axes
