@@ -199,7 +199,8 @@ def _evaluate(
             measured = evaluate(plane_.at, coords(block), levels)
             seconds = time.perf_counter() - timer
             points = math.prod(s.stop - s.start for s in block)
-            per_point = evaluate.seconds_per_point or seconds / points  # the first excludes warm-up
+            # the "auto" choice times each strategy after a warm-up: the better figure
+            per_point = evaluate.seconds_per_point or seconds / points
             chunk_size = max(evaluate.points_per_call, math.ceil(TILE_SECONDS / per_point))
         if store is not None and run is None:
             tiling = {"chunk_size": chunk_size, "points_per_call": evaluate.points_per_call}
