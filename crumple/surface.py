@@ -201,7 +201,9 @@ def _evaluate(
             points = math.prod(s.stop - s.start for s in block)
             # the "auto" choice times each strategy after a warm-up: the better figure
             per_point = evaluate.seconds_per_point or seconds / points
-            chunk_size = max(evaluate.points_per_call, math.ceil(TILE_SECONDS / per_point))
+            chunk_size = max(
+                evaluate.points_per_call, math.ceil(TILE_SECONDS / max(per_point, 1e-9))
+            )
         if store is not None and run is None:
             tiling = {"chunk_size": chunk_size, "points_per_call": evaluate.points_per_call}
             run = RunStore.create(store, fp, grid, list(fns), tiling, _coord_attrs(plane, grid))
