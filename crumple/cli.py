@@ -390,7 +390,7 @@ def _surface(args: argparse.Namespace) -> None:
 
     import crumple as cr
     from crumple import plot, specs, store
-    from crumple.evaluate import as_batches
+    from crumple.batches import as_batches
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     loss_fn = specs.loss_function(args.loss)

@@ -15,8 +15,9 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
+from crumple.batches import as_batches
 from crumple.errors import CrumpleError
-from crumple.evaluate import DEFAULT_MAX_MEMORY, Evaluator, LossFn, as_batches, prepared
+from crumple.evaluate import DEFAULT_MAX_MEMORY, Evaluator, LossFn, prepared
 from crumple.grid import Grid
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
