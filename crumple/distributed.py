@@ -1,9 +1,11 @@
-"""Tiles on a Dask cluster: the model, the data and the plane go to each worker once
-(``scatter(..., broadcast=True)``); each task evaluates one tile and returns its values."""
+"""Tiles on a Dask cluster: the model, the data, the plane and the run's settings go to each
+worker once (``scatter(..., broadcast=True)``); each task evaluates one tile and returns its
+values. Workers build their evaluator with the same factory as the main process, from the
+settings the first tile fixed, so every worker computes the same bits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 
 from crumple.errors import CrumpleError, require_extra
 
-_EVALUATORS: dict[str, Any] = {}  # on a worker: one Evaluator per scattered payload
+_EVALUATORS: dict[str, Any] = {}  # on a worker: one evaluator per scattered payload
 UNPACKED = [0]  # on a worker: how many payloads it has unpacked (tests count these)
 
 
@@ -62,23 +64,25 @@ def local_cluster(n_workers: int):
 
 
 def evaluate_tiles(
-    dask: Any, payload: tuple, evaluate, tiles: Sequence[tuple[int, list]], levels: list[int]
+    dask: Any,
+    payload: Callable[[], tuple],
+    tiles: Sequence[tuple[int, tuple[slice, ...]]],
+    axes: Sequence[torch.Tensor],
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Evaluate ``tiles`` (index, coordinates) on the cluster; yield results as they arrive."""
+    """Evaluate ``tiles`` (index, slices of ``axes``) on the cluster; yield results as they
+    arrive. ``payload()`` gives (model, fns, batches, plane, settings JSON), called once the
+    first tile has fixed the settings."""
     distributed = require_extra("distributed", "dask")
     client, owned = connect(dask)
     futures = []
     try:
         import cloudpickle
 
-        model, fns, batches, buffers, plane, settings = payload
-        settings = {**settings, "strategy": evaluate.strategy}  # fixed by the first tile
         # pickled here, as a whole, so that the model arrives as torch.save would keep it
-        packed = cloudpickle.dumps((model, fns, batches, buffers, plane, settings))
-        shipped = client.scatter(packed, broadcast=True, hash=False)
+        shipped = client.scatter(cloudpickle.dumps(payload()), broadcast=True, hash=False)
         futures = [
-            client.submit(_tile, shipped, k, [c.cpu() for c in coords], levels, pure=False)
-            for k, coords in tiles
+            client.submit(_tile, shipped, k, [a[s].cpu() for a, s in zip(axes, tile)], pure=False)
+            for k, tile in tiles
         ]
         for future in distributed.as_completed(futures):
             yield future.result()
@@ -92,17 +96,17 @@ def evaluate_tiles(
                 cluster.close()
 
 
-def _tile(packed: bytes, k: int, coords: list, levels: list[int]):
-    """Runs on a worker: evaluate tile ``k`` with the worker's cached Evaluator."""
+def _tile(packed: bytes, k: int, coords: list):
+    """Runs on a worker: evaluate tile ``k`` with the worker's cached evaluator."""
     import hashlib
     import pickle
 
-    from crumple.evaluate import Evaluator
+    from crumple.evaluation import Points, Settings, build
     from crumple.params import evaluation_mode
 
     key = hashlib.sha256(packed).hexdigest()
     if key not in _EVALUATORS:
-        model, fns, batches, buffers, plane, settings = pickle.loads(packed)
+        model, fns, batches, plane, settings = pickle.loads(packed)
         UNPACKED[0] += 1
         try:
             from distributed import get_worker
@@ -111,22 +115,12 @@ def _tile(packed: bytes, k: int, coords: list, levels: list[int]):
         except (ImportError, ValueError, AttributeError):
             pass
         with evaluation_mode(model):
-            evaluate = Evaluator(
-                model,
-                fns,
-                batches,
-                buffers,
-                plane.origin,
-                plane=plane,
-                strategy=settings["strategy"],
-                max_memory=settings["max_memory"],
-                batch_size=settings["batch_size"],
-                points_per_call=settings["points_per_call"],
-            )
+            evaluate = build(model, fns, batches, plane, Settings.from_json(settings), check=False)
         _EVALUATORS.clear()
-        _EVALUATORS[key] = (model, plane, evaluate)
-    model, plane, evaluate = _EVALUATORS[key]
-    device = next(iter(plane.origin.values())).device
+        _EVALUATORS[key] = (model, evaluate)
+    model, evaluate = _EVALUATORS[key]
+    task = evaluate.task
     with evaluation_mode(model):
-        values = evaluate(plane.at, [c.to(device) for c in coords], levels)
+        points = Points.grid(task.plane, [c.to(task.device) for c in coords])
+        values = evaluate(points)
     return k, {name: v.double().cpu().numpy() for name, v in values.items()}

@@ -8,17 +8,13 @@ recomputed. A folder made for other inputs is refused, never mixed or overwritte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 import xarray as xr
-from torch import Tensor
 
 from crumple.errors import CrumpleError
 from crumple.plane import Plane
@@ -28,75 +24,21 @@ PLANE = "plane.safetensors"
 DONE = "tile_done"
 
 
-def _digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _qualified(fn: Callable) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-
-
-def fingerprint(
-    model,
-    plane: Plane,
-    grid,
-    batches,
-    fns: Mapping[str, Callable],
-    dtype,
-    data_id: str | None = None,
-) -> dict[str, str]:
-    """What determines a surface's numbers, each part hashed on its own so that a mismatch
-    can say which part differs.
-
-    Example:
-        >>> import crumple as cr
-        >>> net = torch.nn.Linear(1, 1)
-        >>> fp = fingerprint(net, cr.Plane.axes(net, "weight"), cr.Grid([0.0, 1.0]),
-        ...                  [(torch.ones(2, 1), torch.ones(2, 1))],
-        ...                  {"loss": torch.nn.functional.mse_loss}, torch.float32)
-        >>> sorted(fp)
-        ['data', 'dtype', 'grid', 'loss', 'plane', 'weights']
-    """
-    weights = [*model.named_parameters(), *model.named_buffers()]
-    plane_tensors = [(f"origin.{n}", t) for n, t in plane.origin.items()]
-    for k, d in enumerate(plane.directions):
-        plane_tensors += [(f"d{k}.{n}", t) for n, t in d.items()]
-    data = (
-        data_id
-        if data_id is not None
-        else _digest(
-            (f"{k}.{part}", t) for k, batch in enumerate(batches) for part, t in zip("xy", batch)
-        )
-    )
-    return {
-        "weights": _digest(weights),
-        "plane": _digest(plane_tensors),
-        "grid": _digest((f"axis{k}", torch.from_numpy(a)) for k, a in enumerate(grid.axes)),
-        "data": str(data),
-        "loss": ", ".join(f"{name}={_qualified(fn)}" for name, fn in fns.items()),
-        "dtype": str(dtype).removeprefix("torch."),
-    }
-
-
 class RunStore:
-    """The surface of a run on disk, tile by tile.
+    """The surface of a run on disk, tile by tile: values, which tiles are done, and the
+    attributes the run's owner (``crumple.tiles``) keeps there (fingerprint, plan).
 
     Example:
         >>> import tempfile, crumple as cr
         >>> grid = cr.Grid([0.0, 1.0, 2.0], [0.0, 1.0])
-        >>> run = RunStore.create(tempfile.mkdtemp(), {"weights": "w"}, grid, ["loss"],
-        ...                       {"chunk_size": 4})
-        >>> run.done(), len(run.tiles)
-        ([False, False], 2)
+        >>> tiles = list(grid.tiles(4))
+        >>> run = RunStore.create(tempfile.mkdtemp(), grid, ["loss"], tiles, {"plan": "{}"})
+        >>> run.done()
+        [False, False]
     """
 
-    def __init__(self, folder: Path, grid, tiles: list, names: list[str], plan: dict) -> None:
-        self.folder, self.grid, self.tiles, self.names, self.plan = folder, grid, tiles, names, plan
+    def __init__(self, folder: Path, names: list[str]) -> None:
+        self.folder, self.names = folder, names
         self._arrays: dict | None = None  # opened on the first write
 
     @property
@@ -104,49 +46,32 @@ class RunStore:
         return self.folder / DATA
 
     @classmethod
-    def resume(cls, folder, fp: Mapping[str, str], grid) -> RunStore | None:
-        """The run in ``folder`` if there is one, after checking that it was made from the
-        same inputs; ``None`` if the folder holds no run."""
+    def open(cls, folder) -> RunStore | None:
+        """The run in ``folder``, or ``None`` if the folder holds none."""
         folder = Path(folder)
         if not (folder / DATA).exists():
             return None
         group = _surface_group(folder)
-        if "fingerprint" not in group.attrs:
-            raise CrumpleError(
-                f"{str(folder)!r} holds a finished run that cannot be resumed (it has no "
-                "fingerprint: crumple demo writes such runs); choose another folder or delete it"
-            )
-        try:
-            stored = json.loads(group.attrs["fingerprint"])
-            plan = json.loads(group.attrs["plan"])
-        except (KeyError, ValueError) as e:
-            raise _damaged(folder, e) from e
-        differs = [k for k in fp if stored.get(k) != fp[k]]
-        if differs:
-            raise CrumpleError(
-                f"{str(folder)!r} holds a run made with other {', '.join(differs)}; it is left "
-                "as it is. To resume it, give the same model weights, plane, grid, data, loss "
-                "and dtype; to start a fresh run, choose another folder or delete this one"
-            )
-        names = [n for n in group.array_keys() if n not in (DONE, *grid.dims)]
-        names = sorted(names, key=lambda n: n != "loss")
-        return cls(folder, grid, list(grid.tiles(plan["chunk_size"])), names, plan)
+        names = [n for n in group.array_keys() if n not in (DONE, "alpha", "beta")]
+        return cls(folder, sorted(names, key=lambda n: n != "loss"))
+
+    @property
+    def attrs(self) -> dict:
+        return dict(_surface_group(self.folder).attrs)
 
     @classmethod
     def create(
         cls,
         folder,
-        fp: Mapping[str, str],
         grid,
         names: list[str],
-        plan: Mapping[str, Any],
+        tiles: list[tuple[slice, ...]],
+        attrs: Mapping[str, str],
         coord_attrs: Mapping[str, dict] | None = None,
     ) -> RunStore:
-        """Start a run in ``folder``: every value nan, every tile not done. ``plan`` holds
-        the tile size (``chunk_size``) and whatever else a resumed run must reuse."""
+        """Start a run in ``folder``: every value nan, every tile not done, chunks of the
+        first tile's shape."""
         folder = Path(folder)
-        plan = dict(plan)
-        tiles = list(grid.tiles(plan["chunk_size"]))
         template = xr.Dataset(
             {name: (grid.dims, np.full(grid.shape, np.nan)) for name in names}
             | {DONE: (("tile",), np.zeros(len(tiles), dtype=bool))},
@@ -154,7 +79,7 @@ class RunStore:
                 d: (d, a, dict((coord_attrs or {}).get(d, {})))
                 for d, a in zip(grid.dims, grid.axes)
             },
-            attrs={"fingerprint": json.dumps(dict(fp)), "plan": json.dumps(plan)},
+            attrs=dict(attrs),
         )
         tile_shape = tuple(s.stop - s.start for s in tiles[0])
         encoding = {name: {"chunks": tile_shape} for name in names} | {DONE: {"chunks": (1,)}}
@@ -162,24 +87,23 @@ class RunStore:
         template.to_zarr(
             folder / DATA, group="surface", mode="w", encoding=encoding, consolidated=False
         )
-        return cls(folder, grid, tiles, names, plan)
+        return cls(folder, list(names))
 
     def done(self) -> list[bool]:
         """Which tiles are finished."""
         return [bool(v) for v in _surface_group(self.folder)[DONE][:]]
 
-    def write(self, k: int, values: Mapping[str, np.ndarray]) -> None:
-        """Store tile ``k``'s values, then mark it finished."""
+    def write(self, k: int, tile: tuple[slice, ...], values: Mapping[str, np.ndarray]) -> None:
+        """Store tile ``k``'s values at ``tile``, then mark it finished."""
         if self._arrays is None:
             group = _surface_group(self.folder, mode="r+")
             self._arrays = {name: group[name] for name in (*self.names, DONE)}
         for name, v in values.items():
-            self._arrays[name][self.tiles[k]] = v
+            self._arrays[name][tile] = v
         self._arrays[DONE][k] = True
 
-    def set_plan(self, **changes) -> None:
-        self.plan.update(changes)
-        _surface_group(self.folder, mode="r+").attrs["plan"] = json.dumps(self.plan)
+    def set_attrs(self, **attrs: str) -> None:
+        _surface_group(self.folder, mode="r+").attrs.update(attrs)
 
     def finish(self, attrs: Mapping[str, object], var_attrs: Mapping[str, dict]) -> xr.Dataset:
         group = _surface_group(self.folder, mode="r+")
@@ -195,10 +119,10 @@ def _surface_group(folder: Path, mode: str = "r"):
     try:
         return zarr.open_group(str(Path(folder) / DATA), mode=mode, path="surface")
     except Exception as e:
-        raise _damaged(folder, e) from e
+        raise damaged(folder, e) from e
 
 
-def _damaged(folder, e: Exception) -> CrumpleError:
+def damaged(folder, e: Exception) -> CrumpleError:
     return CrumpleError(
         f"the run in {str(folder)!r} is damaged and cannot be read ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:200] if str(e) else ''}); delete the folder to start afresh"
@@ -263,7 +187,7 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
     except CrumpleError:
         raise
     except Exception as e:
-        raise _damaged(folder, e) from e
+        raise damaged(folder, e) from e
     if DONE in surface:
         done = surface[DONE].values
         surface = surface.drop_vars(DONE)

@@ -1,29 +1,47 @@
-"""Run a grid over a plane, tile by tile, into an ``xarray.Dataset``."""
+"""``surface`` and ``line``: check the inputs, run the grid tile by tile (``crumple.tiles``),
+return an ``xarray.Dataset``; ``check=N`` re-does N points with ``crumple.reference``."""
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import xarray as xr
 from torch import nn
-from tqdm.auto import tqdm
 
+from crumple import reference, tiles
 from crumple.batches import as_batches
+from crumple.dataset import coord_attrs, grid_dataset
 from crumple.errors import CrumpleError
-from crumple.evaluate import DEFAULT_MAX_MEMORY, Evaluator, LossFn, prepared
+from crumple.evaluation import Settings
 from crumple.grid import Grid
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
-from crumple.store import RunStore, fingerprint, open_run
 
-TILE_SECONDS = 0.25  # a tile (stored, resumed and distributed as one) takes about this long
+LossFn = Callable[..., Any]
+CHECK_TOLERANCE = {"float64": 1e-9, "float32": 1e-4}  # largest relative difference allowed
+
+OPTIONS_DOC = """
+        strategy: ``"auto"`` (default: looks at the model, and times the candidates only
+            when that leaves a real question; the choice and its reason are in
+            ``ds.attrs``), ``"loop"`` (one point at a time, nothing intercepted),
+            ``"expanded"`` (one point at a time, wide input layers expanded) or ``"vmap"``
+            (points batched together).
+        chunk_size: grid points per tile (stored, resumed and sent to a Dask worker as one),
+            also the most evaluated together. By default tiles take about
+            ``crumple.tiles.TILE_SECONDS`` (as timed on a first call), and vmap takes as many
+            points at once as keep their activations cache-sized and within ``max_memory``.
+        max_memory: bytes that the points evaluated together and the cached layer products
+            may use.
+        batch_size: samples per forward pass (default: cache-sized). A model whose output
+            for a sample depends on the rest of its batch keeps the data's own batches
+            (``ds.attrs["batching"]`` says which was used).
+        device: where to compute, e.g. ``"cuda:1"`` (default: where the plane's tensors are).
+        dtype: ``torch.float32`` or ``torch.float64`` (or their names; default: the plane's).
+"""
 
 
 def surface(
@@ -34,15 +52,12 @@ def surface(
     grid: Grid,
     *,
     metrics: Mapping[str, LossFn] | None = None,
-    chunk_size: int | None = None,
-    max_memory: int = DEFAULT_MAX_MEMORY,
-    strategy: str = "auto",
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    check: int = 0,
     progress: bool = False,
     store: str | Path | None = None,
     data_id: str | None = None,
     dask: Any = None,
+    **options: Any,
 ) -> xr.Dataset:
     """The loss (and metrics) at every point of a 2-D grid on a plane.
 
@@ -55,17 +70,9 @@ def surface(
         plane: a 2-D :class:`Plane` through the model's weights.
         grid: a :class:`Grid` with ``alpha`` and ``beta``.
         metrics: more ``fn(pred, y)`` batch means to store beside ``loss``.
-        chunk_size: grid points per tile (stored, resumed and sent to a Dask worker as one),
-            also the most that vmap evaluates together. By default tiles take about
-            ``TILE_SECONDS`` (as timed on a first call), and vmap takes as many points at
-            once as keep their activations cache-sized and within ``max_memory``.
-        max_memory: bytes that the points evaluated together and the cached layer products
-            may use.
-        strategy: ``"vmap"`` (batched over points), ``"loop"`` (one point at a time) or
-            ``"auto"`` (time both on the first tile, keep the faster; the choice is in
-            ``ds.attrs["strategy"]``).
-        device: where to compute (default: where the plane's tensors are).
-        dtype: floating-point type to compute in (default: the plane's).
+        check: re-do this many random grid points with the slow reference loop
+            (:mod:`crumple.reference`); the largest relative difference is in
+            ``ds.attrs["check_max_rel_diff"]``, and past ``CHECK_TOLERANCE`` it is an error.
         progress: show a progress bar over tiles (and, before a run of several tiles, the
             estimated time after the first).
         store: a run folder: tiles are written to it as they finish, and running the same
@@ -76,7 +83,8 @@ def surface(
             ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
             the first are evaluated on its workers, which receive the model, data and plane
             once each; results reach ``store`` as they arrive (needs the ``dask`` extra).
-
+        **options: how evaluation runs (:class:`crumple.evaluation.Settings`):
+    {options}
     Returns:
         A Dataset with ``loss[i, j]`` the loss at ``(alpha[i], beta[j])``.
 
@@ -96,19 +104,8 @@ def surface(
             f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
             f"plane and {grid!r}. For one direction use crumple.line"
         )
-    options = dict(
-        dask=dask,
-        store=store,
-        data_id=data_id,
-        metrics=metrics,
-        chunk_size=chunk_size,
-        max_memory=max_memory,
-        strategy=strategy,
-        device=device,
-        dtype=dtype,
-        progress=progress,
-    )
-    return _evaluate(model, loss_fn, data, plane, grid, **options)
+    run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
+    return _landscape(model, loss_fn, data, plane, grid, metrics, check, run, options)
 
 
 def line(
@@ -117,6 +114,13 @@ def line(
     data: Any,
     plane: Plane,
     alpha,
+    *,
+    metrics: Mapping[str, LossFn] | None = None,
+    check: int = 0,
+    progress: bool = False,
+    store: str | Path | None = None,
+    data_id: str | None = None,
+    dask: Any = None,
     **options: Any,
 ) -> xr.Dataset:
     """The loss along the first direction of ``plane`` at the coordinates ``alpha``.
@@ -134,153 +138,85 @@ def line(
     """
     if plane.ndim == 2:
         plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
-    return _evaluate(model, loss_fn, data, plane, Grid(alpha), **options)
+    run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
+    return _landscape(model, loss_fn, data, plane, Grid(alpha), metrics, check, run, options)
 
 
-def _evaluate(
-    model,
-    loss_fn,
-    data,
-    plane,
-    grid,
-    *,
-    metrics=None,
-    chunk_size=None,
-    max_memory=DEFAULT_MAX_MEMORY,
-    strategy="auto",
-    device=None,
-    dtype=None,
-    progress=False,
-    store=None,
-    data_id=None,
-    dask=None,
-):
+surface.__doc__ = surface.__doc__.format(options=OPTIONS_DOC)
+
+
+def _landscape(model, loss_fn, data, plane, grid, metrics, check, run, options) -> xr.Dataset:
+    settings = Settings.from_options(**options)
     _check_fits(model, plane)
     fns = _named_functions(loss_fn, metrics)
     start = time.perf_counter()
     with evaluation_mode(model):
         given = as_batches(data)  # as the user gave it: the fingerprint hashes these
-        batches, plane_, buffers = prepared(model, given, plane, device, dtype)
-        reference = next(iter(plane_.origin.values()))
-        run = None
-        if store is not None:
-            fp = fingerprint(model, plane, grid, given, fns, reference.dtype, data_id)
-            run = RunStore.resume(store, fp, grid)
-            if run is not None and all(run.done()):
-                out = open_run(store)["surface"]
-                out.attrs["tiles_computed"] = 0
-                return out
-        plan = run.plan if run is not None else {}
-        evaluate = Evaluator(
-            model,
-            fns,
-            batches,
-            buffers,
-            plane_.origin,
-            plane=plane_,
-            strategy=plan.get("strategy", strategy),
-            max_memory=max_memory,
-            batch_size=plan.get("batch_size"),
-            # stores written before tiles and calls were told apart used one size for both
-            points_per_call=plan.get("points_per_call", plan.get("chunk_size", chunk_size)),
+        outcome = tiles.run(
+            model, fns, given, plane, grid, settings, coord_attrs=coord_attrs(plane, grid), **run
         )
-        axes = [
-            torch.as_tensor(a, dtype=reference.dtype, device=reference.device) for a in grid.axes
-        ]
-        levels = list(range(len(grid.axes)))
+    if outcome.finished is not None:
+        ds = outcome.finished
+    else:
+        ds = grid_dataset(outcome.values, plane, grid, fns, _facts(outcome, start))
+    if check:
+        _check_against_reference(ds, model, fns, given, plane, check, outcome.settings)
+    return tiles.finish(outcome, ds, plane) if outcome.finished is None else ds
 
-        def coords(tile: tuple[slice, ...]) -> list:
-            return [axis[s] for axis, s in zip(axes, tile)]
 
-        chunk_size = plan.get("chunk_size") or chunk_size
-        measured = None
-        if chunk_size is None:  # tiles of about TILE_SECONDS, as timed on a first call
-            block = next(grid.tiles(evaluate.points_per_call))
-            timer = time.perf_counter()
-            measured = evaluate(plane_.at, coords(block), levels)
-            seconds = time.perf_counter() - timer
-            points = math.prod(s.stop - s.start for s in block)
-            # the "auto" choice times each strategy after a warm-up: the better figure
-            per_point = evaluate.seconds_per_point or seconds / points
-            chunk_size = max(
-                evaluate.points_per_call, math.ceil(TILE_SECONDS / max(per_point, 1e-9))
-            )
-        if store is not None and run is None:
-            tiling = {"chunk_size": chunk_size, "points_per_call": evaluate.points_per_call}
-            run = RunStore.create(store, fp, grid, list(fns), tiling, _coord_attrs(plane, grid))
-        tiles = list(grid.tiles(chunk_size))
-        done = run.done() if run is not None else [False] * len(tiles)
-        todo = [k for k, finished in enumerate(done) if not finished]
-        results = {name: np.empty(grid.shape) for name in fns}
-
-        def local(ks):
-            for k in ks:
-                # the timed call was the first block of tile 0
-                known = measured if k == 0 else None
-                yield k, evaluate(plane_.at, coords(tiles[k]), levels, first_block=known)
-
-        # the first tile runs here: it fixes the strategy and gives the time estimate
-        sources = [local(todo[:1])]
-        if dask is not None and len(todo) > 1:
-            from crumple.distributed import evaluate_tiles
-
-            settings = {
-                "batch_size": evaluate.batch_size,
-                "points_per_call": evaluate.points_per_call,
-                "max_memory": max_memory,
-            }
-            payload = (model, fns, batches, buffers, plane_, settings)
-            sources.append(
-                evaluate_tiles(
-                    dask, payload, evaluate, [(k, coords(tiles[k])) for k in todo[1:]], levels
-                )
-            )
-        else:
-            sources.append(local(todo[1:]))
-        bar = tqdm(
-            total=len(tiles), initial=len(tiles) - len(todo), disable=not progress, unit="tile"
-        )
-        first = time.perf_counter()
-        for n, (k, values) in enumerate(itertools.chain(*sources)):
-            values = {
-                name: np.asarray(torch.as_tensor(v).double().cpu()) for name, v in values.items()
-            }
-            if run is None:
-                for name, v in values.items():
-                    results[name][tiles[k]] = v
-            else:
-                if n == 0:
-                    run.set_plan(strategy=evaluate.strategy, batch_size=evaluate.batch_size)
-                run.write(k, values)
-            if n == 0 and progress and len(todo) > 1:
-                estimate = (time.perf_counter() - first) * len(todo)
-                where = " on this process" if dask is not None else ""
-                bar.write(
-                    f"crumple: {len(todo)} tiles to compute, about {estimate:.3g} s in all{where}"
-                )
-            bar.update()
-        bar.close()
+def _facts(outcome: tiles.Outcome, start: float) -> dict[str, Any]:
+    s = outcome.settings
     facts = {
-        "n_samples": evaluate.n_samples,
-        "dtype": str(reference.dtype).removeprefix("torch."),
-        "device": str(reference.device),
-        "strategy": evaluate.strategy,
-        "chunk_size": chunk_size,
-        "points_per_call": evaluate.points_per_call,
-        "tiles_computed": len(todo),
+        "n_samples": outcome.n_samples,
+        "dtype": s.dtype,
+        "device": s.device,
+        "strategy": s.strategy,
+        "batching": s.batching,
+        "chunk_size": s.tile_size,
+        "points_per_call": s.points_per_call,
+        "tiles_computed": outcome.tiles_computed,
         "seconds": time.perf_counter() - start,
+        "settings": s.to_json(),
     }
-    ds = _dataset(results, plane, grid, loss_fn, facts)
-    if run is None:
-        return ds
-    out = run.finish(ds.attrs | {"store": str(Path(store))}, {n: dict(ds[n].attrs) for n in fns})
-    out.attrs["tiles_computed"] = len(todo)
-    return out
+    if s.batch_size is not None:
+        facts["batch_size"] = s.batch_size
+    if outcome.choice is not None:
+        facts["strategy_reason"] = outcome.choice.reason
+        facts["choice_seconds"] = outcome.choice.overhead
+    return facts
 
 
-def _coord_attrs(plane, grid) -> dict[str, dict]:
-    names = plane.attrs.get("axis_names", grid.dims)
-    return {dim: {"long_name": str(name)} for dim, name in zip(grid.dims, names)}
+def _check_against_reference(ds, model, fns, given, plane, n, settings) -> None:
+    """Re-do ``n`` random grid points with the reference loop; record the largest relative
+    difference in ``ds.attrs``, and refuse the result past the tolerance."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise CrumpleError(f"check must be a number of points >= 0, got {n!r}")
+    rng = np.random.default_rng(0)
+    flat = rng.choice(ds.loss.size, size=min(n, ds.loss.size), replace=False)
+    index = np.unravel_index(flat, ds.loss.shape)
+    coords = [ds[d].values[i] for d, i in zip(ds.loss.dims, index)]
+    moved = plane.to(settings.torch_device, settings.torch_dtype)
+    weights = [moved.at(*map(float, point)) for point in zip(*coords)]
+    with evaluation_mode(model):
+        slow = reference.points(
+            model, fns, given, weights, dtype=settings.torch_dtype, device=settings.torch_device
+        )
+    worst, where = 0.0, None
+    for name, values in slow.items():
+        fast = ds[name].values[index]
+        rel = np.abs(fast - values) / np.maximum(np.abs(values), np.finfo(float).tiny)
+        if rel.size and np.nanmax(rel) >= worst:
+            k = int(np.nanargmax(rel))
+            worst, where = float(rel[k]), (name, [float(c[k]) for c in coords])
+    ds.attrs["check_points"] = len(flat)
+    ds.attrs["check_max_rel_diff"] = worst
+    tolerance = CHECK_TOLERANCE.get(str(settings.dtype), 1e-4)
+    if worst > tolerance:
+        raise CrumpleError(
+            f"the {settings.strategy} strategy differs from the reference loop by {worst:.3g} "
+            f"(relative, more than {tolerance:g}) in {where[0]} at {where[1]}; evaluate with "
+            "strategy='loop' and report this model to crumple"
+        )
 
 
 def _named_functions(loss_fn: LossFn, metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
@@ -305,25 +241,3 @@ def _check_fits(model: nn.Module, plane: Plane) -> None:
             f"missing {missing}, unknown {extra}, different shapes {resized}; "
             "build the plane from the same model (e.g. Plane.axes(model, ...))"
         )
-
-
-def function_name(fn: Callable) -> str:
-    return getattr(fn, "__name__", type(fn).__name__)
-
-
-def _dataset(results, plane, grid, loss_fn, facts) -> xr.Dataset:
-    from crumple import __version__
-
-    attrs_of = _coord_attrs(plane, grid)
-    coords = {dim: (dim, axis, attrs_of[dim]) for dim, axis in zip(grid.dims, grid.axes)}
-    loss_name = function_name(loss_fn)
-    data_vars = {
-        name: (grid.dims, values, {"long_name": loss_name if name == "loss" else name})
-        for name, values in results.items()
-    }
-    attrs = {"plane_kind": plane.attrs.get("kind", "custom")}
-    for key, value in plane.attrs.items():
-        if key not in ("kind", "axis_names"):
-            attrs[f"plane_{key}"] = list(value) if isinstance(value, (list, tuple)) else value
-    attrs |= {"loss_name": loss_name, **facts, "crumple_version": __version__}
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)

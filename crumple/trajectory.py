@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
-from crumple.evaluate import Evaluator, LossFn, prepared
+from crumple.evaluation import Points, Settings, build
 from crumple.params import Params, evaluation_mode, parameters_of
 from crumple.plane import Plane
 
@@ -187,18 +188,17 @@ def project(
     trajectory: Trajectory,
     plane: Plane,
     model: nn.Module,
-    loss_fn: LossFn,
+    loss_fn: Callable,
     data: Any,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    **options: Any,
 ) -> xr.Dataset:
     """Place each snapshot on the plane and evaluate it both ways.
 
     Returns a Dataset along ``step`` with ``alpha`` and ``beta`` (least-squares coordinates),
     ``off_plane`` (distance from the snapshot to its projection), ``loss`` (the true loss of
     the snapshot), ``loss_on_plane`` (the loss at the projection) and ``recorded_loss`` (what
-    the training loop passed to ``record``).
+    the training loop passed to ``record``). ``options`` are those of
+    :func:`crumple.surface` that say how evaluation runs (``device``, ``dtype``, ...).
 
     Example:
         >>> import crumple as cr
@@ -219,11 +219,8 @@ def project(
     coords, off_plane = _least_squares(trajectory, plane)
 
     with evaluation_mode(model):
-        batches, plane_, buffers = prepared(model, data, plane, device, dtype)
-        reference = next(iter(plane_.origin.values()))
-        evaluate = Evaluator(
-            model, {"loss": loss_fn}, batches, buffers, plane_.origin, plane=plane_
-        )
+        evaluate = build(model, {"loss": loss_fn}, data, plane, Settings.from_options(**options))
+        reference = next(iter(evaluate.task.origin.values()))
         true, on_plane = [], []
         for start in range(0, len(trajectory), PROJECT_CHUNK):
             chunk = range(start, min(start + PROJECT_CHUNK, len(trajectory)))
@@ -231,9 +228,9 @@ def project(
                 n: torch.stack([trajectory.snapshot(k)[n] for k in chunk]).to(reference)
                 for n in names
             }
-            true.append(evaluate(lambda w: w, [stacked], [0])["loss"])
+            true.append(evaluate(Points.weights(stacked))["loss"])
             point = [c[start : chunk.stop].to(reference) for c in coords]
-            on_plane.append(evaluate(plane_.at, point, [0] * plane.ndim)["loss"])
+            on_plane.append(evaluate(Points.along(evaluate.task.plane, point))["loss"])
 
     dims = ("alpha", "beta")[: plane.ndim]
     data_vars = {dim: ("step", c.numpy()) for dim, c in zip(dims, coords)}

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import crumple as cr
-from crumple.evaluate import as_batches, reference_losses
+from crumple import reference
 from tests.cases import (
     MLP,
     AlwaysDropout,
@@ -57,7 +57,7 @@ def planes(model, other, third, path):
 
 def reference_grid(model, fns, data, plane, grid):
     points = [plane.at(a, b) for a in grid.axes[0] for b in grid.axes[1]]
-    slow = reference_losses(model, fns, as_batches(data), points)
+    slow = reference.points(model, fns, data, points)
     return {name: np.reshape(v, grid.shape) for name, v in slow.items()}
 
 
@@ -65,7 +65,7 @@ def reference_grid(model, fns, data, plane, grid):
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 def test_surfaces_equal_reference_loop(setup, data, strategy, expand, monkeypatch):
     if expand:  # expand the first layer whatever its fan-in (the default skips narrow ones)
-        monkeypatch.setattr("crumple.evaluate.EXPAND_FAN_IN", 1)
+        monkeypatch.setattr("crumple.evaluation.kernels.EXPAND_FAN_IN", 1)
     name, model, other, third, path = setup
     before = snapshot(model)
     fns = {"loss": F.cross_entropy, "accuracy": accuracy}
@@ -102,9 +102,9 @@ def test_line_equals_reference(setup, data):
     before = snapshot(model)
     ds = cr.line(model, F.cross_entropy, data, plane, alpha)
     assert_untouched(model, before)
-    slow = reference_losses(
-        model, {"loss": F.cross_entropy}, as_batches(data), [plane.at(a) for a in alpha]
-    )["loss"]
+    slow = reference.points(model, {"loss": F.cross_entropy}, data, [plane.at(a) for a in alpha])[
+        "loss"
+    ]
     assert_close(ds.loss.values, slow, rtol=1e-9, label=f"{name} line")
     # the line passes through the other model (buffers, such as BatchNorm statistics, are
     # always those of the model evaluated, so this holds for models without buffers)
@@ -132,17 +132,17 @@ def test_projected_path_losses_equal_reference(setup, data):
     name, model, other, third, path = setup
     plane = cr.Plane.pca(path)
     projected = cr.project(path, plane, model, F.cross_entropy, data)
-    true = reference_losses(
+    true = reference.points(
         model,
         {"loss": F.cross_entropy},
-        as_batches(data),
+        data,
         [path.snapshot(k) for k in range(len(path))],
     )["loss"]
     assert_close(projected.loss.values, true, rtol=1e-9, label=f"{name} true loss")
-    on_plane = reference_losses(
+    on_plane = reference.points(
         model,
         {"loss": F.cross_entropy},
-        as_batches(data),
+        data,
         [plane.at(a, b) for a, b in zip(projected.alpha.values, projected.beta.values)],
     )["loss"]
     assert_close(projected.loss_on_plane.values, on_plane, rtol=1e-9, label=f"{name} on plane")
@@ -289,7 +289,7 @@ def test_random_refuses_unknown_options():
     ("fan_in", "expanded"), [(64, []), (256, ["0.weight"])], ids=["narrow", "wide"]
 )
 def test_wide_input_layers_are_expanded_once_per_batch(fan_in, expanded):
-    from crumple.evaluate import Evaluator, prepared
+    from crumple.evaluation import Points, Settings, build
     from crumple.params import evaluation_mode
 
     torch.manual_seed(0)
@@ -299,21 +299,12 @@ def test_wide_input_layers_are_expanded_once_per_batch(fan_in, expanded):
     data = (torch.randn(50, fan_in, dtype=torch.float64), torch.randint(0, 3, (50,)))
     plane = cr.Plane.random(model, seed=1)
     with evaluation_mode(model):
-        batches, plane_, buffers = prepared(model, data, plane)
-        evaluate = Evaluator(
-            model,
-            {"loss": F.cross_entropy},
-            batches,
-            buffers,
-            plane_.origin,
-            plane=plane_,
-            strategy="vmap",
-        )
+        evaluate = build(model, {"loss": F.cross_entropy}, data, plane, Settings(strategy="vmap"))
         axes = [torch.linspace(-1, 1, 3, dtype=torch.float64)] * 2
-        first = evaluate(plane_.at, axes, [0, 1])
+        first = evaluate(Points.grid(evaluate.task.plane, axes))
         # only the first layer sees the raw input; later layers see batched inputs
-        assert [key[1] for key in evaluate.kernels.cache] == expanded
-        again = evaluate(plane_.at, axes, [0, 1])
+        assert [key[1] for key in evaluate.task.kernels.cache] == expanded
+        again = evaluate(Points.grid(evaluate.task.plane, axes))
     assert torch.equal(first["loss"], again["loss"])
     grid = cr.Grid(axes[0].numpy(), axes[1].numpy())
     slow = reference_grid(model, {"loss": F.cross_entropy}, data, plane, grid)
@@ -338,7 +329,7 @@ def test_loop_leaves_out_weights_only_expanded_layers_read(data, model, monkeypa
     """The loop does not combine weights that only the expanded first layer reads; a model
     that reads them elsewhere (everywhere, or from the middle of the grid on) has them
     combined and still gets exact numbers."""
-    monkeypatch.setattr("crumple.evaluate.EXPAND_FAN_IN", 1)
+    monkeypatch.setattr("crumple.evaluation.kernels.EXPAND_FAN_IN", 1)
     torch.manual_seed(0)
     if model == "mlp":
         net, weight = MLP().double(), "net.1.weight"
@@ -348,7 +339,7 @@ def test_loop_leaves_out_weights_only_expanded_layers_read(data, model, monkeypa
         plane = cr.Plane.axes(net, "out.bias[0]", "first.weight[3, 5]")
     skipped = skips_of(monkeypatch)
     before = snapshot(net)
-    ds = cr.surface(net, F.cross_entropy, data, plane, GRID, strategy="loop")
+    ds = cr.surface(net, F.cross_entropy, data, plane, GRID, strategy="expanded")
     left_out = [weight in s for s in skipped[2:]]  # (row, point) of the first point: unknown
     assert_untouched(net, before)
     slow = reference_grid(net, {"loss": F.cross_entropy}, data, plane, GRID)

@@ -116,9 +116,8 @@ def test_resumed_run_keeps_the_tiles_it_was_started_with(tmp_path, monkeypatch):
     own timing says."""
     import zarr
 
-    surface_module = sys.modules["crumple.surface"]  # (crumple.surface is also a function)
-    monkeypatch.setattr(surface_module, "TILE_SECONDS", 0.0)  # tiles of one call each
-    monkeypatch.setattr("crumple.evaluate.WORKING_SET", 2**16)  # of a few points
+    monkeypatch.setattr("crumple.tiles.TILE_SECONDS", 0.0)  # tiles of one call each
+    monkeypatch.setattr("crumple.evaluation.engine.WORKING_SET", 2**16)  # of a few points
     store = tmp_path / "run"
     whole = surface_into(store, chunk_size=None)
     tiles = len(list(GRID.tiles(whole.attrs["chunk_size"])))
@@ -127,7 +126,7 @@ def test_resumed_run_keeps_the_tiles_it_was_started_with(tmp_path, monkeypatch):
     lost = range(tiles // 2, tiles)
     for k in lost:  # as if stopped half way
         group["tile_done"][k] = False
-    monkeypatch.setattr(surface_module, "TILE_SECONDS", 1e9)  # would make one tile
+    monkeypatch.setattr("crumple.tiles.TILE_SECONDS", 1e9)  # would make one tile
     resumed = surface_into(store, chunk_size=None)
     assert resumed.attrs["tiles_computed"] == len(lost)
     assert resumed.attrs["chunk_size"] == whole.attrs["chunk_size"]

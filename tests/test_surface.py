@@ -1,6 +1,5 @@
 """The batched surface against the plain per-point loop, in float64."""
 
-import sys
 
 import numpy as np
 import pytest
@@ -9,7 +8,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import crumple as cr
-from crumple.evaluate import as_batches, nested_vmap, reference_losses
+from crumple import reference
+from crumple.evaluation.strategies import nested_vmap
 from crumple.examples.seed import AXES, SeedNet
 from tests.cases import Wide, assert_close, assert_untouched, snapshot
 
@@ -18,9 +18,7 @@ ARTICLE_AXIS = np.arange(-2, 2, 0.05)
 
 def reference_surface(model, loss_fn, data, plane, alpha, beta, dtype=torch.float64):
     points = [plane.at(a, b) for a in alpha for b in beta]
-    values = reference_losses(
-        model, {"loss": loss_fn}, as_batches(data, dtype=dtype), points, dtype
-    )
+    values = reference.points(model, {"loss": loss_fn}, data, points, dtype=dtype)
     return np.array(values["loss"]).reshape(len(alpha), len(beta))
 
 
@@ -95,19 +93,18 @@ def test_tiling_does_not_change_numbers(seed_data64, chunk_size):
 def test_default_tiles_are_sized_by_time_and_the_timed_call_is_kept(
     seed_data64, tile_seconds, strategy, monkeypatch
 ):
-    from crumple.evaluate import Evaluator
+    from crumple.evaluation import STRATEGIES
 
-    # (crumple.surface is also the function's name)
-    monkeypatch.setattr(sys.modules["crumple.surface"], "TILE_SECONDS", tile_seconds)
-    monkeypatch.setattr("crumple.evaluate.WORKING_SET", 2**14)  # a few points per call
+    monkeypatch.setattr("crumple.tiles.TILE_SECONDS", tile_seconds)
+    monkeypatch.setattr("crumple.evaluation.engine.WORKING_SET", 2**14)  # a few points per call
     evaluated = []
-    run = Evaluator._run
+    run = STRATEGIES[strategy].__call__
 
-    def counting(self, batched, params_at, args, levels):
-        evaluated.append(int(np.prod([len(a) for a in args])))
-        return run(self, batched, params_at, args, levels)
+    def counting(self, points):
+        evaluated.append(points.size)
+        return run(self, points)
 
-    monkeypatch.setattr(Evaluator, "_run", counting)
+    monkeypatch.setattr(STRATEGIES[strategy], "__call__", counting)
     model = SeedNet()
     plane = cr.Plane.axes(model, *AXES)
     grid = cr.Grid(np.linspace(-2, 2, 13), np.linspace(-1, 3, 11))
@@ -140,7 +137,7 @@ def test_wide_model_with_bias_norm_dropout_matches_reference_and_is_untouched(se
     ds = cr.surface(model, F.mse_loss, seed_data64, plane, grid, metrics=metrics)
     assert_untouched(model, before)
     points = [plane.at(a, b) for a in grid.axes[0] for b in grid.axes[1]]
-    slow = reference_losses(model, {"loss": F.mse_loss, **metrics}, as_batches(seed_data64), points)
+    slow = reference.points(model, {"loss": F.mse_loss, **metrics}, seed_data64, points)
     for name in ("loss", "mae"):
         assert_close(ds[name].values, np.reshape(slow[name], grid.shape), rtol=1e-9, label=name)
     assert model.training and model.drop.training
@@ -168,7 +165,7 @@ def test_line_matches_reference(seed_data64):
     assert ds.loss.dims == ("alpha",)
     slow = reference_surface(model, F.mse_loss, seed_data64, plane, alpha, [])
     points = [plane.at(a) for a in alpha]
-    slow = reference_losses(model, {"loss": F.mse_loss}, as_batches(seed_data64), points)["loss"]
+    slow = reference.points(model, {"loss": F.mse_loss}, seed_data64, points)["loss"]
     assert_close(ds.loss.values, slow, rtol=1e-9, label="line")
 
 

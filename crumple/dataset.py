@@ -1,0 +1,57 @@
+"""The ``xarray.Dataset`` of a surface or a line: coordinates named after the plane's axes,
+one variable per function, the plane's facts and the run's in ``attrs``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from crumple.grid import Grid
+from crumple.plane import Plane
+
+
+def function_name(fn: Callable) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def coord_attrs(plane: Plane, grid: Grid) -> dict[str, dict]:
+    """``long_name`` of each grid axis: the plane's axis names."""
+    names = plane.attrs.get("axis_names", grid.dims)
+    return {dim: {"long_name": str(name)} for dim, name in zip(grid.dims, names)}
+
+
+def grid_dataset(
+    results: Mapping[str, np.ndarray],
+    plane: Plane,
+    grid: Grid,
+    fns: Mapping[str, Callable],
+    facts: Mapping[str, Any],
+) -> xr.Dataset:
+    """``results[name][i, j]`` at ``(alpha[i], beta[j])`` as a Dataset.
+
+    Example:
+        >>> import torch
+        >>> plane = Plane.axes(torch.nn.Linear(1, 1), "weight")
+        >>> ds = grid_dataset({"loss": np.zeros(2)}, plane, Grid([0.0, 1.0]),
+        ...                   {"loss": torch.nn.functional.mse_loss}, {})
+        >>> ds.loss.attrs["long_name"], ds.alpha.attrs["long_name"]
+        ('mse_loss', 'weight')
+    """
+    from crumple import __version__
+
+    attrs_of = coord_attrs(plane, grid)
+    coords = {dim: (dim, axis, attrs_of[dim]) for dim, axis in zip(grid.dims, grid.axes)}
+    loss_name = function_name(fns["loss"])
+    data_vars = {
+        name: (grid.dims, values, {"long_name": loss_name if name == "loss" else name})
+        for name, values in results.items()
+    }
+    attrs = {"plane_kind": plane.attrs.get("kind", "custom")}
+    for key, value in plane.attrs.items():
+        if key not in ("kind", "axis_names"):
+            attrs[f"plane_{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    attrs |= {"loss_name": loss_name, **facts, "crumple_version": __version__}
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)

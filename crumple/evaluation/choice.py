@@ -1,0 +1,75 @@
+"""The ``auto`` choice of a strategy: look at the model first, time only when that leaves a
+real question, and keep the values the timing computed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from crumple.evaluation import probes
+from crumple.evaluation.points import Points
+
+if TYPE_CHECKING:
+    from crumple.evaluation.engine import Task
+
+TIMED_LOOP_POINTS = 2  # points the loop is timed on, after a one-point warm-up
+
+
+@dataclass
+class Choice:
+    """The strategy ``auto`` chose, why, and what timing it took.
+
+    Attributes:
+        strategy: the chosen strategy's name.
+        reason: one line for people.
+        timings: seconds per point of each strategy timed (empty when none was).
+        overhead: seconds the choice cost beyond evaluating the points it kept.
+    """
+
+    strategy: str
+    reason: str
+    timings: dict[str, float] = field(default_factory=dict)
+    overhead: float = 0.0
+
+    @property
+    def seconds_per_point(self) -> float | None:
+        return self.timings.get(self.strategy)
+
+
+def choose(
+    task: Task, points: Points, evaluate: Callable[[str, Points], dict[str, Tensor]]
+) -> tuple[Choice, dict[str, Tensor] | None]:
+    """Choose between the loop (``"expanded"`` when the model has input layers worth
+    expanding) and vmap for ``task``; return the choice and, when it timed vmap on
+    ``points``, their values (else ``None``)."""
+    x = task.batches[0][0]
+    expanded = task.plane is not None and probes.expanded_layers(
+        task.model, task.plane, task.kernels, task.buffers, x
+    )
+    looping = "expanded" if expanded else "loop"
+    obstacle = probes.vmap_obstacle(task.model, task.origin, task.buffers, x)
+    if obstacle is not None:
+        return Choice(looping, f"not vmap: {obstacle}"), None
+    if points.size < 2:
+        return Choice("vmap", "one point at a time: nothing to time"), None
+    start = time.perf_counter()
+    one = points.take([slice(0, 1)] * len(points.shape))
+    evaluate("vmap", one)  # warm-ups
+    evaluate(looping, one)
+    timings = {}
+    timer = time.perf_counter()
+    values = evaluate("vmap", points)
+    timings["vmap"] = (time.perf_counter() - timer) / points.size
+    few = points.take([slice(0, 1)] * (len(points.shape) - 1) + [slice(0, TIMED_LOOP_POINTS)])
+    timer = time.perf_counter()
+    evaluate(looping, few)
+    timings[looping] = (time.perf_counter() - timer) / few.size
+    best = min(timings, key=timings.get)
+    spent = time.perf_counter() - start
+    overhead = max(0.0, spent - timings[best] * points.size)
+    rates = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in timings.items())
+    return Choice(best, f"timed per point: {rates}", timings, overhead), values

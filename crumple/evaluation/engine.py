@@ -1,0 +1,239 @@
+"""The evaluator: data, buffers and plane prepared once (``prepare``), a strategy chosen or
+given, and blocks of points split into calls of ``points_per_call``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from crumple.batches import Batch, as_batches, number_of_samples, rebatched
+from crumple.errors import CrumpleError
+from crumple.evaluation import probes
+from crumple.evaluation.choice import Choice, choose
+from crumple.evaluation.kernels import Kernels
+from crumple.evaluation.points import Points
+from crumple.evaluation.settings import Settings
+from crumple.evaluation.strategies import STRATEGIES, Strategy
+from crumple.grid import blocks
+from crumple.params import Params, buffers_of, cast
+from crumple.plane import Plane
+
+WORKING_SET = 2**23  # elements of activations per call: small enough to stay in cache
+CACHE_SHARE = 4  # expanded-layer products may use 1/CACHE_SHARE of max_memory
+
+
+_ALLOCATOR_SETTLED = [False]
+
+
+def settle_allocator() -> None:
+    """Allocate and free one 32 MiB block, once per process.
+
+    glibc's malloc serves blocks above an adaptive threshold with mmap and returns freed
+    memory to the system past another; freeing a block raises both, up to 32 MiB and 64 MiB.
+    Without this, the megabyte-sized tensors of each forward pass are mapped and faulted in
+    again at every grid point (measured on the MLP benchmark: 4x more page faults, 18% more
+    time). The process may then keep up to 64 MiB of freed memory for reuse.
+    """
+    if not _ALLOCATOR_SETTLED[0]:
+        _ALLOCATOR_SETTLED[0] = True
+        block = torch.empty((32 * 2**20 - 2**16) // 4, dtype=torch.float32)
+        del block
+
+
+@dataclass
+class Task:
+    """What every strategy evaluates: the model (in eval mode, never written to), the
+    functions (``"loss"`` first), the batches, buffers and plane on the computation's
+    device and dtype, and the layer kernels."""
+
+    model: nn.Module
+    fns: dict
+    batches: list[Batch]
+    buffers: Params
+    plane: Plane | None
+    origin: Params
+    kernels: Kernels
+    n_samples: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_samples = number_of_samples(self.batches)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.origin.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.origin.values())).dtype
+
+
+def prepare(
+    model: nn.Module,
+    fns: Mapping,
+    data,
+    plane: Plane | None,
+    settings: Settings,
+    *,
+    check: bool = True,
+) -> tuple[Task, Settings]:
+    """Move and cast the data, buffers and plane once, check the model (``check``), decide
+    the batching and the sizes the settings leave open; return the task and the settings
+    with those filled in. With settings already filled in (a Dask worker, a resumed run)
+    the same call builds the same task without probing."""
+    settle_allocator()
+    device, dtype = settings.torch_device, settings.torch_dtype
+    batches = as_batches(data, device=device, dtype=dtype)
+    plane = plane.to(device, dtype) if plane is not None else None
+    buffers = {n: cast(b, device, dtype) for n, b in buffers_of(model).items()}
+    if plane is not None:
+        origin = plane.origin
+    else:
+        origin = {n: cast(p.detach(), device, dtype) for n, p in model.named_parameters()}
+    reference = next(iter(origin.values()))
+    x = batches[0][0]
+    if check:
+        probes.check_deterministic(model, origin, buffers, x[: probes.PROBE_SAMPLES])
+    batching = settings.batching
+    if batching == "auto":
+        keep = settings.batch_size is None and probes.depends_on_batch(model, origin, buffers, x)
+        batching = "user" if keep else "rebatch"
+    sizes = {"batch_size": settings.batch_size, "points_per_call": settings.points_per_call}
+    if None in sizes.values():
+        sizes = _sizes(model, origin, buffers, batches, settings, batching)
+    if batching == "rebatch":
+        batches = rebatched(batches, sizes["batch_size"])
+    kernels = Kernels(plane, settings.max_memory // CACHE_SHARE)
+    task = Task(model, dict(fns), batches, buffers, plane, origin, kernels)
+    resolved = settings.replace(
+        batching=batching,
+        device=str(reference.device),
+        dtype=str(reference.dtype).removeprefix("torch."),
+        batch_size=sizes["batch_size"] if batching == "rebatch" else None,
+        points_per_call=sizes["points_per_call"],
+    )
+    return task, resolved
+
+
+def _sizes(model, origin, buffers, batches, settings, batching) -> dict[str, int]:
+    """Batches whose activations stay cache-sized and within the memory budget, and as many
+    points per call as keep theirs so too."""
+    x = batches[0][0]
+    activations = probes.activations_per_sample(model, origin, buffers, x[: probes.PROBE_SAMPLES])
+    element = next(iter(origin.values())).element_size()
+    budget = settings.max_memory - settings.max_memory // CACHE_SHARE
+    batch_size = settings.batch_size or max(
+        1, min(WORKING_SET // activations, budget // (3 * activations * element))
+    )
+    if batching == "rebatch":
+        largest = min(batch_size, number_of_samples(batches))
+    else:
+        largest = max(len(b[0]) for b in batches)
+    numel = sum(t.numel() for t in origin.values())
+    point_bytes = element * (3 * activations * largest + numel)
+    points_per_call = settings.points_per_call or max(
+        1, min(WORKING_SET // (activations * largest), budget // point_bytes)
+    )
+    return {"batch_size": batch_size, "points_per_call": points_per_call}
+
+
+class Evaluator:
+    """Evaluates blocks of points with one strategy (chosen on the first call when the
+    settings say ``"auto"``).
+
+    Example:
+        >>> import crumple as cr
+        >>> net = torch.nn.Linear(1, 1, bias=False)
+        >>> plane = cr.Plane.axes(net, "weight")
+        >>> x = torch.ones(4, 1)
+        >>> evaluate = build(net, {"loss": torch.nn.functional.mse_loss}, (x, x), plane)
+        >>> evaluate(Points.grid(plane, [torch.tensor([0.0, 2.0])]))["loss"].tolist()
+        [1.0, 1.0]
+    """
+
+    def __init__(self, task: Task, settings: Settings) -> None:
+        self.task, self.settings = task, settings
+        self.choice: Choice | None = None
+        self.strategy: Strategy | None = None
+        self._trial: dict[str, Strategy] = {}  # strategies the auto choice made
+        if settings.strategy != "auto":
+            self.strategy = STRATEGIES[settings.strategy](task)
+
+    @property
+    def n_samples(self) -> int:
+        return self.task.n_samples
+
+    def __call__(
+        self, points: Points, first_block: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Values at every point of ``points`` (float64, on the CPU). Blocks of more than
+        ``points_per_call`` points are split (for strategies that take points together);
+        ``first_block`` gives the first block's values, already computed."""
+        per_call = self.settings.points_per_call or points.size
+        batched = self.strategy is None or self.strategy.batched
+        if first_block is None and (not batched or points.size <= per_call):
+            return self._call(points)
+        out: dict[str, Tensor] = {}
+        for n, block in enumerate(blocks(points.shape, per_call)):
+            values = first_block if n == 0 and first_block is not None else None
+            values = values or self._call(points.take(block))
+            for name, v in values.items():
+                if name not in out:
+                    out[name] = torch.empty(points.shape, dtype=torch.float64)
+                out[name][block] = v
+        return out
+
+    def _call(self, points: Points) -> dict[str, Tensor]:
+        if self.strategy is None:
+            self.choice, values = choose(self.task, points, self._with)
+            self._use(self.choice.strategy)
+            return values if values is not None else self._call(points)
+        try:
+            return self.strategy(points)
+        except CrumpleError:
+            raise
+        except Exception as e:
+            if self.strategy.name != "vmap":
+                raise
+            warnings.warn(
+                f"torch.func.vmap cannot evaluate this model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); crumple falls back to evaluating one "
+                "point at a time, which gives the same numbers more slowly",
+                stacklevel=4,
+            )
+            self._use("loop")
+            return self._call(points)
+
+    def _with(self, name: str, points: Points) -> dict[str, Tensor]:
+        """Evaluate with the named strategy (made once), for the ``auto`` choice."""
+        if name not in self._trial:
+            self._trial[name] = STRATEGIES[name](self.task)
+        return self._trial[name](points)
+
+    def _use(self, name: str) -> None:
+        self.strategy = self._trial.get(name) or STRATEGIES[name](self.task)
+        self.settings = self.settings.replace(strategy=name)
+        self._trial.clear()
+
+
+def build(
+    model: nn.Module,
+    fns: Mapping,
+    data,
+    plane: Plane | None,
+    settings: Settings | None = None,
+    *,
+    check: bool = True,
+) -> Evaluator:
+    """The one factory of evaluators, for ``surface``, ``line``, ``project`` and Dask
+    workers: ``prepare`` then an :class:`Evaluator` with the filled-in settings."""
+    settings = settings or Settings()
+    if settings.strategy not in ("auto", *STRATEGIES):
+        raise CrumpleError(
+            f"strategy must be 'auto' or one of {', '.join(STRATEGIES)}, got {settings.strategy!r}"
+        )
+    task, resolved = prepare(model, fns, data, plane, settings, check=check)
+    return Evaluator(task, resolved)

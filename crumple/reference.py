@@ -1,0 +1,110 @@
+"""The slow ground truth, with the fast path's signatures: copy the model, write each
+point's weights into the copy, run every batch of the data as given, exact mean.
+
+Every fast path is tested against these functions, and ``surface(..., check=N)`` re-does N
+points with them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from crumple.batches import as_batches, number_of_samples
+from crumple.dataset import grid_dataset
+from crumple.grid import Grid
+from crumple.params import Params, evaluation_mode
+from crumple.plane import Plane
+
+
+def points(
+    model: nn.Module,
+    fns: Mapping[str, Callable],
+    data: Any,
+    weights: Iterable[Params],
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, list[float]]:
+    """Each function's exact dataset mean at each set of ``weights``.
+
+    Example:
+        >>> net = torch.nn.Linear(1, 1, bias=False)
+        >>> data = (torch.ones(2, 1), torch.zeros(2, 1))
+        >>> points(net, {"loss": torch.nn.functional.mse_loss}, data,
+        ...        [{"weight": torch.full((1, 1), 3.0)}])
+        {'loss': [9.0]}
+    """
+    batches = as_batches(data, device=device, dtype=dtype)
+    work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.no_grad():
+        for point in weights:
+            for name, p in work.named_parameters():
+                p.copy_(point[name])
+            for name, fn in fns.items():
+                total = sum(float(fn(work(x), y)) * len(x) for x, y in batches)
+                out[name].append(total / number_of_samples(batches))
+    return out
+
+
+def surface(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    plane: Plane,
+    grid: Grid,
+    *,
+    metrics: Mapping[str, Callable] | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> xr.Dataset:
+    """What :func:`crumple.surface` computes, point by point.
+
+    Example:
+        >>> import crumple as cr
+        >>> net = torch.nn.Linear(1, 1, bias=False)
+        >>> x = torch.ones(3, 1)
+        >>> plane = cr.Plane.axes(net, "weight")
+        >>> ref = surface(net, torch.nn.functional.mse_loss, (x, x), plane, cr.Grid([0.0, 2.0]))
+        >>> ref.loss.values.tolist()
+        [1.0, 1.0]
+    """
+    fns = {"loss": loss_fn, **(metrics or {})}
+    moved = plane.to(device, dtype)
+    weights = (moved.at(*map(float, coords)) for coords in _product(grid))
+    with evaluation_mode(model):
+        values = points(model, fns, data, weights, dtype=dtype, device=device)
+    results = {name: np.reshape(v, grid.shape) for name, v in values.items()}
+    return grid_dataset(results, plane, grid, fns, {"method": "reference loop"})
+
+
+def line(
+    model: nn.Module, loss_fn: Callable, data: Any, plane: Plane, alpha, **options: Any
+) -> xr.Dataset:
+    """What :func:`crumple.line` computes, point by point; takes :func:`surface`'s options.
+
+    Example:
+        >>> import crumple as cr
+        >>> net = torch.nn.Linear(1, 1, bias=False)
+        >>> x = torch.ones(3, 1)
+        >>> ref = line(net, torch.nn.functional.mse_loss, (x, x), cr.Plane.axes(net, "weight"),
+        ...            [1.0])
+        >>> float(ref.loss[0])
+        0.0
+    """
+    if plane.ndim == 2:
+        plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
+    return surface(model, loss_fn, data, plane, Grid(alpha), **options)
+
+
+def _product(grid: Grid):
+    if len(grid.axes) == 1:
+        return ((a,) for a in grid.axes[0])
+    return ((a, b) for a in grid.axes[0] for b in grid.axes[1])
