@@ -27,6 +27,45 @@ def parameters_of(model: nn.Module) -> Params:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+def parameters_from(state: Mapping[str, Tensor], model: nn.Module, label: str = "state") -> Params:
+    """Copies of ``model``'s parameters as a ``state_dict()`` of its architecture holds them.
+
+    A state dict also holds buffers (BatchNorm statistics), which are left out, and each tied
+    parameter under every name it has, which must agree; a ``{name: tensor}`` dict of the
+    parameters alone works too. ``label`` names ``state`` in errors.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        >>> sorted(parameters_from(net.state_dict(), net))
+        ['0.bias', '0.weight', '1.bias', '1.weight']
+    """
+    params = dict(model.named_parameters())  # a tied tensor once, under its first name
+    names = {n: [] for n in params}  # each parameter's names, its first one first
+    first = {id(p): n for n, p in params.items()}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names[first[id(p)]].append(n)
+    known = {a for aliases in names.values() for a in aliases}
+    known |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    found = {n: [state[a] for a in names[n] if a in state] for n in params}
+    problems = {
+        "missing": [n for n in params if not found[n]],
+        "unknown": [k for k in state if k not in known],
+        "of another shape": [
+            n for n in params if any(t.shape != params[n].shape for t in found[n])
+        ],
+        "tied in the model but different here": [
+            n for n in params if any(not t.equal(found[n][0]) for t in found[n][1:])
+        ],
+    }
+    wrong = "; ".join(f"{what} {listed}" for what, listed in problems.items() if listed)
+    if wrong:
+        raise CrumpleError(
+            f"{label} does not fit the model: {wrong}; give the state_dict() of a model of the "
+            "same architecture, which ties the same weights"
+        )
+    return {n: found[n][0].detach().clone() for n in params}
+
+
 def buffers_of(model: nn.Module) -> Params:
     """The model's buffers by name (running statistics and the like), not copied."""
     return dict(model.named_buffers())

@@ -1,4 +1,9 @@
-"""A line or plane through weight space: an origin and one or two directions."""
+"""A line or plane through weight space: an origin and one or two directions.
+
+Geometry only: the weights at given coordinates, a copy on another device, a file. The
+builders that read a model, a path or data live in :mod:`crumple.planes`, which imports
+this module; the classmethods here import them when called (see that module's docstring).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
-from crumple.params import Params, cast, parameters_of, parse_entry
-
-NORMALIZATIONS = ("filter", "layer", "model", None)
+from crumple.params import Params, cast
 
 
 @dataclass(frozen=True)
@@ -83,19 +86,9 @@ class Plane:
             >>> Plane.axes(net, "0.weight", "1.weight").attrs["axis_names"]
             ('0.weight', '1.weight')
         """
-        origin = parameters_of(model)
-        specs = (name_a,) if name_b is None else (name_a, name_b)
-        entries = [parse_entry(spec, origin) for spec in specs]
-        if len(entries) == 2 and entries[0] == entries[1]:
-            raise CrumpleError(f"{name_a!r} and {name_b!r} are the same entry; name two")
-        directions = []
-        for name, index in entries:
-            origin[name][index] = 0
-            direction = {n: torch.zeros_like(p) for n, p in origin.items()}
-            direction[name][index] = 1
-            directions.append(direction)
-        labels = tuple(spec.strip() for spec in specs)
-        return cls(origin, tuple(directions), {"kind": "axes", "axis_names": labels})
+        from crumple.planes import axes_plane  # the builders import this module
+
+        return axes_plane(model, (name_a,) if name_b is None else (name_a, name_b))
 
     @classmethod
     def random(
@@ -107,6 +100,7 @@ class Plane:
         seed: int = 0,
         ndim: int = 2,
         orthogonalize: bool = False,
+        trainable_only: bool = False,
     ) -> Plane:
         """Random Gaussian directions through the model's weights (Li et al. 2018).
 
@@ -123,6 +117,11 @@ class Plane:
             ndim: 2 for a plane, 1 for a line.
             orthogonalize: make direction 2 orthogonal to direction 1 (Gram-Schmidt), keeping
                 its overall norm.
+            trainable_only: leave out the parameters with ``requires_grad=False``: their
+                directions are zero, so frozen weights keep their values everywhere on the
+                plane (``attrs["frozen"]`` names them; ``"model"`` normalization then uses
+                the trainable weights' norm). Off by default, as in Li et al., and because a
+                model frozen for inference has no parameter that requires grad.
 
         The cosine between the two directions is in ``plane.attrs["cosine"]``.
 
@@ -131,76 +130,47 @@ class Plane:
             >>> plane = Plane.random(net, seed=1)
             >>> float(plane.directions[0]["0.bias"].abs().sum())
             0.0
+            >>> _ = net[0].requires_grad_(False)
+            >>> Plane.random(net, trainable_only=True).attrs["frozen"]
+            ['0.weight', '0.bias']
         """
-        if normalize not in NORMALIZATIONS:
-            raise CrumpleError(
-                f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}; "
-                "'filter' is the usual choice for networks (Li et al. 2018)"
-            )
-        if ignore not in (None, "biasbn"):
-            raise CrumpleError(f"ignore must be 'biasbn' or None, got {ignore!r}")
-        if ndim not in (1, 2):
-            raise CrumpleError(f"ndim must be 1 (a line) or 2 (a plane), got {ndim!r}")
-        origin = parameters_of(model)
-        generator = torch.Generator().manual_seed(seed)
-        directions = [
-            _normalized(
-                {
-                    n: torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p)
-                    for n, p in origin.items()
-                },
-                origin,
-                normalize,
-                ignore,
-            )
-            for _ in range(ndim)
-        ]
-        if orthogonalize and ndim == 2:
-            directions[1] = _orthogonalized(directions[1], directions[0])
-        label = f"{normalize}-normalized" if normalize else "raw"
-        attrs = {
-            "kind": "random",
-            "normalization": str(normalize),
-            "ignore": str(ignore),
-            "seed": seed,
-            "orthogonalized": bool(orthogonalize),
-            "axis_names": tuple(f"random direction {k + 1} ({label})" for k in range(ndim)),
-        }
-        plane = cls(origin, tuple(directions), attrs)
-        if ndim == 2:
-            plane.attrs["cosine"] = cosine(*directions)
-        return plane
+        from crumple.planes import random_plane  # the builders import this module
+
+        return random_plane(model, normalize, ignore, seed, ndim, orthogonalize, trainable_only)
 
     @classmethod
     def between(
-        cls, a: nn.Module | Params, b: nn.Module | Params, c: nn.Module | Params | None = None
+        cls,
+        a: nn.Module | Params,
+        b: nn.Module | Params,
+        c: nn.Module | Params | None = None,
+        *,
+        model: nn.Module | None = None,
     ) -> Plane:
         """The line through two models' weights, or the plane through three.
 
         Coordinates ``(0, 0)``, ``(1, 0)`` and ``(0, 1)`` are ``a``, ``b`` and ``c``.
-        Each argument is a model or a ``{name: tensor}`` dict of its parameters. A plane
-        holds parameters only: buffers (BatchNorm running statistics) are those of the model
-        passed to :func:`crumple.surface`.
+        Each is a model, or a dict of its weights: a ``state_dict()``, or a ``{name:
+        tensor}`` dict of its parameters (a ``Trajectory`` snapshot). A state dict also
+        holds buffers and each tied parameter under all its names, so it is read by the
+        parameter names of a model: ``model``, or else the first of ``a``, ``b``, ``c`` that
+        is one. A plane holds parameters only: buffers (BatchNorm running statistics) are
+        those of the model passed to :func:`crumple.surface`.
 
         Example:
             >>> a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
             >>> line = Plane.between(a, b)
             >>> torch.allclose(line.at(1.0)["weight"], b.weight.detach())
             True
+            >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+            >>> other = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+            >>> Plane.between(net, other.state_dict()).attrs["kind"]
+            'between'
         """
-        points = [_weights_of(m, k) for k, m in zip("abc", (a, b, c)) if m is not None]
-        origin = points[0]
-        for k, point in zip("bc", points[1:]):
-            _check_same_layout(origin, point, k)
-        directions = tuple({n: point[n] - origin[n] for n in origin} for point in points[1:])
-        plane = cls(
-            origin,
-            directions,
-            {"kind": "between", "axis_names": ("a -> b", "a -> c")[: len(directions)]},
-        )
-        if len(directions) == 2:
-            plane.attrs["cosine"] = cosine(*directions)
-        return plane
+        from crumple.planes import between_plane  # the builders import this module
+
+        points = {k: m for k, m in zip("abc", (a, b, c)) if m is not None}
+        return between_plane(points, model)
 
     @classmethod
     def pca(cls, trajectory, ndim: int = 2) -> Plane:
@@ -218,42 +188,9 @@ class Plane:
             >>> plane.attrs["axis_names"][0]
             'PC1 (99.7%)'
         """
-        n = len(trajectory)
-        if ndim not in (1, 2) or n < ndim + 1:
-            raise CrumpleError(
-                f"a {ndim}-D PCA plane needs at least {ndim + 1} recorded steps, the trajectory "
-                f"has {n}; record more often (Recorder(model, every=...))"
-            )
-        names = trajectory.names()
+        from crumple.planes import pca_plane  # the builders import this module
 
-        def centred_changes(name: str) -> Tensor:  # (T, numel) in float64
-            series = trajectory.series(name).double().reshape(n, -1)
-            changes = series - series[-1]
-            return changes - changes.mean(dim=0)
-
-        gram = sum(m @ m.T for m in map(centred_changes, names))
-        values, vectors = torch.linalg.eigh(gram)
-        values, vectors = values.flip(0), vectors.flip(1)
-        total = float(values.clamp(min=0).sum())
-        if total == 0 or float(values[ndim - 1]) <= 1e-12 * total:
-            raise CrumpleError(
-                f"the path spans fewer than {ndim} directions (the weights barely change); "
-                "train longer, or use Plane.random"
-            )
-        ratios = [float(v) / total for v in values[:ndim]]
-        final = trajectory.snapshot(n - 1)
-        directions: tuple[Params, ...] = tuple({} for _ in range(ndim))
-        for name in names:
-            m = centred_changes(name)
-            for k in range(ndim):
-                d = m.T @ vectors[:, k] / values[k].sqrt()
-                directions[k][name] = d.reshape(final[name].shape).to(final[name].dtype)
-        attrs = {
-            "kind": "pca",
-            "explained_variance_ratio": ratios,
-            "axis_names": tuple(f"PC{k + 1} ({r:.1%})" for k, r in enumerate(ratios)),
-        }
-        return cls(final, directions, attrs)
+        return pca_plane(trajectory, ndim)
 
     def save(self, path: str | Path) -> Path:
         """Write the plane (origin, directions, attrs) to a safetensors file; no pickle.
@@ -366,66 +303,14 @@ def cosine(u: Params, v: Params) -> float:
         0.7071067811865475
     """
     dot = sum(float((u[n].double() * v[n].double()).sum()) for n in u)
-    return dot / (_norm(u) * _norm(v))
+    return dot / (norm(u) * norm(v))
 
 
-def _norm(d: Params) -> float:
+def norm(d: Params) -> float:
+    """The Euclidean norm of a direction, over all its entries.
+
+    Example:
+        >>> norm({"w": torch.tensor([3.0]), "b": torch.tensor([4.0])})
+        5.0
+    """
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in d.values()))
-
-
-def _normalized(direction: Params, weights: Params, normalize, ignore) -> Params:
-    out = {}
-    for name, d in direction.items():
-        w = weights[name]
-        if d.dim() <= 1:
-            if ignore == "biasbn":
-                d = torch.zeros_like(d)
-            elif normalize is not None:
-                d = w.clone()
-        elif normalize == "filter":
-            norms_w = w.reshape(len(w), -1).norm(dim=1)
-            norms_d = d.reshape(len(d), -1).norm(dim=1)
-            d = d * (norms_w / (norms_d + 1e-10)).reshape(-1, *([1] * (d.dim() - 1)))
-        elif normalize == "layer":
-            d = d * (w.norm() / (d.norm() + 1e-10))
-        out[name] = d
-    if normalize == "model":
-        multi = [n for n in out if out[n].dim() > 1]
-        scale = _norm({n: weights[n] for n in multi}) / (_norm({n: out[n] for n in multi}) + 1e-10)
-        out = {n: d * scale if n in multi else d for n, d in out.items()}
-    return out
-
-
-def _orthogonalized(v: Params, u: Params) -> Params:
-    """``v`` minus its component along ``u``, rescaled to ``v``'s norm."""
-    uu = sum(float((t.double() ** 2).sum()) for t in u.values())
-    uv = sum(float((u[n].double() * v[n].double()).sum()) for n in u)
-    w = {n: v[n] - (uv / uu) * u[n] for n in v}
-    scale = _norm(v) / _norm(w)
-    return {n: t * scale for n, t in w.items()}
-
-
-def _weights_of(model: nn.Module | Params, label: str) -> Params:
-    if isinstance(model, nn.Module):
-        return parameters_of(model)
-    if isinstance(model, dict) and all(isinstance(t, Tensor) for t in model.values()):
-        return {n: t.detach().clone() for n, t in model.items()}
-    raise TypeError(
-        f"model {label} must be an nn.Module or a {{name: tensor}} dict of its parameters, "
-        f"got {type(model).__name__}"
-    )
-
-
-def _check_same_layout(a: Params, b: Params, label: str) -> None:
-    if a.keys() != b.keys():
-        raise CrumpleError(
-            f"model {label} has other parameters than model a: only in a "
-            f"{sorted(a.keys() - b.keys())}, only in {label} {sorted(b.keys() - a.keys())}; "
-            "the models must share one architecture"
-        )
-    resized = [n for n in a if a[n].shape != b[n].shape]
-    if resized:
-        raise CrumpleError(
-            f"model {label} has parameters of other shapes than model a: {resized}; "
-            "the models must share one architecture"
-        )

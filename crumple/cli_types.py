@@ -1,0 +1,204 @@
+"""How the ``crumple`` command reads its option values: each parser turns the text into a
+value or raises ``argparse.ArgumentTypeError`` with what was given and what is allowed."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from crumple.errors import CrumpleError
+
+MAX_POINTS_PER_AXIS = 2000
+MEMORY_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def positive_float(name: str) -> Callable[[str], float]:
+    """A parser of a finite number above 0; ``name`` is the option in its messages.
+
+    Example:
+        >>> positive_float("--lr")("0.01")
+        0.01
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_at_least(name: str, low: int) -> Callable[[str], int]:
+    """A parser of an integer >= ``low``; ``name`` is the option in its messages.
+
+    Example:
+        >>> int_at_least("--epochs", 0)("25")
+        25
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """A finite number.
+
+    Example:
+        >>> finite_float("-2")
+        -2.0
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def optimizers(text: str) -> tuple[str, ...]:
+    """Distinct optimizer names of the demo, separated by commas.
+
+    Example:
+        >>> optimizers("sgd, adam")
+        ('sgd', 'adam')
+    """
+    from crumple.examples.seed import OPTIMIZERS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--compare {text!r}: give distinct optimizers from {', '.join(OPTIMIZERS)}, "
+            "separated by commas"
+        )
+    return names
+
+
+def grid_axis(text: str) -> np.ndarray:
+    """``START:STOP:NUM``: ``NUM`` evenly spaced coordinates from ``START`` to ``STOP``.
+
+    Example:
+        >>> grid_axis("-1:1:5")
+        array([-1. , -0.5,  0. ,  0.5,  1. ])
+    """
+    parts = text.split(":")
+    try:
+        start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
+        if len(parts) != 3:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"grid {text!r} is not START:STOP:NUM, e.g. -1:1:51 (51 points from -1 to 1)"
+        ) from None
+    if not (math.isfinite(start) and math.isfinite(stop)) or stop <= start or num < 2:
+        raise argparse.ArgumentTypeError(
+            f"grid {text!r} needs START < STOP (finite) and NUM >= 2, e.g. -1:1:51"
+        )
+    if num > MAX_POINTS_PER_AXIS:
+        raise argparse.ArgumentTypeError(
+            f"grid {text!r} has {num} points per axis; at most {MAX_POINTS_PER_AXIS} are allowed"
+        )
+    return np.linspace(start, stop, num)
+
+
+def memory(text: str) -> int:
+    """A size in bytes, as ``512MB`` or ``4GB`` (powers of 1024) or a plain number.
+
+    Example:
+        >>> memory("2GB")
+        2147483648
+    """
+    number = text.upper().rstrip("BKMGT")
+    unit = text.upper()[len(number) :].strip()
+    try:
+        value = float(number) * MEMORY_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"--max-memory {text!r} is not a size; write e.g. 512MB or 4GB"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--max-memory must be positive, got {text!r}")
+    return int(value)
+
+
+def plane_argument(option) -> dict[str, Any]:
+    """``add_argument`` keywords for a plane kind's :class:`~crumple.planes.Option`.
+
+    Every default is ``None`` (off for a switch), so that the command can tell which options
+    were given; the kind applies the option's own default.
+
+    Example:
+        >>> from crumple import planes
+        >>> plane_argument(planes.options()["--axes"])["nargs"]
+        2
+    """
+    default = f" (default {option.default})" if option.default is not None else ""
+    common = {"default": None, "help": option.help + default}
+    kinds = {
+        "choice": {"choices": option.choices},
+        "count": {"type": int_at_least(option.flag, 0), "metavar": "N"},
+        "switch": {"action": "store_true"},
+        "entries": {"nargs": 2, "metavar": "NAME"},
+        "weights": {"metavar": "FILE"},
+        "trajectory": {"metavar": "DIR"},
+    }
+    if option.kind not in kinds:
+        raise CrumpleError(
+            f"plane option {option.flag} has kind {option.kind!r}; the command reads "
+            f"{', '.join(kinds)}"
+        )
+    return common | kinds[option.kind]
+
+
+def demo_grid_size(w_min: float, w_max: float, step: float) -> int:
+    """Points per axis of the demo's grid ``arange(w_min, w_max, step)``, within the limit.
+
+    Example:
+        >>> demo_grid_size(-2, 2, 0.05)
+        80
+    """
+    if w_max <= w_min:
+        raise CrumpleError(
+            f"the grid range is empty: --min {w_min:g} is not below --max {w_max:g}; "
+            "give --min < --max"
+        )
+    n = len(np.arange(w_min, w_max, step))
+    if n > MAX_POINTS_PER_AXIS:
+        raise CrumpleError(
+            f"--step {step:g} gives {n} points per axis ({n * n:,} in all); at most "
+            f"{MAX_POINTS_PER_AXIS} per axis are allowed: raise --step or narrow --min/--max"
+        )
+    return n
+
+
+def joined_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--grid -1:1:51`` as ``--grid=-1:1:51``: argparse would take ``-1:1:51`` for an option.
+
+    Example:
+        >>> joined_negative_values(["--grid", "-1:1:5", "--seed", "2"])
+        ['--grid=-1:1:5', '--seed', '2']
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--grid", "--grid-beta") and arg.startswith("-"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out

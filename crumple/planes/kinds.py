@@ -1,0 +1,126 @@
+"""The plane kinds crumple ships, one ``register`` call each, and the command-line options
+they read. A new kind is a builder and one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from crumple.errors import CrumpleError
+from crumple.plane import Plane
+from crumple.planes.builders import axes_plane, between_plane, pca_plane, random_plane
+from crumple.planes.registry import TRAJECTORY, Option, PlaneKind, Sources, register
+
+NORMALIZE = Option(
+    "--normalize",
+    "random plane normalization",
+    choices=("filter", "layer", "model", "none"),
+    default="filter",
+)
+IGNORE = Option(
+    "--ignore", "random plane: zero 1-D parameters", choices=("biasbn", "none"), default="biasbn"
+)
+SEED = Option("--seed", "random plane: seed of the directions", kind="count", default=0)
+ORTHOGONALIZE = Option(
+    "--orthogonalize", "random plane: make direction 2 orthogonal to direction 1", kind="switch"
+)
+TRAINABLE_ONLY = Option(
+    "--trainable-only",
+    "random plane: leave parameters with requires_grad=False where they are",
+    kind="switch",
+)
+AXES = Option("--axes", "axes plane: two entries, e.g. fc.weight[0,3] fc.bias[1]", kind="entries")
+WEIGHTS_B = Option("--weights-b", "between: second model's weights", kind="weights")
+WEIGHTS_C = Option("--weights-c", "between: third model's weights", kind="weights")
+
+
+def _random_from(sources: Sources) -> Plane:
+    def chosen(option: Option) -> str | None:
+        value = sources.option(option)
+        return None if value == "none" else value
+
+    return random_plane(
+        sources.model,
+        chosen(NORMALIZE),
+        chosen(IGNORE),
+        sources.option(SEED),
+        2,
+        bool(sources.option(ORTHOGONALIZE)),
+        bool(sources.option(TRAINABLE_ONLY)),
+    )
+
+
+def _axes_from(sources: Sources) -> Plane:
+    names = sources.option(AXES)
+    if not names:
+        raise CrumpleError("an axes plane needs one or two entries (option 'axes'), got none")
+    return axes_plane(sources.model, tuple(names))
+
+
+def _between_from(sources: Sources) -> Plane:
+    if not 1 <= len(sources.models) <= 2:
+        raise CrumpleError(
+            f"a between plane needs one or two more models (Sources.models), got "
+            f"{len(sources.models)}"
+        )
+    return between_plane(dict(zip("abc", (sources.model, *sources.models))), sources.model)
+
+
+def _pca_from(sources: Sources) -> Plane:
+    if sources.trajectory is None:
+        raise CrumpleError("a pca plane needs a recorded trajectory (Sources.trajectory)")
+    return pca_plane(sources.trajectory, 2)
+
+
+def _describe_random(attrs: Mapping[str, Any]) -> str:
+    normalization = str(attrs.get("normalization", "None"))
+    words = ["random", "raw" if normalization == "None" else f"{normalization}-normalized"]
+    if attrs.get("trainable_only"):
+        frozen = attrs.get("frozen") or []
+        words.append(f"trainable parameters only ({len(frozen)} frozen left out)")
+    return ", ".join(words)
+
+
+def _describe_pca(attrs: Mapping[str, Any]) -> str:
+    ratios = list(attrs.get("explained_variance_ratio") or [])
+    shares = " + ".join(f"{float(r):.1%}" for r in ratios)
+    return f"pca, {shares} of the path's variance" if ratios else "pca"
+
+
+register(
+    PlaneKind(
+        "random",
+        "random Gaussian directions, normalized filter by filter (Li et al. 2018)",
+        _random_from,
+        optional=(NORMALIZE, IGNORE, SEED, ORTHOGONALIZE, TRAINABLE_ONLY),
+        comparable=True,
+        describe=_describe_random,
+    )
+)
+register(
+    PlaneKind(
+        "axes",
+        "two weights of the model: the coordinates are their values",
+        _axes_from,
+        required=(AXES,),
+        comparable=True,
+    )
+)
+register(
+    PlaneKind(
+        "between",
+        "the plane through two or three models: (0, 0) a, (1, 0) b, (0, 1) c",
+        _between_from,
+        required=(WEIGHTS_B,),
+        optional=(WEIGHTS_C,),
+    )
+)
+register(
+    PlaneKind(
+        "pca",
+        "the top two principal directions of a recorded training path, through its end",
+        _pca_from,
+        required=(TRAJECTORY,),
+        describe=_describe_pca,
+    )
+)
