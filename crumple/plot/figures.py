@@ -1,5 +1,6 @@
 """plotly figures of landscapes and paths: 3-D surface, contour, loss curves, 1-D lines,
-animation. Labels come from the datasets' attributes (``long_name``)."""
+animation. Labels come from the datasets' attributes (``long_name``); the traces the views
+share are in :mod:`crumple.plot.traces`, colours and scales in :mod:`crumple.plot.style`."""
 
 from __future__ import annotations
 
@@ -9,86 +10,11 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from crumple.analysis import critical_points
+from crumple import planes
+from crumple.plot.style import Paths, Scale, colours, display_grid, label, off_plane
+from crumple.plot.traces import add_animation, add_clipped, add_critical, add_cursor, add_path
 
-# the first path is drawn as in the article: a red line with yellow markers
-PATH_STYLES = [
-    ("red", "yellow"),
-    ("#00e5ff", "#b3f5ff"),
-    ("#7CFC00", "#d4ffb0"),
-    ("#ff66ff", "#ffd1ff"),
-    ("orange", "#ffe0a3"),
-    ("#ffffff", "#cccccc"),
-]
-CRITICAL_STYLES = {"minima": "#00ff7f", "maxima": "#ff4040", "saddles": "#ffd700"}
-DISPLAY_MAX = 200  # points per axis drawn; the stored data is never reduced
-OFF_PLANE_TOL = 1e-6  # relative distance above which a path is drawn with its projection
-Paths = Mapping[str, xr.Dataset]
-
-
-def _label(da: xr.DataArray) -> str:
-    return str(da.attrs.get("long_name", da.name))
-
-
-def display_grid(ds: xr.Dataset, max_points: int = DISPLAY_MAX) -> tuple[xr.Dataset, str | None]:
-    """Every k-th grid line so that at most ``max_points`` per axis are drawn, and a note
-    saying so (``None`` if nothing was left out).
-
-    Example:
-        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((400, 50)))})
-        >>> small, note = display_grid(ds)
-        >>> small.loss.shape, note
-        ((200, 50), 'drawn from every 2nd grid line (200 x 50 of 400 x 50); the data holds all')
-    """
-    steps = {d: max(1, -(-ds.sizes[d] // max_points)) for d in ds.loss.dims}
-    step = max(steps.values())
-    if step == 1:
-        return ds, None
-    small = ds.isel({d: slice(None, None, k) for d, k in steps.items()})
-    shape = " x ".join(str(n) for n in small.loss.shape)
-    full = " x ".join(str(n) for n in ds.loss.shape)
-    suffix = {2: "nd", 3: "rd"}.get(step, "th")
-    return (
-        small,
-        f"drawn from every {step}{suffix} grid line ({shape} of {full}); the data holds all",
-    )
-
-
-class Scale:
-    """How loss values are drawn: optionally log10, and capped so that divergent regions
-    (inf, nan, huge values) are clipped and marked instead of flattening the rest.
-
-    The default cap is ``q95 + 3 (q95 - q5)`` of the finite values.
-    """
-
-    def __init__(self, z: np.ndarray, log: bool = False, zmax: float | None = None) -> None:
-        self.log = log
-        finite = np.asarray(z, dtype=np.float64)[np.isfinite(z)]
-        if log:
-            finite = finite[finite > 0]
-        if finite.size == 0:
-            self.cap, self.floor = 1.0, 0.0
-            return
-        low, high = np.percentile(finite, [5, 95])
-        self.cap = float(zmax) if zmax is not None else float(high + 3 * (high - low))
-        self.cap = max(self.cap, float(finite.min()))
-        self.floor = float(finite.min())
-
-    def clipped(self, z) -> np.ndarray:
-        """Which values are drawn at the cap."""
-        z = np.asarray(z, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            return ~np.isfinite(z) | (z > self.cap) | ((z <= 0) if self.log else False)
-
-    def __call__(self, z) -> np.ndarray:
-        z = np.asarray(z, dtype=np.float64)
-        out = np.where(self.clipped(z), self.cap, z)
-        if self.log:
-            out = np.log10(np.clip(out, self.floor, None))
-        return out
-
-    def title(self, label: str) -> str:
-        return f"log10 {label}" if self.log else label
+__all__ = ["surface", "contour", "losses", "line", "animate", "fit", "display_grid"]
 
 
 def surface(
@@ -138,49 +64,25 @@ def surface(
             z=scale(z),
             colorscale="Viridis",
             name="loss",
-            colorbar=dict(title=scale.title(_label(ds.loss)), len=0.6),
+            colorbar=dict(title=scale.title(label(ds.loss)), len=0.6),
             hovertemplate="(%{x:.3f}, %{y:.3f})<br>%{z:.5g}<extra></extra>",
         )
     )
-    clipped = scale.clipped(z)
-    rows, cols = np.nonzero(clipped)
-    fig.add_trace(
-        go.Scatter3d(
-            x=x[cols],
-            y=y[rows],
-            z=np.full(len(rows), scale(scale.cap)),
-            mode="markers",
-            marker=dict(size=2, color="#ff4040", symbol="x"),
-            name=f"clipped at {scale.cap:.4g} ({len(rows)})",
-            visible=bool(len(rows)),
-            showlegend=bool(len(rows)),
-        )
-    )
+    add_clipped(fig, x, y, z, scale)
     if critical:
-        _add_critical(fig, view, scale, three_d=True)
+        add_critical(fig, view, scale, three_d=True)
     for k, (name, path) in enumerate((paths or {}).items()):
-        _add_path(fig, name, path, k, scale, three_d=True)
-    fig.add_trace(
-        go.Scatter3d(
-            x=[],
-            y=[],
-            z=[],
-            mode="markers",
-            name="cursor",
-            showlegend=False,
-            marker=dict(size=6, color="white", symbol="diamond-open"),
-            hoverinfo="skip",
-        )
-    )
+        add_path(fig, name, path, k, scale, three_d=True)
+    add_cursor(fig)
     if animate and paths:
-        _add_animation(fig, paths, scale)
+        add_animation(fig, paths, scale)
     fig.update_layout(
         template=template,
         title=title if note is None else f"{title}<br><sup>{note}</sup>",
         scene=dict(
-            xaxis_title=_label(ds.alpha),
-            yaxis_title=_label(ds.beta),
-            zaxis_title=scale.title(_label(ds.loss)),
+            xaxis_title=label(ds.alpha),
+            yaxis_title=label(ds.beta),
+            zaxis_title=scale.title(label(ds.loss)),
             aspectratio=dict(x=1, y=1, z=0.5),
         ),
         showlegend=True,
@@ -210,6 +112,7 @@ def contour(
     """
     view, note = display_grid(ds)
     scale = Scale(view.loss.values, log, zmax)
+    one_scale = planes.comparable(ds.attrs.get("plane_kind"))  # both axes to one scale
     fig = go.Figure(
         go.Contour(
             x=view.alpha.values,
@@ -218,20 +121,20 @@ def contour(
             colorscale="Viridis",
             ncontours=30,
             name="loss",
-            colorbar=dict(title=scale.title(_label(ds.loss))),
+            colorbar=dict(title=scale.title(label(ds.loss))),
             hovertemplate="(%{x:.3f}, %{y:.3f})<br>%{z:.5g}<extra></extra>",
         )
     )
     if critical:
-        _add_critical(fig, view, scale, three_d=False)
+        add_critical(fig, view, scale, three_d=False)
     for k, (name, path) in enumerate((paths or {}).items()):
-        _add_path(fig, name, path, k, scale, three_d=False)
+        add_path(fig, name, path, k, scale, three_d=False)
     fig.update_layout(
         template=template,
         title=title if note is None else f"{title}<br><sup>{note}</sup>",
-        xaxis_title=_label(ds.alpha),
-        yaxis_title=_label(ds.beta),
-        yaxis=dict(scaleanchor="x", scaleratio=1) if _comparable(ds) else {},
+        xaxis_title=label(ds.alpha),
+        yaxis_title=label(ds.beta),
+        yaxis=dict(scaleanchor="x", scaleratio=1) if one_scale else {},
         margin=dict(l=50, r=10, t=60, b=40),
         legend=dict(orientation="h", y=-0.15),
     )
@@ -252,7 +155,7 @@ def losses(
     """
     fig = go.Figure()
     for k, (name, path) in enumerate(paths.items()):
-        color = PATH_STYLES[k % len(PATH_STYLES)][0]
+        color = colours(k)[0]
         fig.add_trace(
             go.Scatter(
                 x=path.step.values,
@@ -262,7 +165,7 @@ def losses(
                 line=dict(color=color, width=2),
             )
         )
-        if _off_plane(path):
+        if off_plane(path):
             fig.add_trace(
                 go.Scatter(
                     x=path.step.values,
@@ -305,15 +208,15 @@ def line(
                 y=ds[var].values,
                 name=name,
                 mode="lines",
-                line=dict(color=PATH_STYLES[k % len(PATH_STYLES)][0], width=2),
+                line=dict(color=colours(k)[0], width=2),
             )
         )
     first = next(iter(slices.values()))
     fig.update_layout(
         template=template,
         title=title,
-        xaxis_title=_label(first.alpha),
-        yaxis_title=_label(first[var]),
+        xaxis_title=label(first.alpha),
+        yaxis_title=label(first[var]),
     )
     return fig
 
@@ -330,199 +233,6 @@ def animate(ds: xr.Dataset, paths: Paths, **kwargs) -> go.Figure:
         2
     """
     return surface(ds, paths, animate=True, **kwargs)
-
-
-def _comparable(ds: xr.Dataset) -> bool:
-    return str(ds.attrs.get("plane_kind")) in ("random", "axes")
-
-
-def _off_plane(path: xr.Dataset) -> bool:
-    if "off_plane" not in path or "loss_on_plane" not in path:
-        return False
-    return bool(np.nanmax(path.off_plane.values, initial=0.0) > OFF_PLANE_TOL)
-
-
-def _add_path(fig, name, path, k, scale: Scale, three_d: bool) -> None:
-    line_color, marker_color = PATH_STYLES[k % len(PATH_STYLES)]
-    n = path.sizes["step"]
-    symbols = ["circle"] * n
-    sizes = [4] * n
-    symbols[0], sizes[0] = "diamond", 7
-    if n > 1:
-        symbols[-1], sizes[-1] = "square", 7
-    off = path.off_plane.values if "off_plane" in path else np.zeros(n)
-    text = [
-        f"step {s}" + (f"<br>off the plane by {d:.3g}" if d > 0 else "")
-        for s, d in zip(path.step.values, off)
-    ]
-    common = dict(
-        x=path.alpha.values,
-        y=path.beta.values,
-        mode="lines+markers",
-        name=name,
-        text=text,
-        line=dict(color=line_color, width=2),
-        legendgroup=name,
-    )
-    if three_d:
-        fig.add_trace(
-            go.Scatter3d(
-                z=scale(path.loss.values),
-                marker=dict(size=sizes, color=marker_color, symbol=symbols),
-                hovertemplate="%{text}<br>(%{x:.3f}, %{y:.3f})<br>loss %{z:.5g}<extra>"
-                + name
-                + "</extra>",
-                **common,
-            )
-        )
-    else:
-        fig.add_trace(
-            go.Scatter(
-                marker=dict(
-                    size=[s + 2 for s in sizes],
-                    color=marker_color,
-                    symbol=symbols,
-                ),
-                hovertemplate="%{text}<br>(%{x:.3f}, %{y:.3f})<extra>" + name + "</extra>",
-                **common,
-            )
-        )
-    if three_d and _off_plane(path):
-        fig.add_trace(
-            go.Scatter3d(
-                x=path.alpha.values,
-                y=path.beta.values,
-                z=scale(path.loss_on_plane.values),
-                mode="lines",
-                name=f"{name} (projection)",
-                legendgroup=name,
-                opacity=0.35,
-                line=dict(color=line_color, width=2, dash="dash"),
-            )
-        )
-
-
-def _add_critical(fig, view: xr.Dataset, scale: Scale, three_d: bool) -> None:
-    found = critical_points(view)
-    a, b, z = view.alpha.values, view.beta.values, view.loss.values
-    for kind, points in (
-        ("minima", found.minima),
-        ("maxima", found.maxima),
-        ("saddles", found.saddles),
-    ):
-        i = np.array([p[0] for p in points], dtype=int)
-        j = np.array([p[1] for p in points], dtype=int)
-        name = {"minima": "local minima", "maxima": "local maxima", "saddles": "saddle points"}[
-            kind
-        ]
-        marker = dict(
-            size=4 if three_d else 7,
-            color=CRITICAL_STYLES[kind],
-            symbol="cross" if kind == "saddles" else "circle-open",
-        )
-        kwargs = dict(
-            x=a[i],
-            y=b[j],
-            mode="markers",
-            name=f"{name} ({len(points)})",
-            marker=marker,
-            visible=True if points else "legendonly",
-        )
-        if three_d:
-            fig.add_trace(go.Scatter3d(z=scale(z[i, j]), **kwargs))
-        else:
-            fig.add_trace(go.Scatter(**kwargs))
-    if found.global_min is not None:
-        i, j = found.global_min
-        text = f"grid minimum {z[i, j]:.5g}"
-        if three_d:
-            fig.update_layout(
-                scene_annotations=[
-                    dict(
-                        x=a[i],
-                        y=b[j],
-                        z=float(scale(z[i, j])),
-                        text=text,
-                        showarrow=True,
-                        arrowcolor="white",
-                        font=dict(color="white"),
-                        bgcolor="rgba(0,0,0,0.5)",
-                    )
-                ]
-            )
-        else:
-            fig.add_annotation(
-                x=a[i],
-                y=b[j],
-                text=text,
-                showarrow=True,
-                arrowcolor="white",
-                font=dict(color="white"),
-                bgcolor="rgba(0,0,0,0.5)",
-            )
-
-
-def _add_animation(fig: go.Figure, paths: Paths, scale: Scale) -> None:
-    names = list(paths)
-    indices = [i for i, t in enumerate(fig.data) if t.name in names]
-    longest = max(p.sizes["step"] for p in paths.values())
-    frames = []
-    for n in range(1, longest + 1):
-        data = []
-        for name in names:
-            p = paths[name].isel(step=slice(0, n))
-            data.append(go.Scatter3d(x=p.alpha.values, y=p.beta.values, z=scale(p.loss.values)))
-        frames.append(go.Frame(data=data, traces=indices, name=str(n - 1)))
-    fig.frames = frames
-    play = dict(
-        frame=dict(duration=150, redraw=True), fromcurrent=True, transition=dict(duration=0)
-    )
-    fig.update_layout(
-        updatemenus=[
-            dict(
-                type="buttons",
-                showactive=False,
-                x=0.02,
-                y=0.02,
-                xanchor="left",
-                yanchor="bottom",
-                direction="left",
-                buttons=[
-                    dict(label="play", method="animate", args=[None, play]),
-                    dict(
-                        label="pause",
-                        method="animate",
-                        args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")],
-                    ),
-                ],
-            )
-        ],
-        sliders=[
-            dict(
-                active=longest - 1,
-                x=0.15,
-                len=0.8,
-                y=0.02,
-                yanchor="bottom",
-                currentvalue=dict(prefix="step "),
-                steps=[
-                    dict(
-                        method="animate",
-                        label=f.name,
-                        args=[
-                            [f.name],
-                            dict(
-                                mode="immediate",
-                                frame=dict(duration=0, redraw=True),
-                                transition=dict(duration=0),
-                            ),
-                        ],
-                    )
-                    for f in frames
-                ],
-            )
-        ],
-    )
 
 
 def fit(
@@ -557,7 +267,7 @@ def fit(
                 y=np.asarray(yc)[order],
                 mode="lines",
                 name=name,
-                line=dict(color=PATH_STYLES[k % len(PATH_STYLES)][0], width=3),
+                line=dict(color=colours(k)[0], width=3),
             )
         )
     fig.update_layout(

@@ -9,9 +9,11 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
+from crumple import planes
 from crumple.analysis import critical_points
-from crumple.plot.figures import animate, contour, display_grid, losses, surface
+from crumple.plot.figures import animate, contour, losses, surface
 from crumple.plot.page import write_page
+from crumple.plot.style import display_grid
 
 
 def facts(ds: xr.Dataset, paths: Mapping[str, xr.Dataset] | None = None) -> dict[str, str]:
@@ -25,10 +27,8 @@ def facts(ds: xr.Dataset, paths: Mapping[str, xr.Dataset] | None = None) -> dict
         '3 x 4'
     """
     out = {"grid": " x ".join(str(n) for n in ds.loss.shape)}
-    plane = str(ds.attrs.get("plane_kind", "custom"))
-    if "plane_normalization" in ds.attrs:
-        plane += f", {ds.attrs['plane_normalization']}-normalized"
-    out["plane"] = plane
+    plane = {k.removeprefix("plane_"): v for k, v in ds.attrs.items() if k.startswith("plane_")}
+    out["plane"] = planes.describe(plane)
     if "n_samples" in ds.attrs:
         out["samples"] = f"{ds.attrs['n_samples']:,}"
     if "n_parameters" in ds.attrs:

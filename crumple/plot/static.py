@@ -11,7 +11,7 @@ import xarray as xr
 
 from crumple.analysis import critical_points
 from crumple.errors import require_extra
-from crumple.plot.figures import PATH_STYLES, Scale, _label, display_grid
+from crumple.plot.style import Scale, colours, display_grid, label
 
 
 def save_static(
@@ -51,14 +51,35 @@ def save_static(
     ax3.plot_surface(A, B, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.9)
     ax2 = fig.add_subplot(1, 2, 2)
     filled = ax2.contourf(A, B, z, levels=30, cmap="viridis")
-    fig.colorbar(filled, ax=ax2, label=scale.title(_label(ds.loss)))
-    for k, (name, p) in enumerate((paths or {}).items()):
-        color = PATH_STYLES[k % len(PATH_STYLES)][0]
+    fig.colorbar(filled, ax=ax2, label=scale.title(label(ds.loss)))
+    _draw_paths(ax3, ax2, paths or {}, scale)
+    _draw_critical(ax2, view)
+    for ax in (ax3, ax2):
+        ax.set_xlabel(label(ds.alpha))
+        ax.set_ylabel(label(ds.beta))
+    ax3.set_zlabel(scale.title(label(ds.loss)))
+    ax2.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title if note is None else f"{title}\n{note}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _draw_paths(ax3, ax2, paths: Mapping[str, xr.Dataset], scale: Scale) -> None:
+    for k, (name, p) in enumerate(paths.items()):
+        color = colours(k)[0]
         x, y, zp = p.alpha.values, p.beta.values, scale(p.loss.values)
         ax3.plot(x, y, zp, color=color, lw=2, label=name, zorder=10)
         ax2.plot(x, y, color=color, lw=2, marker="o", ms=3, label=name)
         ax2.plot(x[:1], y[:1], "D", color=color, ms=7)
         ax2.plot(x[-1:], y[-1:], "s", color=color, ms=7)
+
+
+def _draw_critical(ax2, view: xr.Dataset) -> None:
+    a, b = view.alpha.values, view.beta.values
     found = critical_points(view)
     for kind, marker, color in (
         ("minima", "o", "#00c060"),
@@ -86,15 +107,3 @@ def save_static(
             color="white",
             bbox=dict(facecolor="black", alpha=0.5),
         )
-    for ax in (ax3, ax2):
-        ax.set_xlabel(_label(ds.alpha))
-        ax.set_ylabel(_label(ds.beta))
-    ax3.set_zlabel(scale.title(_label(ds.loss)))
-    ax2.legend(loc="upper right", fontsize=8)
-    fig.suptitle(title if note is None else f"{title}\n{note}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path

@@ -1,0 +1,246 @@
+"""The traces that the 3-D and contour views share: paths, critical points, clipped points,
+the hover cursor, and the animation of the paths. Each adds to a figure in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import xarray as xr
+
+from crumple.analysis import critical_points
+from crumple.plot.style import CRITICAL_STYLES, Paths, Scale, colours, off_plane
+
+CRITICAL_NAMES = {"minima": "local minima", "maxima": "local maxima", "saddles": "saddle points"}
+
+
+def add_path(fig: go.Figure, name: str, path: xr.Dataset, k: int, scale: Scale, three_d: bool):
+    """The ``k``-th path, start and end marked (diamond, square), at its true loss in 3-D;
+    a path that leaves the plane is also drawn faintly at its projection.
+
+    Example:
+        >>> p = xr.Dataset({"alpha": ("step", [0.0, 1.0]), "beta": ("step", [0.0, 1.0]),
+        ...                 "loss": ("step", [2.0, 1.0])}, coords={"step": [0, 1]})
+        >>> fig = go.Figure()
+        >>> add_path(fig, "SGD", p, 0, Scale(np.ones(2)), three_d=False)
+        >>> list(fig.data[0].marker.symbol)
+        ['diamond', 'square']
+    """
+    line_color, marker_color = colours(k)
+    n = path.sizes["step"]
+    symbols, sizes = ["circle"] * n, [4] * n
+    symbols[0], sizes[0] = "diamond", 7
+    if n > 1:
+        symbols[-1], sizes[-1] = "square", 7
+    off = path.off_plane.values if "off_plane" in path else np.zeros(n)
+    text = [
+        f"step {s}" + (f"<br>off the plane by {d:.3g}" if d > 0 else "")
+        for s, d in zip(path.step.values, off)
+    ]
+    common = dict(
+        x=path.alpha.values,
+        y=path.beta.values,
+        mode="lines+markers",
+        name=name,
+        text=text,
+        line=dict(color=line_color, width=2),
+        legendgroup=name,
+    )
+    where = "%{text}<br>(%{x:.3f}, %{y:.3f})"
+    if not three_d:
+        marker = dict(size=[s + 2 for s in sizes], color=marker_color, symbol=symbols)
+        fig.add_trace(
+            go.Scatter(marker=marker, hovertemplate=f"{where}<extra>{name}</extra>", **common)
+        )
+        return
+    marker = dict(size=sizes, color=marker_color, symbol=symbols)
+    hover = f"{where}<br>loss %{{z:.5g}}<extra>{name}</extra>"
+    fig.add_trace(
+        go.Scatter3d(z=scale(path.loss.values), marker=marker, hovertemplate=hover, **common)
+    )
+    if off_plane(path):
+        fig.add_trace(
+            go.Scatter3d(
+                x=path.alpha.values,
+                y=path.beta.values,
+                z=scale(path.loss_on_plane.values),
+                mode="lines",
+                name=f"{name} (projection)",
+                legendgroup=name,
+                opacity=0.35,
+                line=dict(color=line_color, width=2, dash="dash"),
+            )
+        )
+
+
+def add_critical(fig: go.Figure, view: xr.Dataset, scale: Scale, three_d: bool) -> None:
+    """Local minima, maxima and saddles (counted in the legend), and a label on the grid's
+    minimum.
+
+    Example:
+        >>> a = np.linspace(-1, 1, 5)
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), a[:, None] ** 2 + a[None, :] ** 2)},
+        ...                 coords={"alpha": a, "beta": a})
+        >>> fig = go.Figure()
+        >>> add_critical(fig, ds, Scale(ds.loss.values), three_d=False)
+        >>> [t.name for t in fig.data]
+        ['local minima (1)', 'local maxima (0)', 'saddle points (0)']
+    """
+    found = critical_points(view)
+    a, b, z = view.alpha.values, view.beta.values, view.loss.values
+    for kind, name in CRITICAL_NAMES.items():
+        points = getattr(found, kind)
+        i = np.array([p[0] for p in points], dtype=int)
+        j = np.array([p[1] for p in points], dtype=int)
+        marker = dict(
+            size=4 if three_d else 7,
+            color=CRITICAL_STYLES[kind],
+            symbol="cross" if kind == "saddles" else "circle-open",
+        )
+        kwargs = dict(
+            x=a[i],
+            y=b[j],
+            mode="markers",
+            name=f"{name} ({len(points)})",
+            marker=marker,
+            visible=True if points else "legendonly",
+        )
+        fig.add_trace(go.Scatter3d(z=scale(z[i, j]), **kwargs) if three_d else go.Scatter(**kwargs))
+    if found.global_min is None:
+        return
+    i, j = found.global_min
+    note = dict(
+        x=a[i],
+        y=b[j],
+        text=f"grid minimum {z[i, j]:.5g}",
+        showarrow=True,
+        arrowcolor="white",
+        font=dict(color="white"),
+        bgcolor="rgba(0,0,0,0.5)",
+    )
+    if three_d:
+        fig.update_layout(scene_annotations=[note | {"z": float(scale(z[i, j]))}])
+    else:
+        fig.add_annotation(**note)
+
+
+def add_clipped(fig: go.Figure, x: np.ndarray, y: np.ndarray, z: np.ndarray, scale: Scale):
+    """Markers at the cap on the points drawn clipped (``z`` rows run along ``y``), counted
+    in the legend; hidden when there are none.
+
+    Example:
+        >>> fig = go.Figure()
+        >>> z = np.array([[1.0, np.inf]])
+        >>> add_clipped(fig, np.array([0.0, 1.0]), np.array([0.0]), z, Scale(z, zmax=2.0))
+        >>> fig.data[0].name
+        'clipped at 2 (1)'
+    """
+    rows, cols = np.nonzero(scale.clipped(z))
+    fig.add_trace(
+        go.Scatter3d(
+            x=x[cols],
+            y=y[rows],
+            z=np.full(len(rows), scale(scale.cap)),
+            mode="markers",
+            marker=dict(size=2, color="#ff4040", symbol="x"),
+            name=f"clipped at {scale.cap:.4g} ({len(rows)})",
+            visible=bool(len(rows)),
+            showlegend=bool(len(rows)),
+        )
+    )
+
+
+def add_cursor(fig: go.Figure) -> None:
+    """An empty marker that the page moves to where the contour view is hovered.
+
+    Example:
+        >>> fig = go.Figure()
+        >>> add_cursor(fig)
+        >>> fig.data[0].name
+        'cursor'
+    """
+    fig.add_trace(
+        go.Scatter3d(
+            x=[],
+            y=[],
+            z=[],
+            mode="markers",
+            name="cursor",
+            showlegend=False,
+            marker=dict(size=6, color="white", symbol="diamond-open"),
+            hoverinfo="skip",
+        )
+    )
+
+
+def add_animation(fig: go.Figure, paths: Paths, scale: Scale) -> None:
+    """Frames in which the paths (the traces named as in ``paths``) grow step by step, with
+    a play button and a slider.
+
+    Example:
+        >>> p = xr.Dataset({"alpha": ("step", [0.0, 1.0]), "beta": ("step", [0.0, 1.0]),
+        ...                 "loss": ("step", [2.0, 1.0])}, coords={"step": [0, 1]})
+        >>> fig = go.Figure(go.Scatter3d(name="p"))
+        >>> add_animation(fig, {"p": p}, Scale(np.ones(2)))
+        >>> len(fig.frames)
+        2
+    """
+    names = list(paths)
+    indices = [i for i, t in enumerate(fig.data) if t.name in names]
+    longest = max(p.sizes["step"] for p in paths.values())
+    frames = []
+    for n in range(1, longest + 1):
+        data = []
+        for name in names:
+            p = paths[name].isel(step=slice(0, n))
+            data.append(go.Scatter3d(x=p.alpha.values, y=p.beta.values, z=scale(p.loss.values)))
+        frames.append(go.Frame(data=data, traces=indices, name=str(n - 1)))
+    fig.frames = frames
+    play = dict(
+        frame=dict(duration=150, redraw=True), fromcurrent=True, transition=dict(duration=0)
+    )
+    fig.update_layout(
+        updatemenus=[
+            dict(
+                type="buttons",
+                showactive=False,
+                x=0.02,
+                y=0.02,
+                xanchor="left",
+                yanchor="bottom",
+                direction="left",
+                buttons=[
+                    dict(label="play", method="animate", args=[None, play]),
+                    dict(
+                        label="pause",
+                        method="animate",
+                        args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")],
+                    ),
+                ],
+            )
+        ],
+        sliders=[
+            dict(
+                active=longest - 1,
+                x=0.15,
+                len=0.8,
+                y=0.02,
+                yanchor="bottom",
+                currentvalue=dict(prefix="step "),
+                steps=[
+                    dict(
+                        method="animate",
+                        label=f.name,
+                        args=[
+                            [f.name],
+                            dict(
+                                mode="immediate",
+                                frame=dict(duration=0, redraw=True),
+                                transition=dict(duration=0),
+                            ),
+                        ],
+                    )
+                    for f in frames
+                ],
+            )
+        ],
+    )
