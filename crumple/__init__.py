@@ -8,7 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from crumple import plot
+from crumple import plot, reference
 from crumple.errors import CrumpleError
 from crumple.grid import Grid
 from crumple.plane import Plane
@@ -24,6 +24,7 @@ __all__ = [
     # evaluation
     "surface",
     "line",
+    "reference",
     # trajectories
     "Recorder",
     "Trajectory",

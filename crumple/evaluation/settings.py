@@ -53,14 +53,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "points_per_call", "tile_size", "max_memory"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise CrumpleError(
-                    f"{name} must be a positive whole number, got {value!r}"
-                    + ("; leave it out to let crumple choose" if name != "max_memory" else "")
-                )
+            _check_count(name, getattr(self, name))
         if self.batching not in BATCHINGS:
             raise CrumpleError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
         object.__setattr__(self, "device", _device_name(self.device))
@@ -88,6 +81,7 @@ class Settings:
         if options.get("max_memory") is None:
             options.pop("max_memory", None)
         if chunk_size is not None:
+            _check_count("chunk_size", chunk_size)
             options = {"tile_size": chunk_size, "points_per_call": chunk_size, **options}
         return cls(**options)
 
@@ -115,6 +109,14 @@ class Settings:
     @property
     def torch_dtype(self) -> torch.dtype | None:
         return None if self.dtype is None else getattr(torch, self.dtype)
+
+
+def _check_count(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise CrumpleError(
+            f"{name} must be a positive whole number, got {value!r}"
+            + ("; leave it out to let crumple choose" if name != "max_memory" else "")
+        )
 
 
 def _device_name(device: Any) -> str | None:
