@@ -6,8 +6,6 @@ Example:
     ['CrumpleError', 'Grid', 'Plane']
 """
 
-__version__ = "0.1.0"
-
 from crumple import plot, reference
 from crumple.errors import CrumpleError
 from crumple.grid import Grid
@@ -16,6 +14,7 @@ from crumple.store import open_run
 from crumple.store import open_run as open  # noqa: A001
 from crumple.surface import line, surface
 from crumple.trajectory import Recorder, Trajectory, project
+from crumple.version import __version__
 
 __all__ = [
     # building blocks

@@ -11,6 +11,7 @@ import xarray as xr
 
 from crumple.grid import Grid
 from crumple.plane import Plane
+from crumple.version import __version__
 
 
 def function_name(fn: Callable) -> str:
@@ -40,8 +41,6 @@ def grid_dataset(
         >>> ds.loss.attrs["long_name"], ds.alpha.attrs["long_name"]
         ('mse_loss', 'weight')
     """
-    from crumple import __version__
-
     attrs_of = coord_attrs(plane, grid)
     coords = {dim: (dim, axis, attrs_of[dim]) for dim, axis in zip(grid.dims, grid.axes)}
     loss_name = function_name(fns["loss"])
