@@ -34,8 +34,9 @@ class CriticalPoints:
 
 def critical_points(ds: xr.Dataset, var: str = "loss") -> CriticalPoints:
     """Local minima and maxima (strictly below or above all 8 neighbours) and saddles (the
-    signs of neighbour minus centre change at least 4 times around the ring) of the interior
-    grid points; points next to nan or inf are left out. Also the grid's global minimum.
+    signs of neighbour minus centre change at least 4 times around the ring, neighbours
+    level with the centre skipped) of the interior grid points; points next to nan or inf
+    are left out. Also the grid's global minimum.
 
     Example:
         >>> a = np.linspace(-2, 2, 41)
@@ -59,11 +60,13 @@ def critical_points(ds: xr.Dataset, var: str = "loss") -> CriticalPoints:
     ok = np.isfinite(diffs).all(axis=0) & np.isfinite(centre)
     minima = ok & (diffs > 0).all(axis=0)
     maxima = ok & (diffs < 0).all(axis=0)
+    # sign changes around the ring, skipping neighbours level with the centre (the
+    # diagonals of a^2 - b^2): each zero takes the sign before it
     signs = np.sign(diffs)
-    changes = (
-        (signs != np.roll(signs, 1, axis=0)) & (signs != 0) & (np.roll(signs, 1, axis=0) != 0)
-    ).sum(axis=0)
-    saddles = ok & ~minima & ~maxima & (changes >= 4) & (signs != 0).all(axis=0)
+    for _ in range(len(RING) - 1):
+        signs = np.where(signs == 0, np.roll(signs, 1, axis=0), signs)
+    changes = (signs != np.roll(signs, 1, axis=0)).sum(axis=0)
+    saddles = ok & ~minima & ~maxima & (changes >= 4)
 
     def where(mask):
         return [(int(i) + 1, int(j) + 1) for i, j in np.argwhere(mask)]

@@ -73,7 +73,12 @@ def blocks(shape: tuple[int, ...], max_points: int) -> Iterator[tuple[slice, ...
 
 
 def _checked_axis(values, dim: str) -> np.ndarray:
-    axis = np.asarray(values, dtype=np.float64)
+    try:
+        axis = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CrumpleError(
+            f"grid axis {dim!r} must hold numbers, got {values!r:.80}; e.g. np.arange(-2, 2, 0.05)"
+        ) from e
     if axis.ndim != 1 or axis.size == 0:
         raise CrumpleError(
             f"grid axis {dim!r} must be a non-empty 1-D sequence of numbers, got shape "
