@@ -25,6 +25,10 @@ VMAP_OBSTACLES: dict[type[nn.Module], str] = {
     nn.RNNBase: "recurrent layers have no vmap batching rule (vmap would loop point by point)",
     nn.MultiheadAttention: "attention's fused kernels have no vmap batching rule",
 }
+# and on the CPU, where vmap's grouped convolutions are slower than one per point
+CPU_VMAP_OBSTACLES: dict[type[nn.Module], str] = {
+    nn.modules.conv._ConvNd: "vmap makes convolutions grouped ones, slower than a loop on the CPU",
+}
 
 
 def check_deterministic(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> None:
@@ -87,8 +91,9 @@ def expanded_layers(
 def vmap_obstacle(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> str | None:
     """Why vmap cannot batch this model well, or ``None``: a known module, or a trial over
     two points that fails or makes PyTorch warn of a per-point fallback (kept quiet)."""
+    obstacles = VMAP_OBSTACLES | (CPU_VMAP_OBSTACLES if x.device.type == "cpu" else {})
     for module in model.modules():
-        for kind, reason in VMAP_OBSTACLES.items():
+        for kind, reason in obstacles.items():
             if isinstance(module, kind):
                 return f"{type(module).__name__}: {reason}"
     stacked = {n: torch.stack([p, p]) for n, p in params.items()}
