@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import crumple as cr
+from crumple import planes
 from crumple.cli import main
 from crumple.specs import accuracy
 from tests import cli_fixtures
@@ -142,6 +143,22 @@ def test_between_and_axes_planes(tmp_path, capsys):
         (["--loss", "hinge"], "--loss 'hinge' is not known"),
         (["--plane", "pca"], "--plane pca needs --trajectory"),
         (["--plane", "between"], "--plane between needs --weights-b"),
+        (["--plane", "axes"], "--plane axes needs --axes"),
+        (
+            ["--axes", "net.1.bias[0]", "net.4.bias[0]"],
+            "--axes does not apply to --plane random: it is for --plane axes; drop --axes, "
+            "or choose --plane axes",
+        ),
+        (
+            ["--plane", "axes", "--axes", "net.1.bias[0]", "net.4.bias[0]", "--seed", "3"],
+            "--seed does not apply to --plane axes: it is for --plane random",
+        ),
+        (["--weights-c", "c.pt"], "--weights-c does not apply to --plane random"),
+        (
+            ["--plane", "pca", "--trajectory", "t", "--trainable-only"],
+            "--trainable-only does not apply to --plane pca",
+        ),
+        (["--plane", "hessian"], "argument --plane: invalid choice: 'hessian'"),
         (["--weights", "/no/such/file.pt"], "no such file"),
     ],
 )
@@ -192,3 +209,33 @@ def test_bad_grids_are_refused(capsys, grid):
     with pytest.raises(SystemExit):
         main(["surface", "--model", MODEL, "--data", DATA, "--grid", grid])
     assert "START:STOP:NUM" in capsys.readouterr().err or "START < STOP" in capsys.readouterr().err
+
+
+@pytest.fixture
+def first_weights_kind():
+    """A plane kind registered for one test: the first layer's first two weights."""
+
+    def build(sources):
+        return cr.Plane.axes(sources.model, "net.1.weight[0, 0]", "net.1.weight[0, 1]")
+
+    kind = planes.register(planes.PlaneKind("first-weights", "two weights", build))
+    yield kind
+    del planes.KINDS[kind.name]
+
+
+def test_a_registered_kind_is_a_choice_of_the_command(tmp_path, capsys, first_weights_kind):
+    out = tmp_path / "run"
+    text = run(capsys, "--plane", "first-weights", "--grid", "-1:1:3", "--out", str(out))
+    assert "axes plane, grid 3 x 3" in text
+    assert cr.open_run(out)["surface"].alpha.attrs["long_name"] == "net.1.weight[0, 0]"
+    with pytest.raises(SystemExit):
+        run(capsys, "--plane", "first-weights", "--normalize", "layer")
+    assert "--normalize does not apply to --plane first-weights" in capsys.readouterr().err
+
+
+def test_trainable_only_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(capsys, "--trainable-only", "--seed", "2", "--grid", "-1:1:3", "--out", str(out))
+    ds = cr.open_run(out)["surface"]
+    assert ds.attrs["plane_trainable_only"] and list(ds.attrs["plane_frozen"]) == []
+    assert ds.attrs["plane_seed"] == 2

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import crumple as cr
+from crumple import planes
 from tests.cases import MLP, digits, trained
 
 
@@ -129,3 +130,181 @@ def test_recorder_streams_to_disk_and_projects_the_same(tmp_path):
         cr.Recorder(model, to=tmp_path / "run")
     with pytest.raises(cr.CrumpleError, match="holds no trajectory"):
         cr.Trajectory.load(tmp_path)
+
+
+# the registry of plane kinds
+
+
+def test_registry_builds_what_the_classmethods_build():
+    x, y = digits(60)
+    model, path = trained(MLP().double(), (x, y), steps=4)
+    other = MLP().double()
+    options = {"normalize": "layer", "ignore": "none", "seed": 4, "orthogonalize": True}
+    pairs = {
+        "random": (
+            planes.Sources(model, options=options),
+            cr.Plane.random(model, normalize="layer", ignore=None, seed=4, orthogonalize=True),
+        ),
+        "axes": (
+            planes.Sources(model, options={"axes": ["net.1.bias[0]", "net.4.bias[1]"]}),
+            cr.Plane.axes(model, "net.1.bias[0]", "net.4.bias[1]"),
+        ),
+        "between": (planes.Sources(model, (other,)), cr.Plane.between(model, other)),
+        "pca": (planes.Sources(model, trajectory=path), cr.Plane.pca(path)),
+    }
+    assert list(pairs) == list(planes.KINDS)
+    for name, (sources, expected) in pairs.items():
+        plane = planes.build(name, sources)
+        assert plane.attrs == expected.attrs, name
+        for a, b in zip((plane.origin, *plane.directions), (expected.origin, *expected.directions)):
+            assert all(torch.equal(a[n], b[n]) for n in a), name
+
+
+def test_registry_facts_and_refusals():
+    assert [k for k in planes.KINDS if planes.comparable(k)] == ["random", "axes"]
+    assert not planes.comparable("custom") and not planes.comparable(None)
+    assert planes.get("pca").required == (planes.options()["--trajectory"],)
+    assert planes.describe({"kind": "random", "normalization": "None"}) == "random, raw"
+    assert (
+        planes.describe({"kind": "pca", "explained_variance_ratio": [0.5, 0.25]})
+        == "pca, 50.0% + 25.0% of the path's variance"
+    )
+    assert planes.describe({}) == "custom"
+    with pytest.raises(cr.CrumpleError, match="unknown plane kind 'hessian'; the kinds are random"):
+        planes.get("hessian")
+    with pytest.raises(cr.CrumpleError, match="registered already"):
+        planes.register(planes.PlaneKind("axes", "again", build=cr.Plane.axes))
+    seed = planes.Option("--seed", "another meaning", kind="choice", choices=("a",))
+    with pytest.raises(cr.CrumpleError, match="defines --seed differently"):
+        planes.register(planes.PlaneKind("other", "x", build=cr.Plane.axes, optional=(seed,)))
+    assert "other" not in planes.KINDS
+    with pytest.raises(cr.CrumpleError, match="needs one or two more models"):
+        planes.build("between", planes.Sources(MLP()))
+    with pytest.raises(cr.CrumpleError, match="needs a recorded trajectory"):
+        planes.build("pca", planes.Sources(MLP()))
+
+
+# trainable_only
+
+
+def frozen_mlp():
+    model = MLP().double()
+    model.net[1].requires_grad_(False)  # the first layer is frozen
+    return model
+
+
+@pytest.mark.parametrize("normalize", ["filter", "layer", None])
+def test_trainable_only_leaves_frozen_weights_where_they_are(normalize):
+    model = frozen_mlp()
+    plane = cr.Plane.random(model, normalize=normalize, seed=2, trainable_only=True)
+    every = cr.Plane.random(model, normalize=normalize, seed=2)
+    assert plane.attrs["trainable_only"] and not every.attrs["trainable_only"]
+    assert plane.attrs["frozen"] == ["net.1.weight", "net.1.bias"]
+    far = plane.at(5.0, -3.0)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(far[name], p.detach()), name
+            assert torch.equal(plane.directions[0][name], torch.zeros_like(p))
+        else:  # the same draws as without trainable_only, where the weights move
+            for d, e in zip(plane.directions, every.directions):
+                assert torch.equal(d[name], e[name]), name
+    assert not torch.equal(every.at(5.0, -3.0)["net.1.weight"], model.net[1].weight)
+
+
+def test_trainable_only_model_normalization_uses_the_trainable_weights():
+    model = frozen_mlp()
+    plane = cr.Plane.random(model, normalize="model", ignore="biasbn", seed=1, trainable_only=True)
+    direction, weight = plane.directions[0]["net.4.weight"], model.net[4].weight.detach()
+    assert float(direction.norm()) == pytest.approx(float(weight.norm()), rel=1e-6)
+
+
+def test_trainable_only_refuses_a_model_with_nothing_to_move():
+    model = MLP().requires_grad_(False)
+    with pytest.raises(cr.CrumpleError, match="no parameter of the model requires grad"):
+        cr.Plane.random(model, trainable_only=True)
+    assert "frozen" not in cr.Plane.random(model).attrs  # the default moves every weight
+
+
+# between: tied weights and state dicts
+
+
+class TiedLM(torch.nn.Module):
+    """A tiny language model whose output layer is its embedding, with BatchNorm."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Embedding(11, 6)
+        self.norm = torch.nn.BatchNorm1d(6)
+        self.head = torch.nn.Linear(6, 11, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.head(self.norm(self.embed(tokens)))
+
+
+def test_between_models_with_tied_weights_is_a_line_through_both():
+    a, b = TiedLM(0).double().eval(), TiedLM(1).double().eval()
+    tokens = torch.arange(11).repeat(3)
+    target = tokens.roll(1)
+    for plane in (cr.Plane.between(a, b), cr.Plane.between(a, b.state_dict())):
+        assert sorted(plane.origin) == ["embed.weight", "norm.bias", "norm.weight"]
+        ds = cr.line(a, F.cross_entropy, (tokens, target), plane, [0.0, 1.0])
+        with torch.no_grad():
+            expected = [float(F.cross_entropy(m(tokens), target)) for m in (a, b)]
+        # fresh BatchNorm statistics are alike in both, so the loss at 1 is b's
+        assert ds.loss.values == pytest.approx(expected, rel=1e-12)
+
+
+def test_between_reads_state_dicts_by_a_models_names():
+    a, b, c = TiedLM(0), TiedLM(1), TiedLM(2)
+    expected = cr.Plane.between(a, b, c)
+    for plane in (
+        cr.Plane.between(a, b.state_dict(), c.state_dict()),
+        cr.Plane.between(a.state_dict(), b.state_dict(), c),  # c gives the names
+        cr.Plane.between(a.state_dict(), b.state_dict(), c.state_dict(), model=TiedLM(3)),
+    ):
+        assert plane.attrs == expected.attrs
+        for d, e in zip(plane.directions, expected.directions):
+            assert d.keys() == e.keys() and all(torch.equal(d[n], e[n]) for n in d)
+
+
+@pytest.mark.parametrize(
+    ("states", "message"),
+    [
+        (lambda: (TiedLM(0).state_dict(), TiedLM(1).state_dict()), "norm.num_batches_tracked"),
+        (
+            lambda: tuple(
+                {k: v for k, v in TiedLM(s).state_dict().items() if "norm" not in k} for s in (0, 1)
+            ),
+            "['head.weight']",
+        ),
+    ],
+    ids=["buffers", "tied"],
+)
+def test_state_dicts_alone_are_refused_with_the_fix(states, message):
+    with pytest.raises(cr.CrumpleError) as error:
+        cr.Plane.between(*states())
+    text = str(error.value)
+    assert "model a is a dict with entries that are not parameters of their own" in text
+    assert message in text and "pass the models (nn.Module) instead" in text
+    assert "model=net" in text
+
+
+def test_snapshots_alone_still_make_a_plane():
+    x, y = digits(60)
+    _, path = trained(MLP().double(), (x, y), steps=3)
+    line = cr.Plane.between(path.snapshot(0), path.snapshot(2))
+    assert torch.allclose(line.at(1.0)["net.4.bias"], path.snapshot(2)["net.4.bias"])
+
+
+def test_between_refuses_a_state_dict_of_another_model():
+    a, b = TiedLM(0), TiedLM(1)
+    untied = b.state_dict()
+    untied["head.weight"] = untied["head.weight"] + 1
+    with pytest.raises(cr.CrumpleError, match="tied in the model but different here"):
+        cr.Plane.between(a, untied)
+    with pytest.raises(cr.CrumpleError, match="model b's state dict does not fit the model"):
+        cr.Plane.between(a, MLP().state_dict())
+    with pytest.raises(TypeError, match="model c must be an nn.Module or a"):
+        cr.Plane.between(a, b, [1.0])

@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 
 import crumple as cr
+from crumple import planes
 from crumple.analysis import critical_points
 
 
@@ -207,6 +208,35 @@ def test_line_and_contour_read_labels_from_attributes():
     assert fig.layout.yaxis.title.text == "cross_entropy"
     flat = cr.plot.contour(asymmetric_surface())
     assert flat.layout.xaxis.title.text == "Layer_1.weight"
+
+
+def test_contour_axes_share_one_scale_where_the_plane_registry_says_so():
+    ds = asymmetric_surface()
+    drawn = {}
+    for kind in ("random", "axes", "between", "pca", "custom"):
+        ds.attrs["plane_kind"] = kind
+        drawn[kind] = cr.plot.contour(ds).layout.yaxis.scaleanchor
+    assert drawn == {"random": "x", "axes": "x", "between": None, "pca": None, "custom": None}
+    kind = planes.register(planes.PlaneKind("unit", "unit axes", build=None, comparable=True))
+    try:
+        ds.attrs["plane_kind"] = "unit"
+        assert cr.plot.contour(ds).layout.yaxis.scaleanchor == "x"
+    finally:
+        del planes.KINDS[kind.name]
+
+
+def test_facts_describe_the_plane_through_the_registry():
+    ds = asymmetric_surface()
+    ds.attrs |= {
+        "plane_kind": "random",
+        "plane_normalization": "filter",
+        "plane_trainable_only": True,
+        "plane_frozen": ["a.weight", "a.bias"],
+    }
+    assert cr.plot.facts(ds)["plane"] == (
+        "random, filter-normalized, trainable parameters only (2 frozen left out)"
+    )
+    assert cr.plot.facts(asymmetric_surface())["plane"] == "custom"
 
 
 def test_page_is_self_contained_and_small():
