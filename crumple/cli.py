@@ -12,6 +12,30 @@ from crumple import cli_types as types
 from crumple.errors import CrumpleError
 from crumple.specs import LOSSES
 
+# each subcommand's line in `crumple --help`, and its description
+ABOUT = {
+    "demo": (
+        "the two-weight network of the article: surface, SGD path, HTML page",
+        "Train the article's two-weight network, compute its test-MSE surface "
+        "over a grid of the two weights, and write an HTML page and the data.",
+    ),
+    "surface": (
+        "the loss landscape of any model: a plane, a grid, a page and the data",
+        "Evaluate a model's loss on a grid over a plane through its weights and "
+        "write the run (landscape.zarr, plane.safetensors) and an HTML page to --out.",
+    ),
+    "plot": (
+        "draw a run again: an HTML page, PNG or PDF",
+        "Draw a run folder (from crumple surface or crumple demo) as a "
+        "self-contained HTML page and/or a static figure.",
+    ),
+    "info": (
+        "what a run folder holds and how complete it is",
+        "Print what a run folder holds and how complete it is; --netcdf exports "
+        "the surface and the paths to one netCDF file for sharing.",
+    ),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``crumple`` command and its subcommands.
@@ -33,15 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(commands, name: str, run) -> argparse.ArgumentParser:
+    """The subcommand ``name``, whose arguments go to ``run``."""
+    help, description = ABOUT[name]
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def _add_demo(commands) -> None:
     from crumple.examples.seed import OPTIMIZERS
 
-    demo = commands.add_parser(
-        "demo",
-        help="the two-weight network of the article: surface, SGD path, HTML page",
-        description="Train the article's two-weight network, compute its test-MSE surface "
-        "over a grid of the two weights, and write an HTML page and the data.",
-    )
+    demo = _command(commands, "demo", _demo)
     add = demo.add_argument
     number, positive, count = types.finite_float, types.positive_float, types.int_at_least
     add(
@@ -92,16 +119,10 @@ def _add_demo(commands) -> None:
         help="training batch size (default 64)",
     )
     add("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
-    demo.set_defaults(run=_demo)
 
 
 def _add_surface(commands) -> None:
-    surface = commands.add_parser(
-        "surface",
-        help="the loss landscape of any model: a plane, a grid, a page and the data",
-        description="Evaluate a model's loss on a grid over a plane through its weights and "
-        "write the run (landscape.zarr, plane.safetensors) and an HTML page to --out.",
-    )
+    surface = _command(commands, "surface", _surface)
     add = surface.add_argument
     add(
         "--model",
@@ -168,7 +189,6 @@ def _add_surface(commands) -> None:
         help="name the data in the run's fingerprint instead of hashing it",
     )
     add("--out", type=Path, default=Path("out/surface"), help="output folder (default out/surface)")
-    surface.set_defaults(run=_surface)
 
 
 def _add_plane_options(surface: argparse.ArgumentParser) -> None:
@@ -187,12 +207,7 @@ def _add_plane_options(surface: argparse.ArgumentParser) -> None:
 
 
 def _add_plot(commands) -> None:
-    plot = commands.add_parser(
-        "plot",
-        help="draw a run again: an HTML page, PNG or PDF",
-        description="Draw a run folder (from crumple surface or crumple demo) as a "
-        "self-contained HTML page and/or a static figure.",
-    )
+    plot = _command(commands, "plot", _plot)
     plot.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
     plot.add_argument("--html", type=Path, help="write the page here")
     plot.add_argument("--png", type=Path, help="write a static PNG here")
@@ -201,19 +216,12 @@ def _add_plot(commands) -> None:
     plot.add_argument(
         "--zmax", type=types.finite_float, default=None, help="clip the drawn loss at this value"
     )
-    plot.set_defaults(run=_plot)
 
 
 def _add_info(commands) -> None:
-    info = commands.add_parser(
-        "info",
-        help="what a run folder holds and how complete it is",
-        description="Print what a run folder holds and how complete it is; --netcdf exports "
-        "the surface and the paths to one netCDF file for sharing.",
-    )
+    info = _command(commands, "info", _info)
     info.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
     info.add_argument("--netcdf", type=Path, metavar="FILE", help="also write one netCDF file")
-    info.set_defaults(run=_info)
 
 
 def _demo(args: argparse.Namespace) -> None:
