@@ -33,6 +33,7 @@ $(BENCHED): $(INSTALLED)
 bench: $(BENCHED)
 	$(BIN)/python benchmarks/seed_grid.py
 	$(BIN)/python benchmarks/general.py
+	$(BIN)/python benchmarks/models.py
 	$(BIN)/python benchmarks/distributed.py
 
 clean:

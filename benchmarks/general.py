@@ -28,23 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import crumple as cr
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
-
-
-def cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 32 * 32, 10),
-    )
+from crumple.examples import zoo
 
 
 def classic_loop(model, loader, plane, grid, device):
@@ -94,18 +78,10 @@ def matmul_gflops(device, n=2048, repeats=10) -> float:
 
 def setup(name: str, device):
     """The model, data, plane, grid and loader of one case, the same in every process."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    if name == "mlp":
-        model, steps, batch_size = mlp(), 21, 512
-        x = torch.randn(2048, 784, generator=g)
-        y = torch.randint(0, 10, (2048,), generator=g)
-    else:
-        model, steps, batch_size = cnn(), 11, 128
-        x = torch.randn(512, 3, 32, 32, generator=g)
-        y = torch.randint(0, 10, (512,), generator=g)
-    model = model.to(device).eval()
-    x, y = x.to(device), y.to(device)
+    torch.manual_seed(0)  # loss-landscapes draws its directions from the global generator
+    case, steps = (zoo.mlp(), 21) if name == "mlp" else (zoo.cnn(), 11)
+    model, batch_size = case.model.to(device), case.data.batch_size
+    x, y = (t.to(device) for t in case.data.dataset.tensors)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
     plane = cr.Plane.random(model, normalize="filter", seed=0)
     axis = np.linspace(-1, 1, steps)
