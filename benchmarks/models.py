@@ -36,8 +36,8 @@ SIZES = {
     "transformer": dict(d_model=32, nhead=4, dim_feedforward=64, n=512, batch_size=128),
     "lstm": dict(hidden=64, n=384, batch_size=128),
     "tied_lm": dict(vocab=256, d_model=64, seq_len=32, n=96, batch_size=32),
-    "mlp": dict(n=512, batch_size=512),
-    "cnn": dict(n=32, batch_size=32),
+    "mlp": dict(n=2048, batch_size=512),
+    "cnn": dict(n=128, batch_size=128),
 }
 TARGETS = {"mlp": 6.4, "cnn": 1.5}  # the rest: at least 1.0
 TOLERANCE = 1e-3

@@ -240,17 +240,20 @@ def lstm(
 
 
 class _TiedLM(nn.Module):
-    """Embedding -> GRU -> LayerNorm -> logits ``h @ embed.weight.T`` (tied weights)."""
+    """Embedding -> GRU -> LayerNorm -> a linear head whose weight is the embedding's
+    (one Parameter under two names, as Hugging Face ties ``lm_head`` to the embedding)."""
 
     def __init__(self, vocab: int, d_model: int):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.gru = nn.GRU(d_model, d_model, batch_first=True)
         self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab, bias=False)
+        self.head.weight = self.embed.weight
 
     def forward(self, tokens: Tensor) -> Tensor:
         h, _ = self.gru(self.embed(tokens))
-        return self.norm(h) @ self.embed.weight.T
+        return self.head(self.norm(h))
 
 
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
