@@ -90,9 +90,7 @@ def random_plane(
     }
     if trainable_only:
         attrs["frozen"] = frozen  # left out: zero in every direction
-    if ndim == 2:
-        attrs["cosine"] = cosine(*directions)
-    return Plane(origin, tuple(directions), attrs)
+    return _with_cosine(Plane(origin, tuple(directions), attrs))
 
 
 def between_plane(points: Mapping[str, nn.Module | Params], model: nn.Module | None) -> Plane:
@@ -111,9 +109,7 @@ def between_plane(points: Mapping[str, nn.Module | Params], model: nn.Module | N
         _check_same_layout(origin, point, label)
     directions = tuple({n: point[n] - origin[n] for n in origin} for point in weights.values())
     attrs = {"kind": "between", "axis_names": ("a -> b", "a -> c")[: len(directions)]}
-    if len(directions) == 2:
-        attrs["cosine"] = cosine(*directions)
-    return Plane(origin, directions, attrs)
+    return _with_cosine(Plane(origin, directions, attrs))
 
 
 def pca_plane(trajectory, ndim: int) -> Plane:
@@ -161,6 +157,14 @@ def pca_plane(trajectory, ndim: int) -> Plane:
         "axis_names": tuple(f"PC{k + 1} ({r:.1%})" for k, r in enumerate(ratios)),
     }
     return Plane(final, directions, attrs)
+
+
+def _with_cosine(plane: Plane) -> Plane:
+    """The plane with the cosine between its directions in its attrs, once the plane's own
+    checks (no zero direction) have passed."""
+    if plane.ndim == 2:
+        plane.attrs["cosine"] = cosine(*plane.directions)
+    return plane
 
 
 def _normalized(direction: Params, weights: Params, normalize, ignore) -> Params:
