@@ -178,9 +178,11 @@ def test_registry_facts_and_refusals():
     with pytest.raises(cr.CrumpleError, match="defines --seed differently"):
         planes.register(planes.PlaneKind("other", "x", build=cr.Plane.axes, optional=(seed,)))
     assert "other" not in planes.KINDS
-    with pytest.raises(cr.CrumpleError, match="needs one or two more models"):
+    with pytest.raises(
+        cr.CrumpleError, match="needs one or two more models in Sources.models, got 0;"
+    ):
         planes.build("between", planes.Sources(MLP()))
-    with pytest.raises(cr.CrumpleError, match="needs a recorded trajectory"):
+    with pytest.raises(cr.CrumpleError, match="needs a recorded path in Sources.trajectory"):
         planes.build("pca", planes.Sources(MLP()))
 
 

@@ -53,22 +53,28 @@ def _random_from(sources: Sources) -> Plane:
 def _axes_from(sources: Sources) -> Plane:
     names = sources.option(AXES)
     if not names:
-        raise CrumpleError("an axes plane needs one or two entries (option 'axes'), got none")
+        raise CrumpleError(
+            f"an axes plane needs one or two entries in options['axes'], got {names!r}; "
+            "e.g. options={'axes': ['fc.weight[0, 3]', 'fc.bias[1]']}"
+        )
     return axes_plane(sources.model, tuple(names))
 
 
 def _between_from(sources: Sources) -> Plane:
     if not 1 <= len(sources.models) <= 2:
         raise CrumpleError(
-            f"a between plane needs one or two more models (Sources.models), got "
-            f"{len(sources.models)}"
+            f"a between plane needs one or two more models in Sources.models, got "
+            f"{len(sources.models)}; e.g. Sources(model_a, models=(model_b,))"
         )
     return between_plane(dict(zip("abc", (sources.model, *sources.models))), sources.model)
 
 
 def _pca_from(sources: Sources) -> Plane:
     if sources.trajectory is None:
-        raise CrumpleError("a pca plane needs a recorded trajectory (Sources.trajectory)")
+        raise CrumpleError(
+            "a pca plane needs a recorded path in Sources.trajectory, got None; e.g. "
+            "Sources(model, trajectory=Trajectory.load(folder))"
+        )
     return pca_plane(sources.trajectory, 2)
 
 
