@@ -3,6 +3,16 @@ point's weights into the copy, run every batch of the data as given, exact mean.
 
 Every fast path is tested against these functions, and ``surface(..., check=N)`` re-does N
 points with them.
+
+Example:
+    >>> import numpy as np, torch, crumple as cr
+    >>> net = torch.nn.Linear(2, 1)
+    >>> data = (torch.randn(6, 2), torch.randn(6, 1))
+    >>> plane, grid = cr.Plane.random(net, seed=0), cr.Grid([-1.0, 0.0, 1.0], [0.0, 0.5])
+    >>> fast = cr.surface(net, torch.nn.functional.mse_loss, data, plane, grid)
+    >>> slow = cr.reference.surface(net, torch.nn.functional.mse_loss, data, plane, grid)
+    >>> bool(np.allclose(fast.loss, slow.loss, rtol=1e-5))
+    True
 """
 
 from __future__ import annotations

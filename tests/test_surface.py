@@ -1,6 +1,5 @@
 """The batched surface against the plain per-point loop, in float64."""
 
-
 import numpy as np
 import pytest
 import torch

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from crumple.evaluation.engine import Task
 
 TIMED_LOOP_POINTS = 2  # points the loop is timed on, after a one-point warm-up
+MIN_TIMED_POINTS = 8  # a first call of fewer points is not worth timing: the loop takes it
 
 
 @dataclass
@@ -54,8 +55,8 @@ def choose(
     obstacle = probes.vmap_obstacle(task.model, task.origin, task.buffers, x)
     if obstacle is not None:
         return Choice(looping, f"not vmap: {obstacle}"), None
-    if points.size < 2:
-        return Choice("vmap", "one point at a time: nothing to time"), None
+    if points.size < MIN_TIMED_POINTS:
+        return Choice(looping, f"{points.size} points: too few to be worth timing vmap"), None
     start = time.perf_counter()
     one = points.take([slice(0, 1)] * len(points.shape))
     evaluate("vmap", one)  # warm-ups
