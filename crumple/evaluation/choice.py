@@ -3,6 +3,8 @@ real question, and keep the values the timing computed."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ class Choice:
         strategy: the chosen strategy's name.
         reason: one line for people.
         timings: seconds per point of each strategy timed (empty when none was).
-        overhead: seconds the choice cost beyond evaluating the points it kept.
+        overhead: seconds the choice cost (its probes, warm-ups and timing) beyond
+            evaluating the points it kept.
     """
 
     strategy: str
@@ -47,19 +50,29 @@ def choose(
     """Choose between the loop (``"expanded"`` when the model has input layers worth
     expanding) and vmap for ``task``; return the choice and, when it timed vmap on
     ``points``, their values (else ``None``)."""
+    start = time.perf_counter()
     x = task.batches[0][0]
     expanded = task.plane is not None and probes.expanded_layers(
         task.model, task.plane, task.kernels, task.buffers, x
     )
     looping = "expanded" if expanded else "loop"
     obstacle = probes.vmap_obstacle(task.model, task.origin, task.buffers, x)
-    if obstacle is not None:
-        return Choice(looping, f"not vmap: {obstacle}"), None
-    if points.size < MIN_TIMED_POINTS:
-        return Choice(looping, f"{points.size} points: too few to be worth timing vmap"), None
-    start = time.perf_counter()
+    if obstacle is not None or points.size < MIN_TIMED_POINTS:
+        reason = f"not vmap: {obstacle}" if obstacle else f"{points.size} points: too few to time"
+        return Choice(looping, reason, overhead=time.perf_counter() - start), None
+    with _no_gc():  # a collection of torch's objects (0.1 s) would decide the choice
+        timings, values = _timed(evaluate, points, looping)
+    best = min(timings, key=timings.get)
+    overhead = max(0.0, time.perf_counter() - start - timings[best] * points.size)
+    rates = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in timings.items())
+    return Choice(best, f"timed per point: {rates}", timings, overhead), values
+
+
+def _timed(evaluate, points: Points, looping: str) -> tuple[dict[str, float], dict]:
+    """Seconds per point of vmap on ``points`` (values kept) and of the loop on a few of
+    them, each after a one-point warm-up."""
     one = points.take([slice(0, 1)] * len(points.shape))
-    evaluate("vmap", one)  # warm-ups
+    evaluate("vmap", one)
     evaluate(looping, one)
     timings = {}
     timer = time.perf_counter()
@@ -69,8 +82,15 @@ def choose(
     timer = time.perf_counter()
     evaluate(looping, few)
     timings[looping] = (time.perf_counter() - timer) / few.size
-    best = min(timings, key=timings.get)
-    spent = time.perf_counter() - start
-    overhead = max(0.0, spent - timings[best] * points.size)
-    rates = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in timings.items())
-    return Choice(best, f"timed per point: {rates}", timings, overhead), values
+    return timings, values
+
+
+@contextlib.contextmanager
+def _no_gc():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
