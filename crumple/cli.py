@@ -10,6 +10,7 @@ from pathlib import Path
 
 from crumple import cli_types as types
 from crumple.errors import CrumpleError
+from crumple.evaluation.strategies import STRATEGIES
 from crumple.specs import LOSSES
 
 # each subcommand's line in `crumple --help`, and its description
@@ -166,7 +167,7 @@ def _add_surface(commands) -> None:
         metavar="SIZE",
         help="memory for the points evaluated together, e.g. 4GB (default 2GB)",
     )
-    add("--strategy", choices=["auto", "vmap", "loop"], default="auto")
+    add("--strategy", choices=["auto", *STRATEGIES], default="auto")
     add(
         "--chunk-size",
         type=types.int_at_least("--chunk-size", 1),
@@ -354,8 +355,9 @@ def _surface(args: argparse.Namespace) -> None:
 
 def _info(args: argparse.Namespace) -> None:
     from crumple import store
+    from crumple.cli_info import describe
 
-    print(store.describe(args.folder))
+    print(describe(args.folder))
     if args.netcdf:
         print(f"wrote {store.export_netcdf(args.folder, args.netcdf)}")
 

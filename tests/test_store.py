@@ -205,7 +205,7 @@ def test_info_and_netcdf(tmp_path, capsys, reference):
     main(["info", str(store), "--netcdf", str(tmp_path / "run.nc")])
     text = capsys.readouterr().out
     assert "surface: loss over alpha 12 x beta 10, complete" in text
-    assert "plane_kind: random" in text and "wrote" in text
+    assert "plane: random, filter-normalized" in text and "wrote" in text
     import xarray as xr
 
     shared = xr.open_dataset(tmp_path / "run.nc")

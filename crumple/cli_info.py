@@ -1,0 +1,59 @@
+"""What ``crumple info`` prints about a run folder: text for people, kept with the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from crumple import planes
+from crumple.store import PLANE, open_run
+
+
+def describe(folder: str | Path) -> str:
+    """What a run folder holds and how complete it is, as text.
+
+    Example:
+        >>> import tempfile, xarray as xr
+        >>> from crumple.store import save_run
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((2, 3)))},
+        ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0, 2.0]})
+        >>> print(describe(save_run(tempfile.mkdtemp(), ds)).splitlines()[1])
+        surface: loss over alpha 2 x beta 3, complete
+    """
+    run = open_run(folder)
+    surface = run.pop("surface")
+    values = surface.loss.values
+    missing = int(np.isnan(values).sum())
+    done = surface.attrs.get("tiles_done")
+    state = "complete" if missing == 0 else f"{values.size - missing} of {values.size} points"
+    if done and missing:
+        state += f" ({done} tiles done; run the same command again to resume)"
+    dims = " x ".join(f"{d} {surface.sizes[d]}" for d in surface.loss.dims)
+    lines = [
+        f"run {str(folder)!r}",
+        f"surface: {', '.join(surface.data_vars)} over {dims}, {state}",
+    ]
+    plane = {
+        k.removeprefix("plane_"): v for k, v in surface.attrs.items() if k.startswith("plane_")
+    }
+    lines.append(f"  plane: {planes.describe(plane)}")
+    for key in (
+        "loss_name",
+        "n_samples",
+        "dtype",
+        "strategy",
+        "batching",
+        "seconds",
+        "crumple_version",
+    ):
+        if key in surface.attrs:
+            lines.append(f"  {key}: {surface.attrs[key]}")
+    for d in surface.loss.dims:
+        a = surface[d].values
+        lines.append(f"  {d} ({surface[d].attrs.get('long_name', d)}): {a[0]:g} .. {a[-1]:g}")
+    for name, path in run.items():
+        lines.append(f"path {name!r}: {path.sizes['step']} steps")
+    if (Path(folder) / PLANE).is_file():
+        lines.append(f"plane: {PLANE}")
+    return "\n".join(lines)
