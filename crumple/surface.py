@@ -24,7 +24,41 @@ from crumple.plane import Plane
 LossFn = Callable[..., Any]
 CHECK_TOLERANCE = {"float64": 1e-9, "float32": 1e-4}  # largest relative difference allowed
 
-OPTIONS_DOC = """
+
+def surface(
+    model: nn.Module, loss_fn: LossFn, data: Any, plane: Plane, grid: Grid, **options: Any
+) -> xr.Dataset:
+    """The loss (and metrics) at every point of a 2-D grid on a plane.
+
+    Args:
+        model: any ``nn.Module``; it is left exactly as it was (evaluation runs in eval
+            mode without gradients).
+        loss_fn: ``loss_fn(pred, y)`` returning the batch mean.
+        data: an ``(x, y)`` pair of tensors, a DataLoader or an iterable of pairs. The
+            result is the exact mean over all samples: batches are weighed by their size.
+        plane: a 2-D :class:`Plane` through the model's weights.
+        grid: a :class:`Grid` with ``alpha`` and ``beta``.
+        **options: keywords, all optional (another is refused with the list of them):
+
+    * What to compute and where to keep it:
+
+        metrics: more ``fn(pred, y)`` batch means to store beside ``loss``.
+        check: re-do this many random grid points with the slow reference loop
+            (:mod:`crumple.reference`); the largest relative difference is in
+            ``ds.attrs["check_max_rel_diff"]``, and past ``CHECK_TOLERANCE`` it is an error.
+        progress: show a progress bar over tiles (and, before a run of several tiles, the
+            estimated time after the first).
+        store: a run folder: tiles are written to it as they finish, and running the same
+            call again resumes (finished tiles are read, not recomputed). A folder made from
+            other inputs (weights, plane, grid, data, loss, dtype) is refused.
+        data_id: a name for the data to fingerprint instead of hashing its contents.
+        dask: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
+            ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
+            the first are evaluated on its workers, which receive the model, data and plane
+            once each; results reach ``store`` as they arrive (needs the ``dask`` extra).
+
+    * How evaluation runs (:class:`crumple.evaluation.Settings`):
+
         strategy: ``"auto"`` (default: looks at the model, and times the candidates only
             when that leaves a real question; the choice and its reason are in
             ``ds.attrs``), ``"loop"`` (one point at a time, nothing intercepted),
@@ -41,50 +75,7 @@ OPTIONS_DOC = """
             (``ds.attrs["batching"]`` says which was used).
         device: where to compute, e.g. ``"cuda:1"`` (default: where the plane's tensors are).
         dtype: ``torch.float32`` or ``torch.float64`` (or their names; default: the plane's).
-"""
 
-
-def surface(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
-    plane: Plane,
-    grid: Grid,
-    *,
-    metrics: Mapping[str, LossFn] | None = None,
-    check: int = 0,
-    progress: bool = False,
-    store: str | Path | None = None,
-    data_id: str | None = None,
-    dask: Any = None,
-    **options: Any,
-) -> xr.Dataset:
-    """The loss (and metrics) at every point of a 2-D grid on a plane.
-
-    Args:
-        model: any ``nn.Module``; it is left exactly as it was (evaluation runs in eval
-            mode without gradients).
-        loss_fn: ``loss_fn(pred, y)`` returning the batch mean.
-        data: an ``(x, y)`` pair of tensors, a DataLoader or an iterable of pairs. The
-            result is the exact mean over all samples: batches are weighed by their size.
-        plane: a 2-D :class:`Plane` through the model's weights.
-        grid: a :class:`Grid` with ``alpha`` and ``beta``.
-        metrics: more ``fn(pred, y)`` batch means to store beside ``loss``.
-        check: re-do this many random grid points with the slow reference loop
-            (:mod:`crumple.reference`); the largest relative difference is in
-            ``ds.attrs["check_max_rel_diff"]``, and past ``CHECK_TOLERANCE`` it is an error.
-        progress: show a progress bar over tiles (and, before a run of several tiles, the
-            estimated time after the first).
-        store: a run folder: tiles are written to it as they finish, and running the same
-            call again resumes (finished tiles are read, not recomputed). A folder made from
-            other inputs (weights, plane, grid, data, loss, dtype) is refused.
-        data_id: a name for the data to fingerprint instead of hashing its contents.
-        dask: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
-            ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
-            the first are evaluated on its workers, which receive the model, data and plane
-            once each; results reach ``store`` as they arrive (needs the ``dask`` extra).
-        **options: how evaluation runs (:class:`crumple.evaluation.Settings`):
-    {options}
     Returns:
         A Dataset with ``loss[i, j]`` the loss at ``(alpha[i], beta[j])``.
 
@@ -104,24 +95,11 @@ def surface(
             f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
             f"plane and {grid!r}. For one direction use crumple.line"
         )
-    run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
-    return _landscape(model, loss_fn, data, plane, grid, metrics, check, run, options)
+    return _landscape(model, loss_fn, data, plane, grid, **options)
 
 
 def line(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
-    plane: Plane,
-    alpha,
-    *,
-    metrics: Mapping[str, LossFn] | None = None,
-    check: int = 0,
-    progress: bool = False,
-    store: str | Path | None = None,
-    data_id: str | None = None,
-    dask: Any = None,
-    **options: Any,
+    model: nn.Module, loss_fn: LossFn, data: Any, plane: Plane, alpha, **options: Any
 ) -> xr.Dataset:
     """The loss along the first direction of ``plane`` at the coordinates ``alpha``.
 
@@ -138,15 +116,26 @@ def line(
     """
     if plane.ndim == 2:
         plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
+    return _landscape(model, loss_fn, data, plane, Grid(alpha), **options)
+
+
+def _landscape(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    plane: Plane,
+    grid: Grid,
+    *,
+    metrics: Mapping[str, LossFn] | None = None,
+    check: int = 0,
+    progress: bool = False,
+    store: str | Path | None = None,
+    data_id: str | None = None,
+    dask: Any = None,
+    **options: Any,
+) -> xr.Dataset:
     run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
-    return _landscape(model, loss_fn, data, plane, Grid(alpha), metrics, check, run, options)
-
-
-surface.__doc__ = surface.__doc__.format(options=OPTIONS_DOC)
-
-
-def _landscape(model, loss_fn, data, plane, grid, metrics, check, run, options) -> xr.Dataset:
-    settings = Settings.from_options(**options)
+    settings = Settings.from_options(**options, also=("metrics", "check", *run))
     _check_fits(model, plane)
     fns = _named_functions(loss_fn, metrics)
     start = time.perf_counter()

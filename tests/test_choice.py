@@ -52,6 +52,6 @@ def test_the_timed_values_are_kept_and_equal_the_reference():
     plane = cr.Plane.axes(model, *seed.AXES)
     grid = cr.Grid(np.linspace(-2, 2, 20), np.linspace(-2, 2, 20))
     ds = cr.surface(model, F.mse_loss, data, plane, grid)
-    assert ds.attrs["strategy"] == "vmap", ds.attrs["strategy_reason"]  # the article's net: many points a call
+    assert ds.attrs["strategy"] == "vmap", ds.attrs["strategy_reason"]  # many points a call
     slow = cr.reference.surface(model, F.mse_loss, data, plane, grid)
     np.testing.assert_allclose(ds.loss.values, slow.loss.values, rtol=1e-12)

@@ -60,9 +60,12 @@ class Settings:
         object.__setattr__(self, "dtype", _dtype_name(self.dtype))
 
     @classmethod
-    def from_options(cls, chunk_size: int | None = None, **options: Any) -> Settings:
+    def from_options(
+        cls, chunk_size: int | None = None, *, also: tuple[str, ...] = (), **options: Any
+    ) -> Settings:
         """Settings from ``surface``'s keyword arguments; ``chunk_size`` sets both the tile
-        size and the points per call.
+        size and the points per call. ``also`` names the caller's other keywords, for the
+        message that refuses an unknown one.
 
         Example:
             >>> Settings.from_options(chunk_size=8).points_per_call
@@ -76,7 +79,8 @@ class Settings:
         for name in options:
             if name not in known:
                 raise CrumpleError(
-                    f"unknown option {name!r}; the options are {', '.join(sorted(known))}"
+                    f"unknown option {name!r}; the options are "
+                    f"{', '.join(sorted(known | set(also)))}"
                 )
         if options.get("max_memory") is None:
             options.pop("max_memory", None)
