@@ -58,7 +58,8 @@ def choose(
     looping = "expanded" if expanded else "loop"
     obstacle = probes.vmap_obstacle(task.model, task.origin, task.buffers, x)
     if obstacle is not None or points.size < MIN_TIMED_POINTS:
-        reason = f"not vmap: {obstacle}" if obstacle else f"{points.size} points: too few to time"
+        few = f"{points.size} points a call: too few for vmap to pay"
+        reason = f"not vmap: {obstacle}" if obstacle else few
         return Choice(looping, reason, overhead=time.perf_counter() - start), None
     with _no_gc():  # a collection of torch's objects (0.1 s) would decide the choice
         timings, values = _timed(evaluate, points, looping)
