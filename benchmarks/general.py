@@ -155,7 +155,7 @@ def case(name, label, device, skip_package, repeats):
         "each method in a fresh process"
     )
     print(
-        f"  crumple ({c['strategy']}, {c['points_per_call']} points per call): "
+        f"  crumple ({c['strategy']}, {c['points_per_call']} point(s) per call): "
         f"{t['crumple']:7.2f} s  {flops / t['crumple'] / 1e9:6.1f} GFLOP/s"
     )
     print(

@@ -298,13 +298,10 @@ def _plane(args: argparse.Namespace, kind, model, loss_fn, batches, trajectory):
 
 def _surface(args: argparse.Namespace) -> None:
     kind = _plane_kind(args)
-    import torch
-
     import crumple as cr
     from crumple import plot, specs, store
     from crumple.batches import as_batches
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
     loss_fn = specs.loss_function(args.loss)
     metrics = {
         m.rpartition(":")[2]: specs.loss_function(m, "--metric", specs.METRICS) for m in args.metric
@@ -315,7 +312,9 @@ def _surface(args: argparse.Namespace) -> None:
     trajectory = cr.Trajectory.load(args.trajectory) if args.trajectory else None
     plane = _plane(args, kind, model, loss_fn, batches, trajectory)
     grid = cr.Grid(args.grid, args.grid if args.grid_beta is None else args.grid_beta)
-    options = {"max_memory": args.max_memory} if args.max_memory else {}
+    # how evaluation runs: the options as cr.surface names them (unset ones left to it)
+    names = ("data_id", "dask", "chunk_size", "device", "strategy", "max_memory")
+    options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     print(
         f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
@@ -327,20 +326,15 @@ def _surface(args: argparse.Namespace) -> None:
         plane,
         grid,
         store=args.out,
-        data_id=args.data_id,
-        dask=args.dask,
-        chunk_size=args.chunk_size,
         metrics=metrics,
-        device=args.device,
-        dtype=dtype,
-        strategy=args.strategy,
+        dtype=args.dtype,
         progress=True,
         **options,
     )
     paths = {}
     if trajectory is not None:
         paths["path"] = cr.project(
-            trajectory, plane, model, loss_fn, batches, device=args.device, dtype=dtype
+            trajectory, plane, model, loss_fn, batches, device=args.device, dtype=args.dtype
         )
     ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
     store.save_run(args.out, ds, paths, plane)

@@ -175,14 +175,7 @@ def losses(
                     line=dict(color=color, width=1, dash="dash"),
                 )
             )
-    fig.update_layout(
-        template=template,
-        title=title,
-        xaxis_title="step",
-        yaxis_title="loss",
-        margin=dict(l=50, r=10, t=50, b=40),
-    )
-    return fig
+    return _titled(fig, template, title, "step", "loss")
 
 
 def line(
@@ -212,13 +205,7 @@ def line(
             )
         )
     first = next(iter(slices.values()))
-    fig.update_layout(
-        template=template,
-        title=title,
-        xaxis_title=label(first.alpha),
-        yaxis_title=label(first[var]),
-    )
-    return fig
+    return _titled(fig, template, title, label(first.alpha), label(first[var]))
 
 
 def animate(ds: xr.Dataset, paths: Paths, **kwargs) -> go.Figure:
@@ -270,11 +257,16 @@ def fit(
                 line=dict(color=colours(k)[0], width=3),
             )
         )
+    return _titled(fig, template, title, "x", "y")
+
+
+def _titled(fig: go.Figure, template: str, title: str, x: str, y: str) -> go.Figure:
+    """A 2-D figure's template, title and axis titles."""
     fig.update_layout(
         template=template,
         title=title,
-        xaxis_title="x",
-        yaxis_title="y",
-        margin=dict(l=40, r=10, t=50, b=40),
+        xaxis_title=x,
+        yaxis_title=y,
+        margin=dict(l=50, r=10, t=50, b=40),
     )
     return fig
