@@ -5,7 +5,9 @@ with tied embeddings, the MLP and the CNN of benchmarks/general.py), at a float3
 one loop run of 15 x 15 points takes a few seconds on one core: `cr.surface` on a random
 plane against a loop that writes `origin + a * d1 + b * d2` into a copy of the model and runs
 every batch (exact mean: batch means weighed by batch size). Targets: crumple at least 1.0x
-the loop on every model, 6.4x on the MLP and 1.5x on the CNN.
+the loop on every model, and on the MLP and the CNN no less than the engine before the
+strategy registry gave in this same configuration (4.8x and 1.8x, measured 2026-11-28; in
+benchmarks/general.py's two-thread 21 x 21 configuration the figures are 6.4x and 1.5x).
 
 One thread (`torch.set_num_threads(1)`). Each method runs in a fresh process (set-up, a
 2 x 2 warm-up, a full garbage collection, then the timed run), the methods interleaved,
@@ -39,7 +41,7 @@ SIZES = {
     "mlp": dict(n=2048, batch_size=512),
     "cnn": dict(n=128, batch_size=128),
 }
-TARGETS = {"mlp": 6.4, "cnn": 1.5}  # the rest: at least 1.0
+TARGETS = {"mlp": 4.8, "cnn": 1.8}  # the rest: at least 1.0
 TOLERANCE = 1e-3
 
 
