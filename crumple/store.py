@@ -41,10 +41,6 @@ class RunStore:
         self.folder, self.names = folder, names
         self._arrays: dict | None = None  # opened on the first write
 
-    @property
-    def path(self) -> Path:
-        return self.folder / DATA
-
     @classmethod
     def open(cls, folder) -> RunStore | None:
         """The run in ``folder``, or ``None`` if the folder holds none."""

@@ -73,7 +73,7 @@ def run(
             out.attrs["tiles_computed"] = 0
             return Outcome({}, settings, int(out.attrs.get("n_samples", 0)), 0, finished=out)
         if stored is not None:
-            plan = Settings.from_json(json.loads(stored.attrs["plan"]))
+            plan = Settings.from_json(stored.attrs["plan"])
             settings = plan.replace(device=settings.device or plan.device)
     evaluator = build(model, fns, given, plane, settings)
     task = evaluator.task

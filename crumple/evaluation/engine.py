@@ -162,10 +162,6 @@ class Evaluator:
         if settings.strategy != "auto":
             self.strategy = STRATEGIES[settings.strategy](task)
 
-    @property
-    def n_samples(self) -> int:
-        return self.task.n_samples
-
     def __call__(
         self, points: Points, first_block: Mapping[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
