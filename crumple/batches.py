@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from crumple.errors import CrumpleError
+from crumple.errors import CrumpleError, CrumpleTypeError, user_code
 from crumple.params import cast
 
 Batch = tuple[Tensor, Tensor]
@@ -30,12 +30,14 @@ def as_batches(data: Any, *, device=None, dtype: torch.dtype | None = None) -> l
         pairs = [data]
     else:
         try:
-            pairs = list(data)
+            batches_of = iter(data)
         except TypeError:
-            raise TypeError(
+            raise CrumpleTypeError(
                 f"data must be an (x, y) pair of tensors, a DataLoader or an iterable of "
                 f"(x, y) batches; got {type(data).__name__}"
             ) from None
+        with user_code("iterating the data"):
+            pairs = list(batches_of)
     batches = []
     for k, pair in enumerate(pairs):
         if not _is_pair(pair):

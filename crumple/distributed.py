@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crumple.errors import CrumpleError, require_extra
+from crumple.errors import CrumpleError, CrumpleTypeError, require_extra
 
 _EVALUATORS: dict[str, Any] = {}  # on a worker: one evaluator per scattered payload
 UNPACKED = [0]  # on a worker: how many payloads it has unpacked (tests count these)
@@ -42,7 +42,7 @@ def connect(dask: Any):
                 f"cannot reach the Dask scheduler at {dask!r} ({e}); start one with "
                 "`dask scheduler` (and workers with `dask worker ADDRESS`) or use local:N"
             ) from e
-    raise TypeError(
+    raise CrumpleTypeError(
         f"dask must be a distributed.Client, a scheduler address or 'local:N', got {dask!r}"
     )
 
@@ -64,16 +64,15 @@ def local_cluster(n_workers: int):
 
 
 def evaluate_tiles(
-    dask: Any,
+    client,
     payload: Callable[[], tuple],
     tiles: Sequence[tuple[int, tuple[slice, ...]]],
     axes: Sequence[torch.Tensor],
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Evaluate ``tiles`` (index, slices of ``axes``) on the cluster; yield results as they
-    arrive. ``payload()`` gives (model, fns, batches, plane, settings JSON), called once the
-    first tile has fixed the settings."""
+    """Evaluate ``tiles`` (index, slices of ``axes``) on the cluster of ``client``; yield
+    results as they arrive. ``payload()`` gives (model, fns, batches, plane, settings JSON),
+    called once the first tile has fixed the settings."""
     distributed = require_extra("distributed", "dask")
-    client, owned = connect(dask)
     futures = []
     try:
         import cloudpickle
@@ -89,11 +88,15 @@ def evaluate_tiles(
     finally:
         for future in futures:
             future.cancel()
-        if owned:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+
+
+def close(client, owned: bool) -> None:
+    """Close a client (and its local cluster) that crumple made."""
+    if owned:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _tile(packed: bytes, k: int, coords: list):

@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 
 
 class CrumpleError(ValueError):
     """Raised for input crumple cannot use; the message says what was wrong and how to fix it."""
+
+
+class CrumpleTypeError(CrumpleError, TypeError):
+    """A :class:`CrumpleError` for an argument of the wrong type (also a ``TypeError``).
+
+    Example:
+        >>> issubclass(CrumpleTypeError, TypeError), issubclass(CrumpleTypeError, ValueError)
+        (True, True)
+    """
+
+
+@contextlib.contextmanager
+def user_code(where: str) -> Iterator[None]:
+    """A context in which an error from the user's own code (model, loss, data) passes
+    through with a one-line note of where crumple called it.
+
+    Example:
+        >>> try:
+        ...     with user_code("the loss on batch 0"):
+        ...         1 / 0
+        ... except ZeroDivisionError as e:
+        ...     print(e.__notes__)
+        ["crumple: raised by the user's code, called for the loss on batch 0"]
+    """
+    try:
+        yield
+    except CrumpleError:
+        raise
+    except Exception as e:
+        if hasattr(e, "add_note"):  # Python 3.11+
+            e.add_note(f"crumple: raised by the user's code, called for {where}")
+        raise
 
 
 def require_extra(module: str, extra: str) -> ModuleType:

@@ -15,9 +15,13 @@ DIMS = ("alpha", "beta")
 class Grid:
     """A product grid of plane coordinates: ``alpha`` (and ``beta`` for a plane).
 
+    Each axis is sorted into increasing order; a coordinate given twice is refused.
+
     Example:
         >>> Grid(alpha=np.arange(-2, 2, 0.05), beta=np.arange(-2, 2, 0.05)).shape
         (80, 80)
+        >>> Grid([1, -1, 0.5, 0]).axes[0].tolist()
+        [-1.0, 0.0, 0.5, 1.0]
     """
 
     def __init__(self, alpha, beta=None) -> None:
@@ -86,4 +90,11 @@ def _checked_axis(values, dim: str) -> np.ndarray:
         )
     if not np.all(np.isfinite(axis)):
         raise CrumpleError(f"grid axis {dim!r} holds inf or nan; give finite coordinates")
+    axis = np.sort(axis)  # a surface is drawn and analysed along increasing coordinates
+    repeated = axis[1:][np.diff(axis) == 0]
+    if repeated.size:
+        raise CrumpleError(
+            f"grid axis {dim!r} holds {np.unique(repeated).tolist()[:5]} more than once; give "
+            "each coordinate once, e.g. np.unique(values)"
+        )
     return axis

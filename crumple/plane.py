@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
+from crumple.files import save_tensors
 from crumple.params import Params, cast
 
 
@@ -202,14 +203,12 @@ class Plane:
             >>> again.attrs == plane.attrs
             True
         """
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"origin/{n}": t.contiguous() for n, t in self.origin.items()}
         for k, direction in enumerate(self.directions):
             tensors |= {f"direction{k}/{n}": t.contiguous() for n, t in direction.items()}
-        save_file(tensors, str(path), metadata={"crumple_plane": json.dumps(self.attrs)})
+        save_tensors(tensors, path, metadata={"crumple_plane": json.dumps(self.attrs)})
         return path
 
     @classmethod

@@ -143,7 +143,7 @@ def save_run(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if surface.attrs.get("store") != str(folder):
+    if not same_folder(surface.attrs.get("store"), folder):
         if (folder / DATA).exists():
             if "fingerprint" in _surface_group(folder).attrs:
                 raise CrumpleError(
@@ -157,6 +157,17 @@ def save_run(
     if plane is not None:
         plane.save(folder / PLANE)
     return folder
+
+
+def same_folder(a: str | Path | None, b: str | Path) -> bool:
+    """Whether two spellings name one folder (relative or absolute, through links).
+
+    Example:
+        >>> import os
+        >>> same_folder(".", os.getcwd()), same_folder(None, ".")
+        (True, False)
+    """
+    return a is not None and Path(a).resolve() == Path(b).resolve()
 
 
 def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
@@ -184,6 +195,8 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
         raise
     except Exception as e:
         raise damaged(folder, e) from e
+    if "loss" not in surface:
+        raise damaged(folder, KeyError("the surface has no loss variable"))
     if DONE in surface:
         done = surface[DONE].values
         surface = surface.drop_vars(DONE)

@@ -18,6 +18,13 @@ from crumple.dataset import coord_attrs, grid_dataset
 from crumple.errors import CrumpleError
 from crumple.evaluation import Settings
 from crumple.grid import Grid
+from crumple.inputs import (
+    check_fits,
+    check_model,
+    check_plane_and_grid,
+    check_result_size,
+    named_functions,
+)
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
 
@@ -46,8 +53,9 @@ def surface(
         check: re-do this many random grid points with the slow reference loop
             (:mod:`crumple.reference`); the largest relative difference is in
             ``ds.attrs["check_max_rel_diff"]``, and past ``CHECK_TOLERANCE`` it is an error.
-        progress: show a progress bar over tiles (and, before a run of several tiles, the
-            estimated time after the first).
+        progress: show a progress bar over tiles (tqdm: in a terminal or a notebook) and the
+            estimated time after the first, for a run longer than
+            ``crumple.tiles.PROGRESS_AFTER`` seconds; ``False`` shows nothing.
         store: a run folder: tiles are written to it as they finish, and running the same
             call again resumes (finished tiles are read, not recomputed). A folder made from
             other inputs (weights, plane, grid, data, loss, dtype) is refused.
@@ -90,6 +98,7 @@ def surface(
         >>> ds.loss.shape
         (5, 5)
     """
+    check_plane_and_grid(plane, grid)
     if plane.ndim != 2 or len(grid.axes) != 2:
         raise CrumpleError(
             f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
@@ -114,6 +123,7 @@ def line(
         >>> ds.loss.values.tolist()
         [1.0, 0.0, 1.0]
     """
+    check_plane_and_grid(plane)
     if plane.ndim == 2:
         plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
     return _landscape(model, loss_fn, data, plane, Grid(alpha), **options)
@@ -128,7 +138,7 @@ def _landscape(
     *,
     metrics: Mapping[str, LossFn] | None = None,
     check: int = 0,
-    progress: bool = False,
+    progress: bool = True,
     store: str | Path | None = None,
     data_id: str | None = None,
     dask: Any = None,
@@ -136,8 +146,11 @@ def _landscape(
 ) -> xr.Dataset:
     run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
     settings = Settings.from_options(**options, also=("metrics", "check", *run))
-    _check_fits(model, plane)
-    fns = _named_functions(loss_fn, metrics)
+    check_fits(check_model(model), plane)
+    fns = named_functions(loss_fn, metrics)
+    check_result_size(grid.size, len(fns))
+    if not isinstance(check, int) or isinstance(check, bool) or check < 0:
+        raise CrumpleError(f"check must be a number of points >= 0, got {check!r}")
     start = time.perf_counter()
     with evaluation_mode(model):
         given = as_batches(data)  # as the user gave it: the fingerprint hashes these
@@ -156,7 +169,7 @@ def _landscape(
 def _facts(outcome: tiles.Outcome, start: float) -> dict[str, Any]:
     s = outcome.settings
     facts = {
-        "n_samples": outcome.n_samples,
+        **outcome.facts,
         "dtype": s.dtype,
         "device": s.device,
         "strategy": s.strategy,
@@ -178,8 +191,6 @@ def _facts(outcome: tiles.Outcome, start: float) -> dict[str, Any]:
 def _check_against_reference(ds, model, fns, given, plane, n, settings) -> None:
     """Re-do ``n`` random grid points with the reference loop; record the largest relative
     difference in ``ds.attrs``, and refuse the result past the tolerance."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise CrumpleError(f"check must be a number of points >= 0, got {n!r}")
     rng = np.random.default_rng(0)
     flat = rng.choice(ds.loss.size, size=min(n, ds.loss.size), replace=False)
     index = np.unravel_index(flat, ds.loss.shape)
@@ -205,28 +216,4 @@ def _check_against_reference(ds, model, fns, given, plane, n, settings) -> None:
             f"the {settings.strategy} strategy differs from the reference loop by {worst:.3g} "
             f"(relative, more than {tolerance:g}) in {where[0]} at {where[1]}; evaluate with "
             "strategy='loop' and report this model to crumple"
-        )
-
-
-def _named_functions(loss_fn: LossFn, metrics: Mapping[str, LossFn] | None) -> dict[str, LossFn]:
-    fns = {"loss": loss_fn, **(metrics or {})}
-    for name, fn in fns.items():
-        if not callable(fn):
-            raise TypeError(f"{name} must be a function fn(pred, y) -> batch mean, got {fn!r}")
-    return fns
-
-
-def _check_fits(model: nn.Module, plane: Plane) -> None:
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    plane_shapes = {n: tuple(t.shape) for n, t in plane.origin.items()}
-    if shapes != plane_shapes:
-        missing = sorted(shapes.keys() - plane_shapes.keys())
-        extra = sorted(plane_shapes.keys() - shapes.keys())
-        resized = sorted(
-            n for n in shapes.keys() & plane_shapes.keys() if shapes[n] != plane_shapes[n]
-        )
-        raise CrumpleError(
-            "the plane was not made for this model: "
-            f"missing {missing}, unknown {extra}, different shapes {resized}; "
-            "build the plane from the same model (e.g. Plane.axes(model, ...))"
         )

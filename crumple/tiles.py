@@ -12,6 +12,8 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from crumple.plane import Plane
 from crumple.store import PLANE, RunStore, damaged, open_run
 
 TILE_SECONDS = 0.25
+PROGRESS_AFTER = 2.0  # seconds: shorter runs show no progress bar and no estimate
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Outcome:
 
     values: dict[str, np.ndarray]
     settings: Settings
-    n_samples: int
+    facts: dict
     tiles_computed: int
     choice: Choice | None = None
     run: RunStore | None = None
@@ -62,20 +65,42 @@ def run(
     coord_attrs: Mapping[str, dict] | None = None,
 ) -> Outcome:
     """Evaluate ``grid`` on ``plane`` tile by tile (the model already in evaluation mode;
-    ``given`` the user's batches, which the fingerprint hashes)."""
-    stored = fp = None
+    ``given`` the user's batches, which the fingerprint hashes). A run folder and a Dask
+    address are checked before any work."""
     if store is not None:
-        dtype = settings.dtype or str(next(iter(plane.origin.values())).dtype)
-        fp = fingerprint(model, plane, grid, given, fns, dtype, data_id)
-        stored = _resume(store, fp)
-        if stored is not None and all(stored.done()):
-            out = open_run(store)["surface"]
-            out.attrs["tiles_computed"] = 0
-            return Outcome({}, settings, int(out.attrs.get("n_samples", 0)), 0, finished=out)
-        if stored is not None:
-            plan = Settings.from_json(stored.attrs["plan"])
-            settings = plan.replace(device=settings.device or plan.device)
-    evaluator = build(model, fns, given, plane, settings)
+        _check_folder(store)
+    cluster = None
+    if dask is not None:
+        from crumple.distributed import connect
+
+        cluster = connect(dask)
+    try:
+        stored = fp = None
+        if store is not None:
+            dtype = settings.dtype or str(next(iter(plane.origin.values())).dtype)
+            fp = fingerprint(model, plane, grid, given, fns, dtype, data_id)
+            stored = _resume(store, fp)
+            if stored is not None and all(stored.done()):
+                out = open_run(store)["surface"]
+                out.attrs.update(tiles_computed=0, store=str(Path(store).resolve()))
+                return Outcome({}, settings, {}, 0, finished=out)
+            if stored is not None:
+                plan = Settings.from_json(stored.attrs["plan"])
+                settings = plan.replace(device=settings.device or plan.device)
+        evaluator = build(model, fns, given, plane, settings)
+        new = (store, fp, coord_attrs) if stored is None and store is not None else None
+        return _run_tiles(evaluator, grid, stored, new, cluster, progress)
+    finally:
+        if cluster is not None:
+            from crumple.distributed import close
+
+            close(*cluster)
+
+
+def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress: bool) -> Outcome:
+    """Size the tiles (timing a first call, kept), create the store (``new``: folder,
+    fingerprint, coordinate attributes) if there is none yet, run the first tile here and
+    the rest here or on the cluster, writing each as it arrives."""
     task = evaluator.task
     axes = [torch.as_tensor(a, dtype=task.dtype, device=task.device) for a in grid.axes]
 
@@ -93,9 +118,11 @@ def run(
         tile_size = max(evaluator.settings.points_per_call, math.ceil(TILE_SECONDS / per_point))
     evaluator.settings = evaluator.settings.replace(tile_size=tile_size)
     tiles = list(grid.tiles(tile_size))
-    if store is not None and stored is None:
+    if new is not None:
+        folder, fp, coord_attrs = new
         attrs = {"fingerprint": json.dumps(fp), "plan": evaluator.settings.to_json()}
-        stored = RunStore.create(store, grid, list(fns), tiles, attrs, coord_attrs)
+        names = list(task.fns)
+        stored = RunStore.create(folder, grid, names, tiles, attrs, coord_attrs)
     done = stored.done() if stored is not None else [False] * len(tiles)
     todo = [k for k, finished in enumerate(done) if not finished]
 
@@ -106,28 +133,35 @@ def run(
 
     # the first tile runs here: it fixes the strategy and gives the time estimate
     sources = [local(todo[:1])]
-    if dask is not None and len(todo) > 1:
+    if cluster is not None and len(todo) > 1:
         from crumple.distributed import evaluate_tiles
 
         def payload():
             settings = evaluator.settings.to_json()
-            return (model, dict(fns), task.batches, task.plane, settings)
+            return (task.model, task.fns, task.batches, task.plane, settings)
 
-        sources.append(evaluate_tiles(dask, payload, [(k, tiles[k]) for k in todo[1:]], axes))
+        rest = [(k, tiles[k]) for k in todo[1:]]
+        sources.append(evaluate_tiles(cluster[0], payload, rest, axes))
     else:
         sources.append(local(todo[1:]))
     results = itertools.chain(*sources)
-    values = _collect(results, tiles, todo, grid, list(fns), stored, evaluator, progress, dask)
-    return Outcome(values, evaluator.settings, task.n_samples, len(todo), evaluator.choice, stored)
+    values = _collect(results, tiles, todo, grid, stored, evaluator, progress, cluster)
+    return Outcome(values, evaluator.settings, task.facts(), len(todo), evaluator.choice, stored)
 
 
 def _collect(
-    results, tiles, todo, grid, names, stored, evaluator, progress, dask
+    results, tiles, todo, grid, stored, evaluator, progress, cluster
 ) -> dict[str, np.ndarray]:
     """Write each tile's values as it arrives (to the store, if any, whose plan is updated
     after the first tile: the strategy may have been chosen there), with a progress bar."""
-    out = {name: np.full(grid.shape, np.nan) for name in names}
-    bar = tqdm(total=len(tiles), initial=len(tiles) - len(todo), disable=not progress, unit="tile")
+    out = {name: np.full(grid.shape, np.nan) for name in evaluator.task.fns}
+    bar = tqdm(
+        total=len(tiles),
+        initial=len(tiles) - len(todo),
+        disable=not progress,
+        unit="tile",
+        delay=PROGRESS_AFTER,
+    )
     first = time.perf_counter()
     for n, (k, values) in enumerate(results):
         values = {name: np.asarray(torch.as_tensor(v).double().cpu()) for name, v in values.items()}
@@ -137,11 +171,12 @@ def _collect(
             if n == 0:
                 stored.set_attrs(plan=evaluator.settings.to_json())
             stored.write(k, tiles[k], values)
-        if n == 0 and progress and len(todo) > 1:
-            estimate = (time.perf_counter() - first) * len(todo)
-            where = " on this process" if dask is not None else ""
+        estimate = (time.perf_counter() - first) * len(todo)
+        if n == 0 and progress and len(todo) > 1 and estimate > PROGRESS_AFTER:
+            where = " on this process" if cluster is not None else ""
             bar.write(
-                f"crumple: {len(todo)} tiles to compute, about {estimate:.3g} s in all{where}"
+                f"crumple: {len(todo)} tiles to compute, about {estimate:.3g} s in all{where}",
+                file=sys.stderr,
             )
         bar.update()
     bar.close()
@@ -155,7 +190,7 @@ def finish(outcome: Outcome, ds: xr.Dataset, plane: Plane) -> xr.Dataset:
         return ds
     folder = outcome.run.folder
     plane.save(folder / PLANE)
-    attrs = ds.attrs | {"store": str(folder)}
+    attrs = ds.attrs | {"store": str(folder.resolve())}
     out = outcome.run.finish(attrs, {n: dict(ds[n].attrs) for n in ds.data_vars})
     out.attrs["tiles_computed"] = outcome.tiles_computed
     return out
@@ -180,12 +215,37 @@ def _resume(folder, fp: Mapping[str, str]) -> RunStore | None:
         raise damaged(folder, e) from e
     differs = [k for k in fp if previous.get(k) != fp[k]]
     if differs:
+        hint = (
+            " If the data is the same in other batches or another order, or read afresh "
+            "(augmented, sampled), name it with data_id= (--data-id) in both runs."
+            if "data" in differs
+            else ""
+        )
         raise CrumpleError(
             f"{str(folder)!r} holds a run made with other {', '.join(differs)}; it is left "
             "as it is. To resume it, give the same model weights, plane, grid, data, loss "
-            "and dtype; to start a fresh run, choose another folder or delete this one"
+            f"and dtype; to start a fresh run, choose another folder or delete this one.{hint}"
         )
     return stored
+
+
+def _check_folder(store) -> None:
+    """Refuse a run folder that is a file, or cannot be made, before any work."""
+    folder = Path(store)
+    if folder.exists() and not folder.is_dir():
+        raise CrumpleError(
+            f"store {str(store)!r} is a file, not a folder; give a folder for the run "
+            "(it is made if missing)"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CrumpleError(
+            f"cannot make the run folder {str(store)!r} ({e.strerror or e}); choose a folder "
+            "you can write to"
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise CrumpleError(f"cannot write to the run folder {str(store)!r}; choose another")
 
 
 def fingerprint(
@@ -213,13 +273,7 @@ def fingerprint(
     plane_tensors = [(f"origin.{n}", t) for n, t in plane.origin.items()]
     for k, d in enumerate(plane.directions):
         plane_tensors += [(f"d{k}.{n}", t) for n, t in d.items()]
-    data = (
-        data_id
-        if data_id is not None
-        else _digest(
-            (f"{k}.{part}", t) for k, batch in enumerate(batches) for part, t in zip("xy", batch)
-        )
-    )
+    data = data_id if data_id is not None else samples_digest(batches)
     return {
         "weights": _digest(weights),
         "plane": _digest(plane_tensors),
@@ -228,6 +282,29 @@ def fingerprint(
         "loss": ", ".join(f"{name}={_qualified(fn)}" for name, fn in fns.items()),
         "dtype": str(dtype).removeprefix("torch."),
     }
+
+
+def samples_digest(batches) -> str:
+    """A digest of the data's samples that does not depend on their order or batching (a
+    shuffled loader fingerprints as the same data): each sample's bytes are hashed, and the
+    sorted hashes are hashed again.
+
+    Example:
+        >>> x, y = torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 2])
+        >>> samples_digest([(x, y)]) == samples_digest([(x[[2, 0]], y[[2, 0]]), (x[1:2], y[1:2])])
+        True
+    """
+    rows: list[bytes] = []
+    for batch in batches:
+        parts = [t.detach().cpu().contiguous() for t in batch]
+        flat = [p.reshape(len(p), -1).view(torch.uint8).numpy() for p in parts]
+        kinds = ";".join(f"{p.dtype}:{tuple(p.shape[1:])}" for p in parts).encode()
+        for i in range(len(flat[0])):
+            h = hashlib.blake2b(kinds, digest_size=16)
+            for f in flat:
+                h.update(f[i].tobytes())
+            rows.append(h.digest())
+    return "samples:" + hashlib.sha256(b"".join(sorted(rows))).hexdigest()[:16]
 
 
 def _digest(tensors: Iterable[tuple[str, Tensor]]) -> str:

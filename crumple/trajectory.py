@@ -12,8 +12,10 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from crumple.errors import CrumpleError
+from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation import Points, Settings, build
+from crumple.files import save_tensors
+from crumple.inputs import check_fits, check_model, check_plane_and_grid, named_functions
 from crumple.params import Params, evaluation_mode, parameters_of
 from crumple.plane import Plane
 
@@ -140,7 +142,7 @@ class Recorder:
 
     def __init__(self, model: nn.Module, every: int = 1, to: str | Path | None = None) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise CrumpleTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(every, int) or every < 1:
             raise CrumpleError(f"every must be a positive integer, got {every!r}")
         self.model = model
@@ -174,9 +176,8 @@ class Recorder:
             if t.folder is None:
                 t.weights.append(weights)
             else:
-                from safetensors.torch import save_file
-
-                save_file({n: w.contiguous() for n, w in weights.items()}, str(t._file(self.step)))
+                contiguous = {n: w.contiguous() for n, w in weights.items()}
+                save_tensors(contiguous, t._file(self.step))
                 with open(t.folder / INDEX, "a") as index:
                     index.write(json.dumps({"step": self.step, "loss": value}) + "\n")
             t.steps.append(self.step)
@@ -210,16 +211,27 @@ def project(
         >>> float(path.off_plane[0])
         0.0
     """
+    if not isinstance(trajectory, Trajectory):
+        raise CrumpleTypeError(
+            f"trajectory must be a crumple.Trajectory, got {type(trajectory).__name__}; use "
+            "Recorder(model).trajectory or Trajectory.load(folder)"
+        )
+    check_plane_and_grid(plane)
+    check_fits(check_model(model), plane)
+    fns = named_functions(loss_fn)
+    settings = Settings.from_options(**options)
     names = trajectory.names()
-    if set(names) != set(plane.origin):
+    first = trajectory.snapshot(0)
+    shapes = {n: tuple(first[n].shape) for n in names}
+    if shapes != {n: tuple(t.shape) for n, t in plane.origin.items()}:
         raise CrumpleError(
-            "the trajectory's parameters differ from the plane's; record the same model "
-            "the plane was built from"
+            "the trajectory's parameters differ from the plane's (names or shapes); record "
+            "the same model the plane was built from"
         )
     coords, off_plane = _least_squares(trajectory, plane)
 
     with evaluation_mode(model):
-        evaluate = build(model, {"loss": loss_fn}, data, plane, Settings.from_options(**options))
+        evaluate = build(model, fns, data, plane, settings)
         reference = next(iter(evaluate.task.origin.values()))
         true, on_plane = [], []
         for start in range(0, len(trajectory), PROJECT_CHUNK):

@@ -57,10 +57,16 @@ class Task:
     plane: Plane | None
     origin: Params
     kernels: Kernels
+    data_cast: str | None = None  # "float32 -> float64" when the data was cast
     n_samples: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.n_samples = number_of_samples(self.batches)
+
+    def facts(self) -> dict[str, object]:
+        """What ``ds.attrs`` says about the data."""
+        cast = {"data_cast": self.data_cast} if self.data_cast else {}
+        return {"n_samples": self.n_samples, **cast}
 
     @property
     def device(self) -> torch.device:
@@ -86,7 +92,6 @@ def prepare(
     the same call builds the same task without probing."""
     settle_allocator()
     device, dtype = settings.torch_device, settings.torch_dtype
-    batches = as_batches(data, device=device, dtype=dtype)
     plane = plane.to(device, dtype) if plane is not None else None
     buffers = {n: cast(b, device, dtype) for n, b in buffers_of(model).items()}
     if plane is not None:
@@ -94,6 +99,12 @@ def prepare(
     else:
         origin = {n: cast(p.detach(), device, dtype) for n, p in model.named_parameters()}
     reference = next(iter(origin.values()))
+    batches = as_batches(data, device=reference.device)
+    given = batches[0][0].dtype
+    batches = as_batches(batches, dtype=reference.dtype)  # float data in the weights' dtype
+    data_cast = None
+    if given.is_floating_point and given != reference.dtype:
+        data_cast = f"{given} -> {reference.dtype}".replace("torch.", "")
     x = batches[0][0]
     if check:
         probes.check_deterministic(model, origin, buffers, x[: probes.PROBE_SAMPLES])
@@ -107,7 +118,7 @@ def prepare(
     if batching == "rebatch":
         batches = rebatched(batches, sizes["batch_size"])
     kernels = Kernels(plane, settings.max_memory // CACHE_SHARE)
-    task = Task(model, dict(fns), batches, buffers, plane, origin, kernels)
+    task = Task(model, dict(fns), batches, buffers, plane, origin, kernels, data_cast)
     resolved = settings.replace(
         batching=batching,
         device=str(reference.device),

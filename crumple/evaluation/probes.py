@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from crumple.errors import CrumpleError
+from crumple.errors import CrumpleError, user_code
 from crumple.evaluation.kernels import Kernels
 from crumple.params import Params
 from crumple.plane import Plane
@@ -34,7 +34,8 @@ CPU_VMAP_OBSTACLES: dict[type[nn.Module], str] = {
 def check_deterministic(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> None:
     """Run the model twice on the same samples; refuse a model whose output changes,
     naming the first module that differs."""
-    passes = [_module_outputs(model, params, buffers, x) for _ in range(2)]
+    with user_code(f"model(x) on the first {len(x)} samples of the data, shape {tuple(x.shape)}"):
+        passes = [_module_outputs(model, params, buffers, x) for _ in range(2)]
     for (name, first), (_, second) in zip(*passes):
         if first.shape != second.shape or not torch.equal(first, second):
             raise CrumpleError(

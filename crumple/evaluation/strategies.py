@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from crumple.errors import CrumpleError
+from crumple.errors import CrumpleError, user_code
 from crumple.evaluation.kernels import ElidedRead
 from crumple.evaluation.points import Points
 from crumple.params import Params
@@ -89,10 +89,12 @@ class Loop(Strategy):
                 params = points.params_at(*point)
             self._load(params)
             sums = dict.fromkeys(task.fns, 0.0)
-            for x, y in task.batches:
-                preds = checked_prediction(self.work(x))
+            for b, (x, y) in enumerate(task.batches):
+                with user_code(f"model(x) on batch {b}, shape {tuple(x.shape)}"):
+                    preds = checked_prediction(self.work(x))
                 for name, fn in task.fns.items():
-                    sums[name] += float(batch_mean(name, fn(preds, y))) * len(x)
+                    with user_code(f"the {name} function on batch {b}"):
+                        sums[name] += float(batch_mean(name, fn(preds, y))) * len(x)
             for name, total in sums.items():
                 out[name][index] = total / task.n_samples
         return out
@@ -118,7 +120,8 @@ class _Intercepted(Strategy):
                 def predict(x: Tensor, params: Params, point: Sequence[Any], elided=(), b=b):
                     task.kernels.start(b, x, params, point, on_plane, frozenset(elided))
                     try:
-                        preds = functional_call(task.model, (params, task.buffers), (x,))
+                        with user_code(f"model(x) on batch {b}, shape {tuple(x.shape)}"):
+                            preds = functional_call(task.model, (params, task.buffers), (x,))
                     finally:
                         task.kernels.stop()
                     return checked_prediction(preds)
@@ -160,7 +163,8 @@ class Expanded(_Intercepted):
                 except ElidedRead:  # now in kernels.reads: combined from here on
                     continue
             for name, fn in task.fns.items():
-                out[name][index] = batch_mean(name, fn(preds, y)).double()
+                with user_code(f"the {name} function"):
+                    out[name][index] = batch_mean(name, fn(preds, y)).double()
         return out
 
 
@@ -180,7 +184,8 @@ class Vmap(_Intercepted):
         flat = preds.reshape(-1, *preds.shape[depth:])
         out = {}
         for name, fn in self.task.fns.items():
-            values = vmap(fn, in_dims=(0, None))(flat, y)
+            with user_code(f"the {name} function (under vmap)"):
+                values = vmap(fn, in_dims=(0, None))(flat, y)
             if values.shape != flat.shape[:1]:
                 raise not_a_mean(name, values.shape[1:])
             out[name] = values.reshape(points.shape)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from crumple.errors import CrumpleError
+from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.params import Params, parameters_from, parameters_of, parse_entry
 from crumple.plane import Plane, cosine, norm
 
@@ -203,7 +203,7 @@ def _weights_of(point: nn.Module | Params, label: str, reference: nn.Module | No
     if isinstance(point, nn.Module):
         return parameters_of(point)
     if not isinstance(point, Mapping) or not all(isinstance(t, Tensor) for t in point.values()):
-        raise TypeError(
+        raise CrumpleTypeError(
             f"model {label} must be an nn.Module or a {{name: tensor}} dict of its weights, "
             f"got {type(point).__name__}"
         )

@@ -1,0 +1,121 @@
+"""What every public entry point checks before any work: the model, the loss and metrics,
+the plane's fit to the model, and the memory a grid's results will take."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from crumple.errors import CrumpleError, CrumpleTypeError
+from crumple.grid import Grid
+from crumple.plane import Plane
+
+MEMORY_SHARE = 0.5  # of the machine's memory that a grid's result arrays may take
+
+
+def check_model(model: Any) -> nn.Module:
+    """``model`` if it is a ``torch.nn.Module``, else a clear refusal.
+
+    Example:
+        >>> check_model(len)
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleTypeError: model must be a torch.nn.Module, got builtin_function_or_method len; wrap a function in a Module whose forward calls it
+    """  # noqa: E501
+    if not isinstance(model, nn.Module):
+        name = getattr(model, "__name__", "")
+        raise CrumpleTypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__} {name}".rstrip()
+            + "; wrap a function in a Module whose forward calls it"
+        )
+    return model
+
+
+def named_functions(
+    loss_fn: Callable, metrics: Mapping[str, Callable] | None = None
+) -> dict[str, Callable]:
+    """``{"loss": loss_fn, **metrics}``, each a function; a metric may not be called "loss".
+
+    Example:
+        >>> list(named_functions(abs, {"acc": abs}))
+        ['loss', 'acc']
+    """
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise CrumpleTypeError(
+            f"metrics must be a dict of name -> fn(pred, y), got {type(metrics).__name__}; "
+            "e.g. metrics={'accuracy': accuracy}"
+        )
+    if metrics and "loss" in metrics:
+        raise CrumpleError(
+            "metrics holds a function named 'loss', which would replace the loss; give the "
+            "loss as loss_fn and name the metric otherwise (e.g. 'loss2')"
+        )
+    fns = {"loss": loss_fn, **(metrics or {})}
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise CrumpleTypeError(
+                f"{name} must be a function fn(pred, y) -> batch mean, got {fn!r}"
+            )
+    return fns
+
+
+def check_plane_and_grid(plane: Any, grid: Any = None) -> None:
+    """Refuse a ``plane`` that is not a :class:`Plane`, a ``grid`` that is not a ``Grid``."""
+    if not isinstance(plane, Plane):
+        raise CrumpleTypeError(
+            f"plane must be a crumple.Plane, got {type(plane).__name__}; build one with "
+            "Plane.random(model), Plane.axes(model, ...), Plane.between(...) or Plane.pca(...)"
+        )
+    if grid is not None and not isinstance(grid, Grid):
+        raise CrumpleTypeError(
+            f"grid must be a crumple.Grid, got {type(grid).__name__}; e.g. "
+            "cr.Grid(np.linspace(-1, 1, 21), np.linspace(-1, 1, 21))"
+        )
+
+
+def check_fits(model: nn.Module, plane: Plane) -> None:
+    """Refuse a plane whose parameters are not the model's (names and shapes)."""
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    plane_shapes = {n: tuple(t.shape) for n, t in plane.origin.items()}
+    if shapes != plane_shapes:
+        missing = sorted(shapes.keys() - plane_shapes.keys())
+        extra = sorted(plane_shapes.keys() - shapes.keys())
+        resized = sorted(
+            n for n in shapes.keys() & plane_shapes.keys() if shapes[n] != plane_shapes[n]
+        )
+        raise CrumpleError(
+            "the plane was not made for this model: "
+            f"missing {missing}, unknown {extra}, different shapes {resized}; "
+            "build the plane from the same model (e.g. Plane.axes(model, ...))"
+        )
+
+
+def check_result_size(points: int, names: int) -> None:
+    """Refuse a grid whose float64 results (one array per function, plus the store's copy)
+    would take more than ``MEMORY_SHARE`` of the machine's memory.
+
+    Example:
+        >>> check_result_size(10**10, 1)
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleError: a grid of 10,000,000,000 points needs 149 GiB ...
+    """
+    needed = 2 * 8 * points * names
+    available = machine_memory()
+    if available and needed > MEMORY_SHARE * available:
+        raise CrumpleError(
+            f"a grid of {points:,} points needs {needed / 2**30:.3g} GiB for its results "
+            f"({names} function(s), float64), more than half of this machine's "
+            f"{available / 2**30:.3g} GiB; use fewer points (a coarser or smaller grid)"
+        )
+
+
+def machine_memory() -> int | None:
+    """Bytes of physical memory, or ``None`` where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
