@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from crumple.errors import CrumpleError
 from crumple.evaluation import probes
 from crumple.evaluation.points import Points
 
@@ -57,23 +58,35 @@ def choose(
     )
     looping = "expanded" if expanded else "loop"
     obstacle = probes.vmap_obstacle(task.model, task.origin, task.buffers, x)
+    one = points.take([slice(0, 1)] * len(points.shape))
+    if obstacle is None and points.size >= MIN_TIMED_POINTS:
+        obstacle = _fails_under_vmap(evaluate, one)  # the loss functions too, and warms up
     if obstacle is not None or points.size < MIN_TIMED_POINTS:
         few = f"{points.size} points a call: too few for vmap to pay"
         reason = f"not vmap: {obstacle}" if obstacle else few
         return Choice(looping, reason, overhead=time.perf_counter() - start), None
     with _no_gc():  # a collection of torch's objects (0.1 s) would decide the choice
-        timings, values = _timed(evaluate, points, looping)
+        timings, values = _timed(evaluate, points, one, looping)
     best = min(timings, key=timings.get)
     overhead = max(0.0, time.perf_counter() - start - timings[best] * points.size)
     rates = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in timings.items())
     return Choice(best, f"timed per point: {rates}", timings, overhead), values
 
 
-def _timed(evaluate, points: Points, looping: str) -> tuple[dict[str, float], dict]:
+def _fails_under_vmap(evaluate, one: Points) -> str | None:
+    """Why vmap cannot evaluate the model and its functions at one point, or ``None``."""
+    try:
+        evaluate("vmap", one)
+    except CrumpleError:
+        raise
+    except Exception as e:
+        return f"vmap cannot evaluate it ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+    return None
+
+
+def _timed(evaluate, points: Points, one: Points, looping: str) -> tuple[dict[str, float], dict]:
     """Seconds per point of vmap on ``points`` (values kept) and of the loop on a few of
-    them, each after a one-point warm-up."""
-    one = points.take([slice(0, 1)] * len(points.shape))
-    evaluate("vmap", one)
+    them, each after a one-point warm-up (vmap's was done by the caller)."""
     evaluate(looping, one)
     timings = {}
     timer = time.perf_counter()

@@ -161,9 +161,16 @@ def pca_plane(trajectory, ndim: int) -> Plane:
 
 def _with_cosine(plane: Plane) -> Plane:
     """The plane with the cosine between its directions in its attrs, once the plane's own
-    checks (no zero direction) have passed."""
+    checks (no zero direction) have passed; directions along one line are refused (the
+    plane would be a line drawn as a surface)."""
     if plane.ndim == 2:
         plane.attrs["cosine"] = cosine(*plane.directions)
+        if abs(plane.attrs["cosine"]) > 1 - 1e-9:
+            raise CrumpleError(
+                f"the plane's two directions are parallel (cosine {plane.attrs['cosine']:.6f}): "
+                "for Plane.between, models b and c lie on one line through a; give a third "
+                "model off that line, or draw the line Plane.between(a, b)"
+            )
     return plane
 
 
