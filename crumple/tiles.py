@@ -112,9 +112,10 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress: bool) -> O
         block = next(grid.tiles(evaluator.settings.points_per_call))
         timer = time.perf_counter()
         measured = evaluator(points(block))
-        seconds = (time.perf_counter() - timer) / math.prod(s.stop - s.start for s in block)
-        timed = evaluator.choice.seconds_per_point if evaluator.choice else None
-        per_point = max(timed or seconds, 1e-9)
+        choice = evaluator.choice
+        seconds = time.perf_counter() - timer - (choice.overhead if choice else 0.0)
+        timed = choice.seconds_per_point if choice else None
+        per_point = max(timed or seconds / math.prod(s.stop - s.start for s in block), 1e-9)
         tile_size = max(evaluator.settings.points_per_call, math.ceil(TILE_SECONDS / per_point))
     evaluator.settings = evaluator.settings.replace(tile_size=tile_size)
     tiles = list(grid.tiles(tile_size))
@@ -145,15 +146,18 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress: bool) -> O
     else:
         sources.append(local(todo[1:]))
     results = itertools.chain(*sources)
-    values = _collect(results, tiles, todo, grid, stored, evaluator, progress, cluster)
+    precomputed = math.prod(s.stop - s.start for s in block) if measured is not None else 0
+    values = _collect(results, tiles, todo, grid, stored, evaluator, progress, precomputed)
     return Outcome(values, evaluator.settings, task.facts(), len(todo), evaluator.choice, stored)
 
 
 def _collect(
-    results, tiles, todo, grid, stored, evaluator, progress, cluster
+    results, tiles, todo, grid, stored, evaluator, progress, precomputed
 ) -> dict[str, np.ndarray]:
     """Write each tile's values as it arrives (to the store, if any, whose plan is updated
-    after the first tile: the strategy may have been chosen there), with a progress bar."""
+    after the first tile: the strategy may have been chosen there), with a progress bar and,
+    after the first tile, the estimated time (``precomputed``: points of tile 0 computed
+    before, when the tiles were sized)."""
     out = {name: np.full(grid.shape, np.nan) for name in evaluator.task.fns}
     bar = tqdm(
         total=len(tiles),
@@ -171,16 +175,24 @@ def _collect(
             if n == 0:
                 stored.set_attrs(plan=evaluator.settings.to_json())
             stored.write(k, tiles[k], values)
-        estimate = (time.perf_counter() - first) * len(todo)
-        if n == 0 and progress and len(todo) > 1 and estimate > PROGRESS_AFTER:
-            where = " on this process" if cluster is not None else ""
-            bar.write(
-                f"crumple: {len(todo)} tiles to compute, about {estimate:.3g} s in all{where}",
-                file=sys.stderr,
-            )
+        if n == 0 and progress and len(todo) > 1:
+            done_before = precomputed if k == 0 else 0
+            _estimate(bar, [tiles[j] for j in todo], done_before, time.perf_counter() - first)
         bar.update()
     bar.close()
     return out
+
+
+def _estimate(bar, tiles: list, done_before: int, first_seconds: float) -> None:
+    """Say how long the tiles will take in all (at the first tile's time per point, less
+    the ``done_before`` points it did not compute), when that is longer than PROGRESS_AFTER."""
+    points = [math.prod(s.stop - s.start for s in tile) for tile in tiles]
+    estimate = first_seconds / max(points[0] - done_before, 1) * (sum(points) - done_before)
+    if estimate > PROGRESS_AFTER:
+        bar.write(
+            f"crumple: {len(tiles)} tiles to compute, about {estimate:.3g} s in all",
+            file=sys.stderr,
+        )
 
 
 def finish(outcome: Outcome, ds: xr.Dataset, plane: Plane) -> xr.Dataset:
