@@ -360,7 +360,13 @@ def _plot(args: argparse.Namespace) -> None:
     if not (args.html or args.png or args.pdf):
         raise CrumpleError("say what to write: --html PAGE, --png FILE and/or --pdf FILE")
     from crumple import plot, store
+    from crumple.plot.static import static_path
 
+    static = [  # each file's suffix is its option's format, checked before anything is written
+        static_path(target, option, f".{option[2:]}")
+        for target, option in ((args.png, "--png"), (args.pdf, "--pdf"))
+        if target
+    ]
     run = store.open_run(args.folder)
     ds = run.pop("surface")
     if args.html:
@@ -368,9 +374,8 @@ def _plot(args: argparse.Namespace) -> None:
             args.html, ds, run, title=f"crumple: {args.folder}", log=args.log, zmax=args.zmax
         )
         print(f"wrote {page}")
-    for target in (args.png, args.pdf):
-        if target:
-            print(f"wrote {plot.save_static(ds, target, run, log=args.log, zmax=args.zmax)}")
+    for target in static:
+        print(f"wrote {plot.save_static(ds, target, run, log=args.log, zmax=args.zmax)}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -152,15 +152,19 @@ def test_divergent_values_are_clipped_and_marked_not_flattening_the_rest():
     fig = cr.plot.surface(bad)
     surf = traces(fig, "surface")[0]
     z = np.array(surf.z, dtype=float)
-    assert np.isfinite(z).all()
-    cap = z.max()
-    assert cap < 100  # the 1e12 did not set the scale
+    assert np.isnan(z[10, 10]) and np.isfinite(np.delete(z.ravel(), 10 * 41 + 10)).all()
+    cap = np.nanmax(z)
+    assert cap == ds.loss.values.max() == surf.cmax  # the 1e12 did not set the scale
     marked = traces(fig, "scatter3d", "clipped")[0]
-    assert len(marked.x) >= 3 and marked.showlegend
+    assert len(marked.x) == 2 and marked.showlegend  # inf and 1e12; nan is a gap, not a mark
+    assert sorted(marked.text) == ["1e+12", "inf"]
     assert np.allclose(np.array(surf.z, dtype=float)[4, 3], cap)  # z[row=beta][col=alpha]
+    assert (
+        "2 of 1681 values above 18 drawn at 18 (1 inf); 1 nan left as gaps" in fig.layout.title.text
+    )
     # a fixed cap and a log scale
     capped = traces(cr.plot.surface(bad, zmax=5.0), "surface")[0]
-    assert np.array(capped.z, dtype=float).max() == 5.0
+    assert np.nanmax(np.array(capped.z, dtype=float)) == 5.0 == capped.cmax
     logged = cr.plot.surface(ds.assign(loss=ds.loss + 1), log=True)
     assert logged.layout.scene.zaxis.title.text.startswith("log10")
     assert np.isclose(np.array(traces(logged, "surface")[0].z, dtype=float).min(), 0.0)

@@ -11,7 +11,9 @@ import plotly.graph_objects as go
 import xarray as xr
 
 from crumple import planes
-from crumple.plot.style import Paths, Scale, colours, display_grid, label, off_plane
+from crumple.errors import CrumpleError
+from crumple.plot.scale import Scale
+from crumple.plot.style import Paths, check_paths, colours, display_grid, label, off_plane
 from crumple.plot.traces import add_animation, add_clipped, add_critical, add_cursor, add_path
 
 __all__ = ["surface", "contour", "losses", "line", "animate", "fit", "display_grid"]
@@ -36,8 +38,10 @@ def surface(
         paths: name -> dataset from :func:`crumple.project`. A path that leaves the plane is
             also drawn faintly at its projection (``loss_on_plane``).
         log: draw log10 of the loss.
-        zmax: clip the drawn loss at this value (default: from the finite values' spread);
-            clipped points, inf and nan are marked.
+        zmax: clip the drawn loss at this value (default: the largest value within the
+            finite values' spread, :class:`~crumple.plot.scale.Scale`); clipped points and
+            inf are marked and counted in the subtitle, nan is left as a gap. A surface with
+            no finite value says so instead of drawing anything.
         critical: mark local minima, maxima and saddles (counts in the legend) and label
             the grid's global minimum.
         animate: let the paths grow step by step (play button and slider).
@@ -52,33 +56,37 @@ def surface(
         ('surface', 'loss')
     """
     fig = fig if fig is not None else go.Figure()
+    paths = check_paths(paths)
     view, note = display_grid(ds)
-    scale = Scale(view.loss.values, log, zmax)
+    scale = Scale(ds.loss.values, log, zmax)  # from all the data, not the thinned view
     # plotly puts z[row] at y[row]: rows must run along beta
     z = view.loss.transpose("beta", "alpha").values
     x, y = view.alpha.values, view.beta.values
-    fig.add_trace(
-        go.Surface(
-            x=x,
-            y=y,
-            z=scale(z),
-            colorscale="Viridis",
-            name="loss",
-            colorbar=dict(title=scale.title(label(ds.loss)), len=0.6),
-            hovertemplate="(%{x:.3f}, %{y:.3f})<br>%{z:.5g}<extra></extra>",
+    if not scale.empty:  # a surface of nan only stops plotly's WebGL scene: none is drawn
+        fig.add_trace(
+            go.Surface(
+                x=x,
+                y=y,
+                z=scale(z),
+                colorscale="Viridis",
+                name="loss",
+                colorbar=dict(title=scale.title(label(ds.loss)), len=0.6),
+                hovertemplate="(%{x:.3f}, %{y:.3f})<br>%{z:.5g}<extra></extra>",
+                **_colour_range(scale, "c"),
+            )
         )
-    )
     add_clipped(fig, x, y, z, scale)
-    if critical:
+    if critical and not scale.empty:
         add_critical(fig, view, scale, three_d=True)
-    for k, (name, path) in enumerate((paths or {}).items()):
+    for k, (name, path) in enumerate(paths.items()):
         add_path(fig, name, path, k, scale, three_d=True)
     add_cursor(fig)
     if animate and paths:
         add_animation(fig, paths, scale)
+    _say_if_empty(fig, scale)
     fig.update_layout(
         template=template,
-        title=title if note is None else f"{title}<br><sup>{note}</sup>",
+        title=_subtitled(title, note, scale.note()),
         scene=dict(
             xaxis_title=label(ds.alpha),
             yaxis_title=label(ds.beta),
@@ -102,7 +110,8 @@ def contour(
     title: str = "Seen from above",
     template: str = "plotly_dark",
 ) -> go.Figure:
-    """The same landscape as filled contours, with the paths and critical points.
+    """The same landscape as filled contours, with the paths and critical points; the
+    options are :func:`surface`'s.
 
     Example:
         >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.arange(6.0).reshape(3, 2))},
@@ -110,8 +119,9 @@ def contour(
         >>> contour(ds).data[0].type
         'contour'
     """
+    paths = check_paths(paths)
     view, note = display_grid(ds)
-    scale = Scale(view.loss.values, log, zmax)
+    scale = Scale(ds.loss.values, log, zmax)
     one_scale = planes.comparable(ds.attrs.get("plane_kind"))  # both axes to one scale
     fig = go.Figure(
         go.Contour(
@@ -123,15 +133,17 @@ def contour(
             name="loss",
             colorbar=dict(title=scale.title(label(ds.loss))),
             hovertemplate="(%{x:.3f}, %{y:.3f})<br>%{z:.5g}<extra></extra>",
+            **_colour_range(scale, "z"),
         )
     )
-    if critical:
+    if critical and not scale.empty:
         add_critical(fig, view, scale, three_d=False)
-    for k, (name, path) in enumerate((paths or {}).items()):
+    for k, (name, path) in enumerate(paths.items()):
         add_path(fig, name, path, k, scale, three_d=False)
+    _say_if_empty(fig, scale, ds)
     fig.update_layout(
         template=template,
-        title=title if note is None else f"{title}<br><sup>{note}</sup>",
+        title=_subtitled(title, note, scale.note()),
         xaxis_title=label(ds.alpha),
         yaxis_title=label(ds.beta),
         yaxis=dict(scaleanchor="x", scaleratio=1) if one_scale else {},
@@ -154,7 +166,7 @@ def losses(
         ['SGD']
     """
     fig = go.Figure()
-    for k, (name, path) in enumerate(paths.items()):
+    for k, (name, path) in enumerate(check_paths(paths, needs=("loss",)).items()):
         color = colours(k)[0]
         fig.add_trace(
             go.Scatter(
@@ -185,7 +197,8 @@ def line(
     template: str = "plotly_dark",
     title: str = "Loss along a line",
 ) -> go.Figure:
-    """1-D slices (from :func:`crumple.line`), one curve each.
+    """1-D slices (from :func:`crumple.line`, or a surface cut with
+    ``ds.sel(beta=0, method="nearest")``), one curve each, over the slice's own dimension.
 
     Example:
         >>> d = xr.Dataset({"loss": ("alpha", [1.0, 0.0, 1.0])}, coords={"alpha": [-1, 0, 1]})
@@ -195,9 +208,10 @@ def line(
     slices = {var: slices} if isinstance(slices, xr.Dataset) else dict(slices)
     fig = go.Figure()
     for k, (name, ds) in enumerate(slices.items()):
+        dim = _one_dimension(name, ds, var)
         fig.add_trace(
             go.Scatter(
-                x=ds.alpha.values,
+                x=ds[dim].values,
                 y=ds[var].values,
                 name=name,
                 mode="lines",
@@ -205,7 +219,8 @@ def line(
             )
         )
     first = next(iter(slices.values()))
-    return _titled(fig, template, title, label(first.alpha), label(first[var]))
+    dim = first[var].dims[0]
+    return _titled(fig, template, title, label(first[dim]), label(first[var]))
 
 
 def animate(ds: xr.Dataset, paths: Paths, **kwargs) -> go.Figure:
@@ -270,3 +285,52 @@ def _titled(fig: go.Figure, template: str, title: str, x: str, y: str) -> go.Fig
         margin=dict(l=50, r=10, t=50, b=40),
     )
     return fig
+
+
+def _one_dimension(name: str, ds: object, var: str) -> str:
+    """The dimension of a 1-D slice, or a :class:`CrumpleError` saying what to draw instead."""
+    if not isinstance(ds, xr.Dataset) or var not in ds:
+        have = sorted(map(str, ds.data_vars)) if isinstance(ds, xr.Dataset) else type(ds).__name__
+        raise CrumpleError(
+            f"line: slice {name!r} has no variable var={var!r} (it holds {have}); give the "
+            "dataset from crumple.line, or var= one of its variables"
+        )
+    if ds[var].ndim != 1:
+        dims = ds[var].dims
+        raise CrumpleError(
+            f"line: slice {name!r} has {var} over {dims!r}, not one dimension; draw a surface "
+            "with crumple.plot.surface(ds), or cut a line from it first, e.g. "
+            "crumple.plot.line(ds.sel(beta=0, method='nearest'))"
+        )
+    return str(ds[var].dims[0])
+
+
+def _colour_range(scale: Scale, prefix: str) -> dict:
+    """The colour range fixed to the scale's floor and cap (``cmin``/``zmin``...)."""
+    drawn = scale.range()
+    return {} if drawn is None else {f"{prefix}min": drawn[0], f"{prefix}max": drawn[1]}
+
+
+def _subtitled(title: str, *notes: str | None) -> str:
+    """The title, with the notes that apply as a subtitle."""
+    said = "; ".join(n for n in notes if n)
+    return f"{title}<br><sup>{said}</sup>" if said else title
+
+
+def _say_if_empty(fig: go.Figure, scale: Scale, ds: xr.Dataset | None = None) -> None:
+    """Across a figure with nothing to draw, say why (over the grid's extent, ``ds``, for
+    the 2-D view)."""
+    if scale.empty:
+        if ds is not None:
+            fig.update_xaxes(range=[float(ds.alpha.min()), float(ds.alpha.max())])
+            fig.update_yaxes(range=[float(ds.beta.min()), float(ds.beta.max())])
+        fig.add_annotation(
+            text=scale.note(),
+            name="nothing to draw",
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font=dict(size=16, color="#e6c069"),
+        )

@@ -13,20 +13,35 @@ from crumple import planes
 from crumple.analysis import critical_points
 from crumple.plot.figures import animate, contour, losses, surface
 from crumple.plot.page import write_page
-from crumple.plot.style import display_grid
+from crumple.plot.scale import Scale
+from crumple.plot.style import check_paths, display_grid
 
 
-def facts(ds: xr.Dataset, paths: Mapping[str, xr.Dataset] | None = None) -> dict[str, str]:
-    """What a reader needs to trust the picture: grid, plane, data, time, critical points and
-    how far each path is from its drawing.
+def facts(
+    ds: xr.Dataset,
+    paths: Mapping[str, xr.Dataset] | None = None,
+    *,
+    log: bool = False,
+    zmax: float | None = None,
+) -> dict[str, str]:
+    """What a reader needs to trust the picture: grid, plane, data, time, critical points,
+    what the figures drew otherwise than it is (``drawn``: values clipped at the scale's cap,
+    nan gaps, or no finite value at all; ``log`` and ``zmax`` as for the figures) and how far
+    each path is from its drawing.
 
     Example:
         >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((3, 4)))},
         ...                 attrs={"plane_kind": "axes", "seconds": 0.5})
         >>> facts(ds)["grid"]
         '3 x 4'
+        >>> facts(ds.assign(loss=ds.loss * np.nan))["drawn"]
+        'no finite loss value: nothing to draw (12 nan, 0 inf)'
     """
+    paths = check_paths(paths, needs=("loss",))
     out = {"grid": " x ".join(str(n) for n in ds.loss.shape)}
+    scale = Scale(ds.loss.values, log, zmax)
+    if scale.note():
+        out["drawn"] = scale.note()
     plane = {k.removeprefix("plane_"): v for k, v in ds.attrs.items() if k.startswith("plane_")}
     out["plane"] = planes.describe(plane)
     if "n_samples" in ds.attrs:
@@ -36,18 +51,26 @@ def facts(ds: xr.Dataset, paths: Mapping[str, xr.Dataset] | None = None) -> dict
     if "seconds" in ds.attrs:
         strategy = f" ({ds.attrs['strategy']})" if "strategy" in ds.attrs else ""
         out["surface time"] = f"{ds.attrs['seconds']:.3g} s{strategy}"
-    found = critical_points(ds)
-    out["critical points"] = ", ".join(f"{n} {k}" for k, n in found.counts().items())
-    if found.global_min is not None:
-        i, j = found.global_min
-        out["grid minimum"] = f"{float(ds.loss.values[i, j]):.5g}"
-    for name, path in (paths or {}).items():
+    if not scale.empty:
+        found = critical_points(ds)
+        out["critical points"] = ", ".join(f"{n} {k}" for k, n in found.counts().items())
+        if found.global_min is not None:
+            i, j = found.global_min
+            out["grid minimum"] = f"{float(ds.loss.values[i, j]):.5g}"
+    return out | _path_facts(paths)
+
+
+def _path_facts(paths: Mapping[str, xr.Dataset]) -> dict[str, str]:
+    """How far each path is from its drawing."""
+    out = {}
+    for name, path in paths.items():
         quality = f"final loss {float(path.loss[-1]):.5g}"
-        if "off_plane" in path:
+        if "off_plane" in path and "loss_on_plane" in path:
             gap = np.abs(path.loss.values - path.loss_on_plane.values)
+            within = float(np.max(gap, initial=0.0, where=~np.isnan(gap)))
             quality += (
                 f", off the plane by up to {float(path.off_plane.max()):.3g}, "
-                f"loss on plane within {float(np.nanmax(gap)):.3g}"
+                f"loss on plane within {within:.3g}"
             )
         out[name] = quality
     return out
@@ -65,7 +88,8 @@ def report(
     zmax: float | None = None,
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
-    curves, any ``more_figures``, and the facts.
+    curves, any ``more_figures``, and the facts (:func:`facts`: what was clipped, or that
+    there is nothing to draw). ``log`` and ``zmax`` are :func:`crumple.plot.surface`'s.
 
     Example:
         >>> import tempfile
@@ -75,7 +99,8 @@ def report(
         >>> report(f"{tempfile.mkdtemp()}/page.html", ds).name
         'page.html'
     """
-    paths = dict(paths or {})
+    paths = check_paths(paths)
+    drawn = facts(ds, paths, log=log, zmax=zmax)  # checks log and zmax before any drawing
     figures = [
         animate(ds, paths, log=log, zmax=zmax) if paths else surface(ds, log=log, zmax=zmax),
         contour(ds, paths, log=log, zmax=zmax),
@@ -88,6 +113,6 @@ def report(
         path,
         figures,
         title=title,
-        facts={**facts(ds, paths), **(more_facts or {})},
+        facts={**drawn, **(more_facts or {})},
         notes=[note] if note else [],
     )

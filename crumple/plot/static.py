@@ -3,6 +3,7 @@ contour view with the paths, critical points and grid minimum, as on the page.""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,8 +11,38 @@ import numpy as np
 import xarray as xr
 
 from crumple.analysis import critical_points
-from crumple.errors import require_extra
-from crumple.plot.style import Scale, colours, display_grid, label
+from crumple.errors import CrumpleError, require_extra
+from crumple.plot.scale import Scale
+from crumple.plot.style import check_paths, colours, display_grid, label
+
+STATIC_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def static_path(path: object, option: str = "path", suffix: str | None = None) -> Path:
+    """``path`` as a Path if its suffix names a static format (``suffix`` only, if given),
+    else a :class:`CrumpleError` naming ``option`` and the fix.
+
+    Example:
+        >>> static_path("fig.PDF").name
+        'fig.PDF'
+        >>> try:
+        ...     static_path("x.png", "--pdf", ".pdf")
+        ... except CrumpleError as e:
+        ...     print(e)
+        --pdf='x.png' ends in '.png', not .pdf; give a file name ending in .pdf, e.g. 'x.pdf'
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise CrumpleError(f"{option}={path!r} is not a file name; give one such as 'surface.png'")
+    p = Path(path)
+    allowed = (suffix,) if suffix else STATIC_SUFFIXES
+    if p.suffix.lower() in allowed:
+        return p
+    given = f"ends in {p.suffix!r}, not" if p.suffix else "has no suffix; the format follows it:"
+    example = f", e.g. {str(p.with_suffix(allowed[0]))!r}" if p.name else ""
+    raise CrumpleError(
+        f"{option}={str(path)!r} {given} {' or '.join(allowed)}; give a file name ending "
+        f"in {' or '.join(allowed)}{example}"
+    )
 
 
 def save_static(
@@ -25,7 +56,9 @@ def save_static(
     dpi: int = 200,
 ) -> Path:
     """Write the surface (3-D and contour views side by side) to ``path``; the format
-    follows the suffix (``.png``, ``.pdf``, ``.svg``). Needs the ``static`` extra.
+    follows the suffix (``.png``, ``.pdf``, ``.svg``; another is refused). The scale, its
+    notes (values clipped, nan gaps, nothing to draw) and ``log``/``zmax`` are those of
+    :func:`crumple.plot.surface`. Needs the ``static`` extra.
 
     Example:
         >>> import tempfile
@@ -35,6 +68,9 @@ def save_static(
         >>> save_static(ds, f"{tempfile.mkdtemp()}/s.png").suffix
         '.png'
     """
+    path = static_path(path)
+    paths = check_paths(paths)
+    scale = Scale(ds.loss.values, log, zmax)
     require_extra("matplotlib", "static")
     import matplotlib
 
@@ -42,30 +78,43 @@ def save_static(
     import matplotlib.pyplot as plt
 
     view, note = display_grid(ds)
-    scale = Scale(view.loss.values, log, zmax)
-    a, b = view.alpha.values, view.beta.values
-    A, B = np.meshgrid(a, b, indexing="ij")
-    z = scale(view.loss.values)
     fig = plt.figure(figsize=(13, 5.5))
     ax3 = fig.add_subplot(1, 2, 1, projection="3d")
-    ax3.plot_surface(A, B, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.9)
     ax2 = fig.add_subplot(1, 2, 2)
-    filled = ax2.contourf(A, B, z, levels=30, cmap="viridis")
-    fig.colorbar(filled, ax=ax2, label=scale.title(label(ds.loss)))
-    _draw_paths(ax3, ax2, paths or {}, scale)
-    _draw_critical(ax2, view)
+    _draw_surface(fig, ax3, ax2, view, scale)
+    _draw_paths(ax3, ax2, paths, scale)
+    if not scale.empty:
+        _draw_critical(ax2, view)
     for ax in (ax3, ax2):
         ax.set_xlabel(label(ds.alpha))
         ax.set_ylabel(label(ds.beta))
     ax3.set_zlabel(scale.title(label(ds.loss)))
-    ax2.legend(loc="upper right", fontsize=8)
-    fig.suptitle(title if note is None else f"{title}\n{note}")
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(loc="upper right", fontsize=8)
+    fig.suptitle("\n".join([title] + [n for n in (note, scale.note()) if n]))
     fig.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def _draw_surface(fig, ax3, ax2, view: xr.Dataset, scale: Scale) -> None:
+    """The surface and its filled contours (nan left as gaps), or why there is nothing."""
+    if scale.empty:
+        said = scale.note().replace(": ", ":\n", 1)
+        ax3.text2D(0.5, 0.5, said, transform=ax3.transAxes, ha="center", va="center")
+        ax2.text(0.5, 0.5, said, transform=ax2.transAxes, ha="center", va="center")
+        return
+    a, b = view.alpha.values, view.beta.values
+    A, B = np.meshgrid(a, b, indexing="ij")
+    z = scale(view.loss.values)
+    low, high = scale.range()
+    ax3.plot_surface(
+        A, B, z, cmap="viridis", vmin=low, vmax=high, linewidth=0, antialiased=True, alpha=0.9
+    )
+    filled = ax2.contourf(A, B, z, levels=30, cmap="viridis", vmin=low, vmax=high)
+    fig.colorbar(filled, ax=ax2, label=scale.title(label(view.loss)))
 
 
 def _draw_paths(ax3, ax2, paths: Mapping[str, xr.Dataset], scale: Scale) -> None:

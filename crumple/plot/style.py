@@ -1,5 +1,6 @@
 """What every figure shares: colours, axis labels from attributes, the thinned display grid,
-and the scale that clips divergent values."""
+and the checks of what the figures are given (the scale that clips divergent values is
+:mod:`crumple.plot.scale`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import xarray as xr
+
+from crumple.errors import CrumpleError
 
 # the first path is drawn as in the article: a red line with yellow markers
 PATH_STYLES = [
@@ -80,44 +83,46 @@ def display_grid(ds: xr.Dataset, max_points: int = DISPLAY_MAX) -> tuple[xr.Data
     )
 
 
-class Scale:
-    """How loss values are drawn: optionally log10, and capped so that divergent regions
-    (inf, nan, huge values) are clipped and marked instead of flattening the rest.
-
-    The default cap is ``q95 + 3 (q95 - q5)`` of the finite values.
+def check_paths(paths: object, needs: tuple[str, ...] = ("alpha", "beta", "loss")) -> dict:
+    """``paths`` as a dict name -> path dataset, or a :class:`CrumpleError` naming what is
+    missing.
 
     Example:
-        >>> scale = Scale(np.array([1.0, 2.0, np.inf]), zmax=1.5)
-        >>> scale(np.array([1.0, 2.0, np.inf])).tolist(), scale.clipped([1.0, 2.0]).tolist()
-        ([1.0, 1.5, 1.5], [False, True])
+        >>> p = xr.Dataset({"alpha": ("step", [0.0]), "beta": ("step", [0.0]),
+        ...                 "loss": ("step", [1.0])})
+        >>> list(check_paths({"SGD": p}))
+        ['SGD']
+        >>> try:
+        ...     check_paths({"SGD": p.drop_vars("beta")})
+        ... except CrumpleError as e:
+        ...     print(str(e)[:56])
+        paths['SGD'] has no 'beta' (it holds ['alpha', 'loss']);
     """
+    if paths is None:
+        return {}
+    if isinstance(paths, xr.Dataset) or not isinstance(paths, Mapping):
+        raise CrumpleError(
+            f"paths={_short(paths)} is not a mapping of name -> path dataset; give "
+            "paths={'SGD': path} with each path from crumple.project"
+        )
+    for name, path in paths.items():
+        if not isinstance(path, xr.Dataset):
+            raise CrumpleError(
+                f"paths[{name!r}]={_short(path)} is not an xarray Dataset; give the dataset "
+                "that crumple.project returns"
+            )
+        missing = [v for v in needs if v not in path.variables]
+        if missing or "step" not in path.dims:
+            what = repr(missing[0]) if missing else "'step' dimension"
+            raise CrumpleError(
+                f"paths[{name!r}] has no {what} (it holds {sorted(map(str, path.variables))}); "
+                f"a path is a dataset from crumple.project with {', '.join(needs[:-1])} and "
+                f"{needs[-1]} over step"
+            )
+    return dict(paths)
 
-    def __init__(self, z: np.ndarray, log: bool = False, zmax: float | None = None) -> None:
-        self.log = log
-        finite = np.asarray(z, dtype=np.float64)[np.isfinite(z)]
-        if log:
-            finite = finite[finite > 0]
-        if finite.size == 0:
-            self.cap, self.floor = 1.0, 0.0
-            return
-        low, high = np.percentile(finite, [5, 95])
-        self.cap = float(zmax) if zmax is not None else float(high + 3 * (high - low))
-        self.cap = max(self.cap, float(finite.min()))
-        self.floor = float(finite.min())
 
-    def clipped(self, z) -> np.ndarray:
-        """Which values are drawn at the cap."""
-        z = np.asarray(z, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            return ~np.isfinite(z) | (z > self.cap) | ((z <= 0) if self.log else False)
-
-    def __call__(self, z) -> np.ndarray:
-        z = np.asarray(z, dtype=np.float64)
-        out = np.where(self.clipped(z), self.cap, z)
-        if self.log:
-            out = np.log10(np.clip(out, self.floor, None))
-        return out
-
-    def title(self, label: str) -> str:
-        """The axis title of the drawn values: ``label``, or ``log10 label``."""
-        return f"log10 {label}" if self.log else label
+def _short(value: object) -> str:
+    """``repr`` of a value, cut to one short line for an error message."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 import xarray as xr
 
 from crumple.analysis import critical_points
-from crumple.plot.style import CRITICAL_STYLES, Paths, Scale, colours, off_plane
+from crumple.plot.scale import Scale
+from crumple.plot.style import CRITICAL_STYLES, Paths, colours, off_plane
 
 CRITICAL_NAMES = {"minima": "local minima", "maxima": "local maxima", "saddles": "saddle points"}
 
@@ -124,27 +125,37 @@ def add_critical(fig: go.Figure, view: xr.Dataset, scale: Scale, three_d: bool) 
 
 
 def add_clipped(fig: go.Figure, x: np.ndarray, y: np.ndarray, z: np.ndarray, scale: Scale):
-    """Markers at the cap on the points drawn clipped (``z`` rows run along ``y``), counted
-    in the legend; hidden when there are none.
+    """Markers where the points drawn clipped sit (at the cap or the floor; ``z`` rows run
+    along ``y``), counted in the legend, their true values in the hover text; hidden when
+    there are none, left out when nothing is drawn. nan is not marked: it is a gap.
 
     Example:
         >>> fig = go.Figure()
-        >>> z = np.array([[1.0, np.inf]])
-        >>> add_clipped(fig, np.array([0.0, 1.0]), np.array([0.0]), z, Scale(z, zmax=2.0))
-        >>> fig.data[0].name
-        'clipped at 2 (1)'
+        >>> z = np.array([[1.0, np.inf, np.nan]])
+        >>> add_clipped(fig, np.array([0.0, 1.0, 2.0]), np.array([0.0]), z, Scale(z, zmax=2.0))
+        >>> fig.data[0].name, list(fig.data[0].text)
+        ('clipped at 2 (1)', ['inf'])
     """
-    rows, cols = np.nonzero(scale.clipped(z))
+    if scale.empty:
+        return  # nothing drawn, nothing clipped: the figure says why
+    mask = scale.clipped(z)
+    rows, cols = np.nonzero(mask)
+    n = len(rows)
+    name = f"clipped at {scale.cap:.4g} ({n})"
+    if scale.below:
+        name = f"clipped to {scale.floor:.4g}..{scale.cap:.4g} ({n})"
     fig.add_trace(
         go.Scatter3d(
             x=x[cols],
             y=y[rows],
-            z=np.full(len(rows), scale(scale.cap)),
+            z=scale(z[mask]),
+            text=[f"{v:.5g}" for v in z[mask]],
             mode="markers",
             marker=dict(size=2, color="#ff4040", symbol="x"),
-            name=f"clipped at {scale.cap:.4g} ({len(rows)})",
-            visible=bool(len(rows)),
-            showlegend=bool(len(rows)),
+            name=name,
+            hovertemplate="(%{x:.3f}, %{y:.3f})<br>%{text}, drawn at %{z:.5g}<extra></extra>",
+            visible=bool(n),
+            showlegend=bool(n),
         )
     )
 
