@@ -31,6 +31,7 @@ $(BENCHED): $(INSTALLED)
 	touch $@
 
 bench: $(BENCHED)
+	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/seed_grid.py
 	$(BIN)/python benchmarks/general.py
 	$(BIN)/python benchmarks/models.py

@@ -1,4 +1,5 @@
-"""The ``crumple`` command: one parser builder and one function per subcommand."""
+"""The ``crumple`` command: one parser builder and one function per subcommand. Nothing heavy
+(torch, numpy, xarray, plotly) is imported before parsing: the subcommands import it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from pathlib import Path
 
 from crumple import cli_types as types
 from crumple.errors import CrumpleError
-from crumple.evaluation.strategies import STRATEGIES
-from crumple.specs import LOSSES
 
 # each subcommand's line in `crumple --help`, and its description
 ABOUT = {
@@ -45,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["info", "run"]).folder
         PosixPath('run')
     """
-    from crumple import __version__
+    from crumple.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="crumple",
@@ -67,8 +66,6 @@ def _command(commands, name: str, run) -> argparse.ArgumentParser:
 
 
 def _add_demo(commands) -> None:
-    from crumple.examples.seed import OPTIMIZERS
-
     demo = _command(commands, "demo", _demo)
     add = demo.add_argument
     number, positive, count = types.finite_float, types.positive_float, types.int_at_least
@@ -96,7 +93,7 @@ def _add_demo(commands) -> None:
     add("--lr", type=positive("--lr"), default=1e-2, help="learning rate (default 0.01)")
     add(
         "--optimizer",
-        choices=OPTIMIZERS,
+        choices=types.OPTIMIZERS,
         default="sgd",
         help="sgd, momentum (0.9) or adam (default sgd)",
     )
@@ -141,14 +138,14 @@ def _add_surface(commands) -> None:
     add(
         "--loss",
         default="cross_entropy",
-        help=f"{', '.join(LOSSES)} or MODULE:FUNCTION (default cross_entropy)",
+        help=f"{', '.join(types.LOSSES)} or MODULE:FUNCTION (default cross_entropy)",
     )
     add("--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable")
     _add_plane_options(surface)
     add(
         "--grid",
         type=types.grid_axis,
-        default=types.grid_axis("-1:1:51"),
+        default="-1:1:51",  # argparse passes a default given as text through type=
         metavar="START:STOP:NUM",
         help="alpha axis (default -1:1:51)",
     )
@@ -167,7 +164,7 @@ def _add_surface(commands) -> None:
         metavar="SIZE",
         help="memory for the points evaluated together, e.g. 4GB (default 2GB)",
     )
-    add("--strategy", choices=["auto", *STRATEGIES], default="auto")
+    add("--strategy", choices=["auto", *types.STRATEGIES], default="auto")
     add(
         "--chunk-size",
         type=types.int_at_least("--chunk-size", 1),

@@ -1,17 +1,29 @@
 """How the ``crumple`` command reads its option values: each parser turns the text into a
-value or raises ``argparse.ArgumentTypeError`` with what was given and what is allowed."""
+value or raises ``argparse.ArgumentTypeError`` with what was given and what is allowed.
+
+This module and the parser import nothing heavy (numpy is imported inside the parsers that
+return arrays), so ``crumple --help`` and a refused option take a fraction of a second; the
+names the command offers are plain tuples here, and a test checks them against the registries
+they mirror.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from crumple.errors import CrumpleError
 
+if TYPE_CHECKING:
+    import numpy as np
+
+# the names of crumple.evaluation.STRATEGIES, crumple.specs.LOSSES and
+# crumple.examples.seed.OPTIMIZERS, in their order (tests/test_cli.py checks they agree)
+STRATEGIES = ("loop", "expanded", "vmap")
+LOSSES = ("cross_entropy", "mse", "l1", "nll", "bce_with_logits", "huber")
+OPTIMIZERS = ("sgd", "momentum", "adam")
 MAX_POINTS_PER_AXIS = 2000
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
@@ -79,8 +91,6 @@ def optimizers(text: str) -> tuple[str, ...]:
         >>> optimizers("sgd, adam")
         ('sgd', 'adam')
     """
-    from crumple.examples.seed import OPTIMIZERS
-
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in OPTIMIZERS]
     if not names or unknown or len(set(names)) != len(names):
@@ -115,6 +125,8 @@ def grid_axis(text: str) -> np.ndarray:
         raise argparse.ArgumentTypeError(
             f"grid {text!r} has {num} points per axis; at most {MAX_POINTS_PER_AXIS} are allowed"
         )
+    import numpy as np
+
     return np.linspace(start, stop, num)
 
 
@@ -179,6 +191,8 @@ def demo_grid_size(w_min: float, w_max: float, step: float) -> int:
             f"the grid range is empty: --min {w_min:g} is not below --max {w_max:g}; "
             "give --min < --max"
         )
+    import numpy as np
+
     n = len(np.arange(w_min, w_max, step))
     if n > MAX_POINTS_PER_AXIS:
         raise CrumpleError(

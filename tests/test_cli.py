@@ -6,8 +6,11 @@ import sys
 import numpy as np
 import pytest
 
+from crumple import cli_types
 from crumple.cli import main
 from crumple.store import open_run
+
+HEAVY = ("torch", "numpy", "xarray", "zarr", "plotly", "pandas", "scipy", "matplotlib")
 
 
 @pytest.mark.parametrize(
@@ -111,3 +114,59 @@ def test_plot_draws_a_run_again(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["plot", str(tmp_path / "nothing"), "--html", str(tmp_path / "x.html")])
     assert "holds no crumple run" in capsys.readouterr().err
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """The heavy modules a fresh Python process has imported after running ``code``."""
+    report = f"import sys\nprint('heavy:', *(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{report}"], capture_output=True, text=True, check=True
+    )
+    return done.stdout.rpartition("heavy:")[2].split()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["surface", "--help"],
+        ["demo", "--help"],
+        ["surface", "--grid", "nonsense"],
+        ["demo", "--step", "0"],
+        ["nosuchcommand"],
+    ],
+)
+def test_help_and_argument_errors_import_nothing_heavy(argv):
+    """`crumple --help` and a refused option stay quick: torch, numpy, xarray and plotly are
+    imported by the subcommands, after parsing (benchmarks/cli_startup.py times it)."""
+    code = f"from crumple.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+    assert heavy_modules_after(code) == []
+
+
+def test_import_crumple_is_lazy_and_surface_is_the_function():
+    assert heavy_modules_after("import crumple") == []
+    code = (
+        "import sys, types\n"
+        "import crumple.surface\n"  # the submodule first: the package keeps the function
+        "import crumple as cr\n"
+        "from crumple import surface\n"
+        "assert isinstance(sys.modules['crumple.surface'], types.ModuleType)\n"
+        "assert cr.surface is surface is sys.modules['crumple.surface'].surface\n"
+        "assert cr.line is sys.modules['crumple.surface'].line\n"
+        "assert set(cr.__all__) <= set(dir(cr))\n"
+        "assert cr.open is cr.open_run and cr.plot.surface and cr.store.open_run\n"
+    )
+    assert "torch" in heavy_modules_after(code)
+
+
+def test_the_command_names_match_the_registries():
+    """The command lists strategies, losses and optimizers without importing their modules;
+    its tuples must name what the registries hold."""
+    from crumple.evaluation import STRATEGIES
+    from crumple.examples.seed import OPTIMIZERS
+    from crumple.specs import LOSSES
+
+    assert tuple(STRATEGIES) == cli_types.STRATEGIES
+    assert tuple(LOSSES) == cli_types.LOSSES
+    assert tuple(OPTIMIZERS) == cli_types.OPTIMIZERS

@@ -26,8 +26,11 @@ Example:
     ['random', 'axes', 'between', 'pca']
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from crumple.planes import kinds  # noqa: F401  (registers the kinds)
-from crumple.planes.builders import axes_plane, between_plane, pca_plane, random_plane
 from crumple.planes.registry import (
     COMMON,
     KINDS,
@@ -41,6 +44,9 @@ from crumple.planes.registry import (
     options,
     register,
 )
+
+if TYPE_CHECKING:
+    from crumple.planes.builders import axes_plane, between_plane, pca_plane, random_plane
 
 __all__ = [
     # the registry
@@ -61,3 +67,13 @@ __all__ = [
     "between_plane",
     "pca_plane",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The builders, imported on first use: the registry and its options load without torch
+    (``crumple surface --help`` reads them)."""
+    if name in ("axes_plane", "random_plane", "between_plane", "pca_plane"):
+        from crumple.planes import builders
+
+        return getattr(builders, name)
+    raise AttributeError(f"module 'crumple.planes' has no attribute {name!r}")

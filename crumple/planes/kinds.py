@@ -4,12 +4,16 @@ they read. A new kind is a builder and one entry here."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crumple.errors import CrumpleError
-from crumple.plane import Plane
-from crumple.planes.builders import axes_plane, between_plane, pca_plane, random_plane
 from crumple.planes.registry import TRAJECTORY, Option, PlaneKind, Sources, register
+
+if TYPE_CHECKING:
+    from crumple.plane import Plane
+
+# The builders (and torch) are imported inside the functions below: `crumple --help` reads
+# the kinds and their options without importing torch.
 
 NORMALIZE = Option(
     "--normalize",
@@ -35,6 +39,8 @@ WEIGHTS_C = Option("--weights-c", "between: third model's weights", kind="weight
 
 
 def _random_from(sources: Sources) -> Plane:
+    from crumple.planes.builders import random_plane
+
     def chosen(option: Option) -> str | None:
         value = sources.option(option)
         return None if value == "none" else value
@@ -51,6 +57,8 @@ def _random_from(sources: Sources) -> Plane:
 
 
 def _axes_from(sources: Sources) -> Plane:
+    from crumple.planes.builders import axes_plane
+
     names = sources.option(AXES)
     if not names:
         raise CrumpleError(
@@ -61,6 +69,8 @@ def _axes_from(sources: Sources) -> Plane:
 
 
 def _between_from(sources: Sources) -> Plane:
+    from crumple.planes.builders import between_plane
+
     if not 1 <= len(sources.models) <= 2:
         raise CrumpleError(
             f"a between plane needs one or two more models in Sources.models, got "
@@ -70,6 +80,8 @@ def _between_from(sources: Sources) -> Plane:
 
 
 def _pca_from(sources: Sources) -> Plane:
+    from crumple.planes.builders import pca_plane
+
     if sources.trajectory is None:
         raise CrumpleError(
             "a pca plane needs a recorded path in Sources.trajectory, got None; e.g. "

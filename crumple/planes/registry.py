@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from crumple.errors import CrumpleError
-from crumple.plane import Plane
+
+if TYPE_CHECKING:  # annotations only: the registry loads without torch, for `crumple --help`
+    from torch import nn
+
+    from crumple.plane import Plane
 
 
 @dataclass(frozen=True)
