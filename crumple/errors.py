@@ -22,13 +22,14 @@ class CrumpleTypeError(CrumpleError, TypeError):
 
 
 @contextlib.contextmanager
-def user_code(where: str) -> Iterator[None]:
+def user_code(where: str, **details: object) -> Iterator[None]:
     """A context in which an error from the user's own code (model, loss, data) passes
-    through with a one-line note of where crumple called it.
+    through with a one-line note of where crumple called it: ``where.format(**details)``,
+    formatted only when there is an error (this runs once per batch and point).
 
     Example:
         >>> try:
-        ...     with user_code("the loss on batch 0"):
+        ...     with user_code("the loss on batch {b}", b=0):
         ...         1 / 0
         ... except ZeroDivisionError as e:
         ...     print(e.__notes__)
@@ -40,7 +41,7 @@ def user_code(where: str) -> Iterator[None]:
         raise
     except Exception as e:
         if hasattr(e, "add_note"):  # Python 3.11+
-            e.add_note(f"crumple: raised by the user's code, called for {where}")
+            e.add_note(f"crumple: raised by the user's code, called for {where.format(**details)}")
         raise
 
 

@@ -90,10 +90,10 @@ class Loop(Strategy):
             self._load(params)
             sums = dict.fromkeys(task.fns, 0.0)
             for b, (x, y) in enumerate(task.batches):
-                with user_code(f"model(x) on batch {b}, shape {tuple(x.shape)}"):
+                with user_code("model(x) on batch {b}, shape {s}", b=b, s=x.shape):
                     preds = checked_prediction(self.work(x))
                 for name, fn in task.fns.items():
-                    with user_code(f"the {name} function on batch {b}"):
+                    with user_code("the {n} function on batch {b}", n=name, b=b):
                         sums[name] += float(batch_mean(name, fn(preds, y))) * len(x)
             for name, total in sums.items():
                 out[name][index] = total / task.n_samples
@@ -120,7 +120,7 @@ class _Intercepted(Strategy):
                 def predict(x: Tensor, params: Params, point: Sequence[Any], elided=(), b=b):
                     task.kernels.start(b, x, params, point, on_plane, frozenset(elided))
                     try:
-                        with user_code(f"model(x) on batch {b}, shape {tuple(x.shape)}"):
+                        with user_code("model(x) on batch {b}, shape {s}", b=b, s=x.shape):
                             preds = functional_call(task.model, (params, task.buffers), (x,))
                     finally:
                         task.kernels.stop()
@@ -163,7 +163,7 @@ class Expanded(_Intercepted):
                 except ElidedRead:  # now in kernels.reads: combined from here on
                     continue
             for name, fn in task.fns.items():
-                with user_code(f"the {name} function"):
+                with user_code("the {n} function", n=name):
                     out[name][index] = batch_mean(name, fn(preds, y)).double()
         return out
 
@@ -184,7 +184,7 @@ class Vmap(_Intercepted):
         flat = preds.reshape(-1, *preds.shape[depth:])
         out = {}
         for name, fn in self.task.fns.items():
-            with user_code(f"the {name} function (under vmap)"):
+            with user_code("the {n} function (under vmap)", n=name):
                 values = vmap(fn, in_dims=(0, None))(flat, y)
             if values.shape != flat.shape[:1]:
                 raise not_a_mean(name, values.shape[1:])
