@@ -239,3 +239,25 @@ def test_demo_output_never_replaces_a_resumable_run(tmp_path, capsys):
     assert sorted(cr.open(demo)) == ["SGD", "surface"]  # no stale Adam path
     with pytest.raises(cr.CrumpleError, match="cannot be resumed"):
         surface_into(demo, grid=grid, loss=F.cross_entropy)
+
+
+def test_a_run_stored_with_the_older_ordered_data_digest_resumes(tmp_path):
+    """Runs stored before data digests ignored the order of the samples still resume."""
+    import json
+
+    import zarr
+
+    from crumple.batches import as_batches
+    from crumple.tiles import ordered_digest
+
+    store = tmp_path / "run"
+    whole = surface_into(store, chunk_size=4)
+    group = zarr.open_group(str(store / DATA), mode="r+", path="surface")
+    fp = json.loads(group.attrs["fingerprint"])
+    assert fp["data"].startswith("samples:")
+    fp["data"] = ordered_digest(as_batches(cli_fixtures.digits_loader()))
+    group.attrs["fingerprint"] = json.dumps(fp)
+    group["tile_done"][2] = False
+    resumed = surface_into(store, chunk_size=4)
+    assert resumed.attrs["tiles_computed"] == 1
+    assert resumed.loss.values.tobytes() == whole.loss.values.tobytes()
