@@ -44,6 +44,7 @@ def describe(folder: str | Path) -> str:
         "dtype",
         "strategy",
         "batching",
+        "data_cast",
         "seconds",
         "crumple_version",
     ):

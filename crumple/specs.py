@@ -155,8 +155,12 @@ def loss_function(name: str, what: str = "--loss", table: dict | None = None) ->
 
 
 def check_fit(model: nn.Module, loss_fn: Callable, batches: list) -> None:
-    """Run the model and the loss on two samples, to turn shape errors into a clear message."""
+    """Run the model and the loss on two samples, to turn shape errors into a clear message
+    (floating-point data in the weights' dtype, as evaluation casts it)."""
     x, y = batches[0]
+    weight = next(model.parameters(), None)
+    if weight is not None and x.is_floating_point():
+        x = x.to(weight.dtype)
     try:
         with torch.no_grad():
             was = model.training
