@@ -39,3 +39,8 @@ def slower_cross_entropy(pred, y):
 
     time.sleep(0.1)
     return torch.nn.functional.cross_entropy(pred, y)
+
+
+def make_mlp64():
+    """A float64 model, for float32 data."""
+    return make_mlp().double()

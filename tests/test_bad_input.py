@@ -319,3 +319,13 @@ def test_command_line_run_twice_under_two_spellings(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().out.count("landscape.html") == 3
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "copy").iterdir()}
     assert modes["plane.safetensors"] == modes["landscape.html"], modes
+
+
+def test_command_line_float64_model_on_float32_data(tmp_path, capsys):
+    from crumple.cli import main
+
+    args = ["surface", "--model", "tests.cli_fixtures:make_mlp64", "--grid", "-1:1:3"]
+    main([*args, "--data", "tests.cli_fixtures:digits_loader", "--out", str(tmp_path / "run")])
+    ds = cr.open(tmp_path / "run")["surface"]
+    assert ds.attrs["data_cast"] == "float32 -> float64" and ds.attrs["dtype"] == "float64"
+    assert np.isfinite(ds.loss.values).all()
