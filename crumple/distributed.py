@@ -15,6 +15,10 @@ from crumple.errors import CrumpleError, CrumpleTypeError, require_extra
 
 _EVALUATORS: dict[str, Any] = {}  # on a worker: one evaluator per scattered payload
 UNPACKED = [0]  # on a worker: how many payloads it has unpacked (tests count these)
+# imported when a local worker starts, before any task: importing xarray from two threads
+# at once (a task unpickling the user's functions, a client.run) can hand one of them a
+# partly initialized module
+WORKER_PRELOAD = ("crumple.surface",)
 
 
 def connect(dask: Any):
@@ -59,7 +63,11 @@ def local_cluster(n_workers: int):
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         return distributed.LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            preload=list(WORKER_PRELOAD),
         )
 
 

@@ -24,8 +24,14 @@ GRID = cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10))
 
 @pytest.fixture(scope="module")
 def client():
+    from crumple.distributed import WORKER_PRELOAD
+
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        preload=list(WORKER_PRELOAD),
     )
     with distributed.Client(cluster) as c:
         yield c
