@@ -185,8 +185,8 @@ class Evaluator:
             return self._call(points)
         out: dict[str, Tensor] = {}
         for n, block in enumerate(blocks(points.shape, per_call)):
-            values = first_block if n == 0 and first_block is not None else None
-            values = values or self._call(points.take(block))
+            known = n == 0 and first_block is not None
+            values = first_block if known else self._call(points.take(block))
             for name, v in values.items():
                 if name not in out:
                     out[name] = torch.empty(points.shape, dtype=torch.float64)
