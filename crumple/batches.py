@@ -1,9 +1,17 @@
-"""What a batch is and how the data is held: ``(x, y)`` pairs, normalised once, and the same
-samples re-batched to another size (the dataset mean does not depend on the batching)."""
+"""What a batch is and how the data is held.
+
+A batch is an ``(x, y)`` pair, a longer tuple ``(x1, ..., xk, y)`` (the model is called with
+all but the last) or a dict as Hugging Face tokenizers and datasets give them (the model is
+called with every key but ``"labels"``, which is the target). :class:`Batch` holds one in
+that form. :func:`load` reads the data once: it is held in memory when it fits the budget,
+and otherwise read afresh from the user's loader for each pass (:class:`Data`). The same
+samples can be re-batched to another size (:func:`rebatched`), in memory or streamed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,92 +20,248 @@ from torch import Tensor
 from crumple.errors import CrumpleError, CrumpleTypeError, user_code
 from crumple.params import cast
 
-Batch = tuple[Tensor, Tensor]
+TARGET_KEY = "labels"  # the target of a dict batch, as in Hugging Face
 
 
-def as_batches(data: Any, *, device=None, dtype: torch.dtype | None = None) -> list[Batch]:
-    """Normalise ``data`` to a list of ``(x, y)`` tensor pairs on ``device``.
+@dataclass(frozen=True)
+class Batch:
+    """One batch: the model's inputs and the target the functions compare with.
 
-    ``data`` is one ``(x, y)`` pair of tensors, a DataLoader, or any iterable of pairs.
-    Floating-point tensors are cast to ``dtype`` when given.
+    Example:
+        >>> b = Batch.of({"input_ids": torch.zeros(2, 5), "labels": torch.ones(2, 5)})
+        >>> b.size, list(b.kwargs), b.target.shape
+        (2, ['input_ids'], torch.Size([2, 5]))
+    """
+
+    args: tuple[Tensor, ...]
+    kwargs: dict[str, Tensor]
+    target: Tensor | None
+    from_dict: bool = False  # the target is kwargs' "labels" when passed to the model
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", len(self.parts()[0]))
+
+    @classmethod
+    def of(cls, raw: Any, k: int = 0) -> Batch:
+        """A batch from what the data yields (``k``: its place, for messages)."""
+        if isinstance(raw, Batch):
+            return raw
+        if isinstance(raw, Mapping):
+            items = dict(raw)
+            target = items.pop(TARGET_KEY, None)
+            batch = cls((), items, target, from_dict=True)
+        elif isinstance(raw, (tuple, list)) and len(raw) >= 2:
+            batch = cls(tuple(raw[:-1]), {}, raw[-1])
+        else:
+            raise CrumpleError(
+                f"batch {k} of data is {type(raw).__name__}; a batch is an (x, y) pair of "
+                "tensors, a longer tuple (x1, ..., y) or a dict such as a tokenizer gives "
+                "(input_ids, attention_mask, labels)"
+            )
+        batch._check(k)
+        return batch
+
+    def _check(self, k: int) -> None:
+        for name, t in self.named_parts():
+            if not isinstance(t, Tensor):
+                raise CrumpleError(
+                    f"batch {k}'s {name} is {type(t).__name__}, not a tensor; crumple passes "
+                    "tensors to the model (drop other columns, e.g. dataset.remove_columns)"
+                )
+            if t.dim() == 0 or len(t) != self.size or self.size == 0:
+                raise CrumpleError(
+                    f"batch {k}'s {name} has shape {tuple(t.shape)} but the batch has "
+                    f"{self.size} rows; every tensor of a batch needs the same, non-zero "
+                    "number of rows (samples) along its first dimension"
+                )
+
+    def named_parts(self) -> list[tuple[str, Tensor]]:
+        """Every tensor with its name (``x``/``x1``..., the dict keys, ``y``/``labels``)."""
+        named = [(f"x{i + 1}" if len(self.args) > 1 else "x", t) for i, t in enumerate(self.args)]
+        named += list(self.kwargs.items())
+        if self.target is not None:
+            named.append((TARGET_KEY if self.from_dict else "y", self.target))
+        return named
+
+    def parts(self) -> list[Tensor]:
+        return [t for _, t in self.named_parts()]
+
+    def with_parts(self, parts: list[Tensor]) -> Batch:
+        """The same structure holding ``parts`` (in the order of :meth:`parts`)."""
+        n = len(self.args)
+        kwargs = dict(zip(self.kwargs, parts[n : n + len(self.kwargs)]))
+        target = parts[-1] if self.target is not None else None
+        return Batch(tuple(parts[:n]), kwargs, target, self.from_dict)
+
+    def map(self, fn) -> Batch:
+        return self.with_parts([fn(t) for t in self.parts()])
+
+    def rows(self, index: slice) -> Batch:
+        return self.map(lambda t: t[index])
+
+    @property
+    def first(self) -> Tensor:
+        """The first input tensor (the probes' and the layer expansion's ``x``)."""
+        return self.parts()[0]
+
+    def inputs(self, with_target: bool = False) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` to call the model with; ``with_target`` passes the target too
+        (for a model that computes its own loss)."""
+        if not with_target or self.target is None:
+            return self.args, self.kwargs
+        if self.from_dict:
+            return self.args, {**self.kwargs, TARGET_KEY: self.target}
+        return (*self.args, self.target), self.kwargs
+
+    def layout(self) -> tuple:
+        """What must match for two batches to be concatenated."""
+        return tuple((n, t.shape[1:], t.dtype, t.device) for n, t in self.named_parts())
+
+
+def load(data: Any, budget: int | None = None, stream: bool | None = None) -> Data:
+    """Read ``data`` once: held in memory if its tensors take at most ``budget`` bytes (or
+    ``stream=False``), else (or with ``stream=True``) read afresh for each pass.
+
+    ``data`` is one ``(x, y)`` pair of tensors, one dict batch, a DataLoader or any iterable
+    of batches.
 
     Example:
         >>> x, y = torch.zeros(4, 1), torch.zeros(4, 1)
-        >>> [b[0].shape[0] for b in as_batches((x, y))]
+        >>> [b.size for b in load((x, y))]
         [4]
     """
-    if _is_pair(data):
-        pairs = [data]
-    else:
-        try:
-            batches_of = iter(data)
-        except TypeError:
-            raise CrumpleTypeError(
-                f"data must be an (x, y) pair of tensors, a DataLoader or an iterable of "
-                f"(x, y) batches; got {type(data).__name__}"
-            ) from None
-        with user_code("iterating the data"):
-            pairs = list(batches_of)
-    batches = []
-    for k, pair in enumerate(pairs):
-        if not _is_pair(pair):
-            raise CrumpleError(
-                f"batch {k} of data is {type(pair).__name__}, not an (x, y) pair of tensors; "
-                "make the loader yield (inputs, targets)"
-            )
-        x, y = pair
-        if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise CrumpleError(
-                f"batch {k} has {x.shape[0]} inputs and {y.shape[0]} targets; "
-                "each batch needs the same, non-zero number of both"
-            )
-        batches.append(tuple(cast(t, device, dtype) for t in pair))
-    if not batches:
+    if isinstance(data, Data):
+        return data
+    if _is_single(data):
+        return Data([Batch.of(data)])
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise CrumpleTypeError(
+            f"data must be an (x, y) pair of tensors, a DataLoader or an iterable of "
+            f"batches ((x, y) pairs, tuples or dicts); got {type(data).__name__}"
+        ) from None
+    held, size = [], 0
+    with user_code("iterating the data"):
+        for k, raw in enumerate(iterator):
+            held.append(Batch.of(raw, k))
+            size += sum(t.numel() * t.element_size() for t in held[-1].parts())
+            if stream or (stream is None and budget is not None and size > budget):
+                return _streamed(data, iterator, held[0], size, budget)
+    if not held:
         raise CrumpleError("data holds no batches; pass at least one (x, y) pair")
-    return batches
+    return Data(held)
 
 
-def _is_pair(obj: Any) -> bool:
+def _streamed(data, iterator, first: Batch, size: int, budget) -> Data:
+    if iterator is data:
+        raise CrumpleError(
+            f"the data takes more than the memory budget ({size / 2**20:.3g} MiB read, budget "
+            f"{(budget or 0) / 2**20:.3g} MiB) and can be read only once (it is an iterator); "
+            "pass a DataLoader or another iterable that can be read again, or raise max_memory"
+        )
+    return Data(None, source=data, first=first)
+
+
+def _is_single(obj: Any) -> bool:
+    if isinstance(obj, Mapping):
+        return True
     return (
         isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, Tensor) for t in obj)
     )
 
 
-def rebatched(batches: Sequence[Batch], size: int) -> list[Batch]:
-    """The same samples in the same order, in batches of ``size`` (the last of a run of
-    matching batches may be smaller): small batches are concatenated, large ones split.
-    The dataset mean does not depend on the batching.
+class Data:
+    """The evaluation data: batches held in memory, or the user's loader read afresh for
+    each pass (``streamed``), either way normalised to :class:`Batch` on a device and dtype.
 
     Example:
-        >>> batches = [(torch.zeros(3, 2), torch.zeros(3))] * 5
-        >>> [len(x) for x, _ in rebatched(batches, 4)]
+        >>> data = load([(torch.zeros(3, 2), torch.zeros(3))] * 2)
+        >>> data.streamed, data.n_samples, [b.size for b in data.rebatched(4)]
+        (False, 6, [4, 2])
+    """
+
+    def __init__(self, held: list[Batch] | None, source: Iterable | None = None, first=None):
+        self.held, self.source = held, source
+        self.first = held[0] if held else first
+        self.device = self.dtype = None
+        self.batch_size: int | None = None
+        self.n_samples = sum(b.size for b in held) if held else None
+
+    @property
+    def streamed(self) -> bool:
+        return self.held is None
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Data:
+        """The same data on ``device``, floating-point tensors in ``dtype`` (held data is
+        moved now, streamed data batch by batch as it is read)."""
+        out = Data(self.held, self.source, self.first)
+        out.device, out.dtype, out.n_samples = device, dtype, self.n_samples
+        out.first = _moved(self.first, device, dtype)
+        if self.held is not None:
+            out.held = [_moved(b, device, dtype) for b in self.held]
+        return out
+
+    def rebatched(self, size: int | None) -> Data:
+        """The same samples in batches of ``size`` (``None``: as given)."""
+        out = self.to(self.device, self.dtype)
+        out.batch_size = size
+        if size is not None and out.held is not None:
+            out.held = list(rebatched(out.held, size))
+        return out
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.held is not None:
+            yield from self.held
+            return
+        batches = self._read()
+        if self.batch_size is not None:
+            batches = rebatched(batches, self.batch_size)
+        count = 0
+        for batch in batches:
+            count += batch.size
+            yield batch
+        self.n_samples = count
+
+    def _read(self) -> Iterator[Batch]:
+        with user_code("iterating the data"):
+            for k, raw in enumerate(self.source):
+                yield _moved(Batch.of(raw, k), self.device, self.dtype)
+
+
+def _moved(batch: Batch, device, dtype) -> Batch:
+    return batch.map(lambda t: cast(t, device, dtype))
+
+
+def rebatched(batches: Iterable[Batch], size: int) -> Iterator[Batch]:
+    """The same samples in the same order, in batches of ``size`` (the last of a run of
+    batches that can be concatenated may be smaller): small batches are concatenated,
+    large ones split. Reads ``batches`` as it goes, so streamed data stays streamed.
+
+    Example:
+        >>> batches = [Batch.of((torch.zeros(3, 2), torch.zeros(3)))] * 5
+        >>> [b.size for b in rebatched(batches, 4)]
         [4, 4, 4, 3]
     """
-    out: list[Batch] = []
     pending: list[Batch] = []
 
-    def flush(keep_partial: bool) -> None:
+    def flush(keep_partial: bool) -> Iterator[Batch]:
         if not pending:
             return
-        x, y = (torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*pending))
-        pieces = list(zip(x.split(size), y.split(size)))
+        parts = [torch.cat(p) if len(p) > 1 else p[0] for p in zip(*(b.parts() for b in pending))]
+        whole = pending[0].with_parts(parts)
         pending.clear()
-        if keep_partial and len(pieces[-1][0]) < size:
+        starts = range(0, whole.size, size)
+        pieces = [whole.rows(slice(s, s + size)) for s in starts]
+        if keep_partial and pieces[-1].size < size:
             pending.append(pieces.pop())
-        out.extend(pieces)
+        yield from pieces
 
-    for x, y in batches:
-        if pending and not all(
-            a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
-            for a, b in zip(pending[0], (x, y))
-        ):
-            flush(keep_partial=False)
-        pending.append((x, y))
-        if sum(len(b[0]) for b in pending) >= size:
-            flush(keep_partial=True)
-    flush(keep_partial=False)
-    return out
-
-
-def number_of_samples(batches: Sequence[Batch]) -> int:
-    return sum(len(x) for x, _ in batches)
+    for batch in batches:
+        if pending and pending[0].layout() != batch.layout():
+            yield from flush(keep_partial=False)
+        pending.append(batch)
+        if sum(b.size for b in pending) >= size:
+            yield from flush(keep_partial=True)
+    yield from flush(keep_partial=False)

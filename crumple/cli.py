@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from crumple import cli_lm
 from crumple import cli_types as types
 from crumple.errors import CrumpleError
 
@@ -116,7 +117,8 @@ def _add_demo(commands) -> None:
         default=64,
         help="training batch size (default 64)",
     )
-    add("--out", type=Path, default=Path("out/demo"), help="output folder (default out/demo)")
+    add("--out", type=Path, help="output folder (default out/demo, or out/lm with --lm)")
+    cli_lm.add_options(demo)
 
 
 def _add_surface(commands) -> None:
@@ -223,6 +225,8 @@ def _add_info(commands) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    if cli_lm.chosen(args):
+        return cli_lm.run(args)
     n = types.demo_grid_size(args.w_min, args.w_max, args.step)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -297,14 +301,14 @@ def _surface(args: argparse.Namespace) -> None:
     kind = _plane_kind(args)
     import crumple as cr
     from crumple import plot, specs, store
-    from crumple.batches import as_batches
+    from crumple.batches import load
 
     loss_fn = specs.loss_function(args.loss)
     metrics = {
         m.rpartition(":")[2]: specs.loss_function(m, "--metric", specs.METRICS) for m in args.metric
     }
     model = specs.load_model(args.model, args.weights)
-    batches = as_batches(specs.load_data(args.data))
+    batches = load(specs.load_data(args.data))
     specs.check_fit(model, loss_fn, batches)
     trajectory = cr.Trajectory.load(args.trajectory) if args.trajectory else None
     plane = _plane(args, kind, model, loss_fn, batches, trajectory)

@@ -35,9 +35,10 @@ def check_model(model: Any) -> nn.Module:
 
 
 def named_functions(
-    loss_fn: Callable, metrics: Mapping[str, Callable] | None = None
-) -> dict[str, Callable]:
-    """``{"loss": loss_fn, **metrics}``, each a function; a metric may not be called "loss".
+    loss_fn: Callable | str, metrics: Mapping[str, Callable] | None = None
+) -> dict[str, Callable | str]:
+    """``{"loss": loss_fn, **metrics}``, each a function (the loss may be ``"model"``: the
+    loss the model computes); a metric may not be called "loss".
 
     Example:
         >>> list(named_functions(abs, {"acc": abs}))
@@ -55,9 +56,12 @@ def named_functions(
         )
     fns = {"loss": loss_fn, **(metrics or {})}
     for name, fn in fns.items():
+        if name == "loss" and isinstance(fn, str) and fn == "model":
+            continue  # the loss the model computes (crumple.losses)
         if not callable(fn):
             raise CrumpleTypeError(
                 f"{name} must be a function fn(pred, y) -> batch mean, got {fn!r}"
+                + ("; or 'model' for the loss the model computes" if name == "loss" else "")
             )
     return fns
 

@@ -26,16 +26,17 @@ import torch
 import xarray as xr
 from torch import nn
 
-from crumple.batches import as_batches, number_of_samples
+from crumple.batches import load
 from crumple.dataset import grid_dataset
 from crumple.grid import Grid
+from crumple.losses import Objective
 from crumple.params import Params, evaluation_mode
 from crumple.plane import Plane
 
 
 def points(
     model: nn.Module,
-    fns: Mapping[str, Callable],
+    fns: Mapping[str, Callable | str],
     data: Any,
     weights: Iterable[Params],
     *,
@@ -51,16 +52,23 @@ def points(
         ...        [{"weight": torch.full((1, 1), 3.0)}])
         {'loss': [9.0]}
     """
-    batches = as_batches(data, device=device, dtype=dtype)
+    data = load(data).to(device, dtype)
+    objective = Objective(model, fns)
     work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     out: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
         for point in weights:
             for name, p in work.named_parameters():
                 p.copy_(point[name])
-            for name, fn in fns.items():
-                total = sum(float(fn(work(x), y)) * len(x) for x, y in batches)
-                out[name].append(total / number_of_samples(batches))
+            sums, totals = dict.fromkeys(fns, 0.0), dict.fromkeys(fns, 0)
+            for batch in data:
+                values = objective.values(objective.call(work, batch), batch)
+                for name, w in objective.weights(batch).items():
+                    if w:
+                        sums[name] += float(values[name]) * w
+                        totals[name] += w
+            for name in fns:
+                out[name].append(sums[name] / totals[name])
     return out
 
 

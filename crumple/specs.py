@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crumple.batches import Data
 from crumple.errors import CrumpleError
+from crumple.losses import Objective
+from crumple.params import evaluation_mode
 
 LOSSES: dict[str, Callable] = {
     "cross_entropy": F.cross_entropy,
@@ -140,7 +143,11 @@ def load_data(spec: str) -> Any:
     return obj
 
 
-def loss_function(name: str, what: str = "--loss", table: dict | None = None) -> Callable:
+def loss_function(name: str, what: str = "--loss", table: dict | None = None) -> Callable | str:
+    """A named loss, ``"model"`` (the loss the model computes; --loss only), or
+    ``package.module:function``."""
+    if name == "model" and table is None:
+        return name
     table = LOSSES if table is None else table
     if name in table:
         return table[name]
@@ -150,31 +157,32 @@ def loss_function(name: str, what: str = "--loss", table: dict | None = None) ->
             raise CrumpleError(f"{what} {name!r} is not a function")
         return fn
     raise CrumpleError(
-        f"{what} {name!r} is not known; use one of {', '.join(table)} or package.module:function"
+        f"{what} {name!r} is not known; use one of {', '.join(table)}"
+        + (", model (the loss the model computes)" if what == "--loss" else "")
+        + " or package.module:function"
     )
 
 
-def check_fit(model: nn.Module, loss_fn: Callable, batches: list) -> None:
+def check_fit(model: nn.Module, loss_fn: Callable | str, data: Data) -> None:
     """Run the model and the loss on two samples, to turn shape errors into a clear message
     (floating-point data in the weights' dtype, as evaluation casts it)."""
-    x, y = batches[0]
     weight = next(model.parameters(), None)
-    if weight is not None and x.is_floating_point():
-        x = x.to(weight.dtype)
+    batch = data.first.rows(slice(0, 2))
+    if weight is not None:
+        batch = data.to(dtype=weight.dtype).first.rows(slice(0, 2))
+    objective = Objective(model, {"loss": loss_fn})
     try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            try:
-                value = loss_fn(model(x[:2]), y[:2])
-            finally:
-                model.train(was)
+        with torch.no_grad(), evaluation_mode(model):
+            value = objective.values(objective.call(model, batch), batch)["loss"]
+    except CrumpleError:
+        raise
     except Exception as e:
+        parts = data.first.named_parts()
+        shapes = ", ".join(f"{n} of shape {tuple(t.shape)} ({t.dtype})" for n, t in parts)
         raise CrumpleError(
-            f"the loader yields inputs of shape {tuple(x.shape)} and targets of shape "
-            f"{tuple(y.shape)} ({y.dtype}), and the model or the loss fails on them: "
-            f"{type(e).__name__}: {str(e).splitlines()[0]}; make --data yield (inputs, targets) "
-            "as the model and --loss expect"
+            f"the loader yields batches of {shapes}, and the model or the loss fails on them: "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}; make --data yield what the model "
+            "and --loss expect ((inputs, targets) pairs, or dicts with labels for --loss model)"
         ) from e
     if not isinstance(value, Tensor) or value.dim() != 0:
         raise CrumpleError("--loss must return the batch mean as a scalar (reduction='mean')")

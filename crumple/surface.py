@@ -13,7 +13,7 @@ import xarray as xr
 from torch import nn
 
 from crumple import reference, tiles
-from crumple.batches import as_batches
+from crumple.batches import load
 from crumple.dataset import coord_attrs, grid_dataset
 from crumple.errors import CrumpleError
 from crumple.evaluation import Settings
@@ -153,7 +153,7 @@ def _landscape(
         raise CrumpleError(f"check must be a number of points >= 0, got {check!r}")
     start = time.perf_counter()
     with evaluation_mode(model):
-        given = as_batches(data)  # as the user gave it: the fingerprint hashes these
+        given = load(data, settings.data_budget, settings.stream)  # the fingerprint hashes it
         outcome = tiles.run(
             model, fns, given, plane, grid, settings, coord_attrs=coord_attrs(plane, grid), **run
         )

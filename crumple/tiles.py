@@ -26,6 +26,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from crumple.batches import Data
 from crumple.errors import CrumpleError
 from crumple.evaluation import Choice, Points, Settings, build
 from crumple.grid import Grid
@@ -53,7 +54,7 @@ class Outcome:
 def run(
     model,
     fns: Mapping[str, Callable],
-    given: list,
+    given: Data,
     plane: Plane,
     grid: Grid,
     settings: Settings,
@@ -65,7 +66,7 @@ def run(
     coord_attrs: Mapping[str, dict] | None = None,
 ) -> Outcome:
     """Evaluate ``grid`` on ``plane`` tile by tile (the model already in evaluation mode;
-    ``given`` the user's batches, which the fingerprint hashes). A run folder and a Dask
+    ``given`` the user's data, which the fingerprint hashes). A run folder and a Dask
     address are checked before any work."""
     if store is not None:
         _check_folder(store)
@@ -139,7 +140,7 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress: bool) -> O
 
         def payload():
             settings = evaluator.settings.to_json()
-            return (task.model, task.fns, task.batches, task.plane, settings)
+            return (task.model, task.fns, task.data, task.plane, settings)
 
         rest = [(k, tiles[k]) for k in todo[1:]]
         sources.append(evaluate_tiles(cluster[0], payload, rest, axes))
@@ -307,12 +308,14 @@ def samples_digest(batches) -> str:
 
     Example:
         >>> x, y = torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 2])
-        >>> samples_digest([(x, y)]) == samples_digest([(x[[2, 0]], y[[2, 0]]), (x[1:2], y[1:2])])
+        >>> from crumple.batches import load
+        >>> shuffled = [(x[[2, 0]], y[[2, 0]]), (x[1:2], y[1:2])]
+        >>> samples_digest(load((x, y))) == samples_digest(load(shuffled))
         True
     """
     rows: list[bytes] = []
     for batch in batches:
-        parts = [t.detach().cpu().contiguous() for t in batch]
+        parts = [t.detach().cpu().contiguous() for t in batch.parts()]
         flat = [p.reshape(len(p), -1).view(torch.uint8).numpy() for p in parts]
         kinds = ";".join(f"{p.dtype}:{tuple(p.shape[1:])}" for p in parts).encode()
         for i in range(len(flat[0])):
@@ -326,7 +329,9 @@ def samples_digest(batches) -> str:
 def ordered_digest(batches) -> str:
     """The data digest of runs stored before :func:`samples_digest`: batch by batch."""
     return _digest(
-        (f"{k}.{part}", t) for k, batch in enumerate(batches) for part, t in zip("xy", batch)
+        (f"{k}.{part}", t)
+        for k, batch in enumerate(batches)
+        for part, t in zip("xy", batch.parts())
     )
 
 
@@ -339,5 +344,7 @@ def _digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-def _qualified(fn: Callable) -> str:
+def _qualified(fn: Callable | str) -> str:
+    if isinstance(fn, str):
+        return fn
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"

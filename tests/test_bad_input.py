@@ -94,7 +94,11 @@ PYTHON_CASES = {
     "metric-not-callable": (dict(metrics={"acc": 3}), CrumpleTypeError, "acc must be a function"),
     "loss-returns-float": (dict(loss_fn=scalar_float), cr.CrumpleError, "returned float"),
     "loss-per-sample": (dict(loss_fn=per_sample), cr.CrumpleError, "batch mean as a scalar"),
-    "model-returns-tuple": (dict(model=ReturnsTuple()), cr.CrumpleError, "returned tuple"),
+    "model-returns-tuple": (
+        dict(model=ReturnsTuple()),
+        cr.CrumpleError,
+        "failed on what the model returned, tuple",
+    ),
     "dropout-in-eval": (dict(model=AlwaysDropout()), cr.CrumpleError, "changes between two"),
     # the plane and the grid
     "plane-a-name": (dict(plane="random"), CrumpleTypeError, "plane must be a crumple.Plane"),
@@ -123,11 +127,15 @@ PYTHON_CASES = {
     # the data
     "data-a-number": (dict(data=42), CrumpleTypeError, r"data must be an \(x, y\) pair"),
     "data-empty": (dict(data=[]), cr.CrumpleError, "holds no batches"),
-    "data-inputs-only": (dict(data=[torch.zeros(3, 64)]), cr.CrumpleError, "not an \\(x, y\\)"),
+    "data-inputs-only": (
+        dict(data=[torch.zeros(3, 64)]),
+        cr.CrumpleError,
+        "batch 0 of data is Tensor; a batch is an \\(x, y\\) pair",
+    ),
     "data-uneven": (
         dict(data=[(torch.zeros(3, 1, 8, 8), torch.zeros(2, dtype=torch.long))]),
         cr.CrumpleError,
-        "3 inputs and 2 targets",
+        "batch 0.s y has shape \\(2,\\) but the batch has 3 rows",
     ),
     # Dask
     "dask-no-workers": (dict(dask="local:0"), cr.CrumpleError, "local:N with N >= 1"),

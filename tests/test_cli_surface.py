@@ -138,7 +138,7 @@ def test_between_and_axes_planes(tmp_path, capsys):
         (["--model", "tests.cli_fixtures:not_a_model"], "returned str, not a torch.nn.Module"),
         (
             ["--data", "tests.cli_fixtures:wrong_shapes"],
-            "the loader yields inputs of shape (50, 1, 4, 8)",
+            "the loader yields batches of x of shape (50, 1, 4, 8)",
         ),
         (["--loss", "hinge"], "--loss 'hinge' is not known"),
         (["--plane", "pca"], "--plane pca needs --trajectory"),

@@ -247,7 +247,7 @@ def test_a_run_stored_with_the_older_ordered_data_digest_resumes(tmp_path):
 
     import zarr
 
-    from crumple.batches import as_batches
+    from crumple.batches import load
     from crumple.tiles import ordered_digest
 
     store = tmp_path / "run"
@@ -255,7 +255,7 @@ def test_a_run_stored_with_the_older_ordered_data_digest_resumes(tmp_path):
     group = zarr.open_group(str(store / DATA), mode="r+", path="surface")
     fp = json.loads(group.attrs["fingerprint"])
     assert fp["data"].startswith("samples:")
-    fp["data"] = ordered_digest(as_batches(cli_fixtures.digits_loader()))
+    fp["data"] = ordered_digest(load(cli_fixtures.digits_loader()))
     group.attrs["fingerprint"] = json.dumps(fp)
     group["tile_done"][2] = False
     resumed = surface_into(store, chunk_size=4)

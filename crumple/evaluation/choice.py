@@ -52,12 +52,16 @@ def choose(
     expanding) and vmap for ``task``; return the choice and, when it timed vmap on
     ``points``, their values (else ``None``)."""
     start = time.perf_counter()
-    x = task.batches[0][0]
-    expanded = task.plane is not None and probes.expanded_layers(
-        task.model, task.plane, task.kernels, task.buffers, x
+    first = task.data.first
+    expanded = (
+        task.plane is not None
+        and not task.data.streamed  # a streamed batch may differ between passes
+        and probes.expanded_layers(
+            task.model, task.plane, task.kernels, task.buffers, task.objective, first
+        )
     )
     looping = "expanded" if expanded else "loop"
-    obstacle = probes.vmap_obstacle(task.model, task.origin, task.buffers, x)
+    obstacle = probes.vmap_obstacle(task.model, task.origin, task.buffers, task.objective, first)
     one = points.take([slice(0, 1)] * len(points.shape))
     if obstacle is None and points.size >= MIN_TIMED_POINTS:
         obstacle = _fails_under_vmap(evaluate, one)  # the loss functions too, and warms up

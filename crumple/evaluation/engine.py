@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from crumple.batches import Batch, as_batches, number_of_samples, rebatched
+from crumple.batches import Batch, Data, load
 from crumple.errors import CrumpleError
 from crumple.evaluation import probes
 from crumple.evaluation.choice import Choice, choose
@@ -19,6 +19,7 @@ from crumple.evaluation.points import Points
 from crumple.evaluation.settings import Settings
 from crumple.evaluation.strategies import STRATEGIES, Strategy
 from crumple.grid import blocks
+from crumple.losses import Objective
 from crumple.params import Params, buffers_of, cast
 from crumple.plane import Plane
 
@@ -47,26 +48,45 @@ def settle_allocator() -> None:
 @dataclass
 class Task:
     """What every strategy evaluates: the model (in eval mode, never written to), the
-    functions (``"loss"`` first), the batches, buffers and plane on the computation's
-    device and dtype, and the layer kernels."""
+    functions (``"loss"`` first) with how the model is called for them, the data, buffers
+    and plane on the computation's device and dtype, and the layer kernels."""
 
     model: nn.Module
-    fns: dict
-    batches: list[Batch]
+    objective: Objective
+    data: Data
     buffers: Params
     plane: Plane | None
     origin: Params
     kernels: Kernels
     data_cast: str | None = None  # "float32 -> float64" when the data was cast
-    n_samples: int = field(init=False)
+    _weights: dict[int, dict[str, int]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.n_samples = number_of_samples(self.batches)
+    @property
+    def fns(self) -> dict:
+        return self.objective.fns
+
+    def weights(self, b: int, batch: Batch) -> dict[str, int]:
+        """What batch ``b`` weighs in each function's mean (counted once for held data)."""
+        if self.data.streamed:
+            return self.objective.weights(batch)
+        if b not in self._weights:
+            self._weights[b] = self.objective.weights(batch)
+        return self._weights[b]
+
+    def functional(self, params: Params):
+        """The model as a function of its inputs, with ``params`` and the task's buffers."""
+        return probes.functional(self.model, params, self.buffers)
 
     def facts(self) -> dict[str, object]:
         """What ``ds.attrs`` says about the data."""
-        cast = {"data_cast": self.data_cast} if self.data_cast else {}
-        return {"n_samples": self.n_samples, **cast}
+        facts: dict[str, object] = {"n_samples": self.data.n_samples}
+        if self.objective.tokens and not self.data.streamed:
+            facts["n_target_tokens"] = sum(w["loss"] for w in self._weights.values())
+        if self.data.streamed:
+            facts["data"] = "streamed"
+        if self.data_cast:
+            facts["data_cast"] = self.data_cast
+        return facts
 
     @property
     def device(self) -> torch.device:
@@ -99,26 +119,30 @@ def prepare(
     else:
         origin = {n: cast(p.detach(), device, dtype) for n, p in model.named_parameters()}
     reference = next(iter(origin.values()))
-    batches = as_batches(data, device=reference.device)
-    given = batches[0][0].dtype
-    batches = as_batches(batches, dtype=reference.dtype)  # float data in the weights' dtype
+    if not isinstance(data, Data):
+        data = load(data, settings.data_budget, settings.stream)
+    given = {t.dtype for t in data.first.parts() if t.is_floating_point()}
+    data = data.to(reference.device, reference.dtype)  # float data in the weights' dtype
     data_cast = None
-    if given.is_floating_point and given != reference.dtype:
-        data_cast = f"{given} -> {reference.dtype}".replace("torch.", "")
-    x = batches[0][0]
+    if given - {reference.dtype}:
+        data_cast = f"{min(given, key=str)} -> {reference.dtype}".replace("torch.", "")
+    objective = Objective(model, fns)
+    first = data.first
     if check:
-        probes.check_deterministic(model, origin, buffers, x[: probes.PROBE_SAMPLES])
+        probes.check_deterministic(model, origin, buffers, objective, first)
+        objective.check(probes.functional(model, origin, buffers), first)
     batching = settings.batching
     if batching == "auto":
-        keep = settings.batch_size is None and probes.depends_on_batch(model, origin, buffers, x)
+        keep = settings.batch_size is None and probes.depends_on_batch(
+            model, origin, buffers, objective, first
+        )
         batching = "user" if keep else "rebatch"
     sizes = {"batch_size": settings.batch_size, "points_per_call": settings.points_per_call}
     if None in sizes.values():
-        sizes = _sizes(model, origin, buffers, batches, settings, batching)
-    if batching == "rebatch":
-        batches = rebatched(batches, sizes["batch_size"])
+        sizes = _sizes(model, origin, buffers, objective, data, settings, batching)
+    data = data.rebatched(sizes["batch_size"] if batching == "rebatch" else None)
     kernels = Kernels(plane, settings.max_memory // CACHE_SHARE)
-    task = Task(model, dict(fns), batches, buffers, plane, origin, kernels, data_cast)
+    task = Task(model, objective, data, buffers, plane, origin, kernels, data_cast)
     resolved = settings.replace(
         batching=batching,
         device=str(reference.device),
@@ -129,20 +153,21 @@ def prepare(
     return task, resolved
 
 
-def _sizes(model, origin, buffers, batches, settings, batching) -> dict[str, int]:
+def _sizes(model, origin, buffers, objective, data, settings, batching) -> dict[str, int]:
     """Batches whose activations stay cache-sized and within the memory budget, and as many
     points per call as keep theirs so too."""
-    x = batches[0][0]
-    activations = probes.activations_per_sample(model, origin, buffers, x[: probes.PROBE_SAMPLES])
+    first = data.first
+    probe = first.rows(slice(0, probes.PROBE_SAMPLES))
+    activations = probes.activations_per_sample(model, origin, buffers, objective, probe)
     element = next(iter(origin.values())).element_size()
     budget = settings.max_memory - settings.max_memory // CACHE_SHARE
     batch_size = settings.batch_size or max(
         1, min(WORKING_SET // activations, budget // (3 * activations * element))
     )
     if batching == "rebatch":
-        largest = min(batch_size, number_of_samples(batches))
+        largest = batch_size if data.streamed else min(batch_size, data.n_samples)
     else:
-        largest = max(len(b[0]) for b in batches)
+        largest = first.size if data.streamed else max(b.size for b in data.held)
     numel = sum(t.numel() for t in origin.values())
     point_bytes = element * (3 * activations * largest + numel)
     points_per_call = settings.points_per_call or max(

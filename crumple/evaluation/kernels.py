@@ -85,6 +85,11 @@ class Kernels(TorchFunctionMode):
         self.calls = 0
         self.elided = elided
 
+    def forget(self) -> None:
+        """Drop the cached products (streamed data: a batch is read afresh each pass)."""
+        self.cache.clear()
+        self.cache_bytes = 0
+
     def stop(self) -> None:
         self.names = {}  # reads count only inside the forward pass
 

@@ -13,9 +13,12 @@ import warnings
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_leaves
 
-from crumple.errors import CrumpleError, user_code
+from crumple.batches import Batch
+from crumple.errors import CrumpleError
 from crumple.evaluation.kernels import Kernels
+from crumple.losses import Objective
 from crumple.params import Params
 from crumple.plane import Plane
 
@@ -31,11 +34,14 @@ CPU_VMAP_OBSTACLES: dict[type[nn.Module], str] = {
 }
 
 
-def check_deterministic(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> None:
-    """Run the model twice on the same samples; refuse a model whose output changes,
-    naming the first module that differs."""
-    with user_code(f"model(x) on the first {len(x)} samples of the data, shape {tuple(x.shape)}"):
-        passes = [_module_outputs(model, params, buffers, x) for _ in range(2)]
+def check_deterministic(
+    model: nn.Module, params: Params, buffers: Params, objective: Objective, batch: Batch
+) -> None:
+    """Run the model twice on the first samples of ``batch``; refuse a model whose output
+    changes, naming the first module that differs."""
+    batch = batch.rows(slice(0, PROBE_SAMPLES))
+    where = f"the model on the first {batch.size} samples of the data"
+    passes = [_module_outputs(model, params, buffers, objective, batch, where) for _ in range(2)]
     for (name, first), (_, second) in zip(*passes):
         if first.shape != second.shape or not torch.equal(first, second):
             raise CrumpleError(
@@ -46,61 +52,77 @@ def check_deterministic(model: nn.Module, params: Params, buffers: Params, x: Te
             )
 
 
-def activations_per_sample(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> int:
+def activations_per_sample(
+    model: nn.Module, params: Params, buffers: Params, objective: Objective, batch: Batch
+) -> int:
     """Activation elements per sample: the sum over all module outputs."""
-    outputs = _module_outputs(model, params, buffers, x)
-    return max(1, sum(t.numel() for _, t in outputs) // len(x))
+    outputs = _module_outputs(model, params, buffers, objective, batch)
+    return max(1, sum(t.numel() for _, t in outputs) // batch.size)
 
 
-def depends_on_batch(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> bool:
+def depends_on_batch(
+    model: nn.Module, params: Params, buffers: Params, objective: Objective, batch: Batch
+) -> bool:
     """Whether the outputs for the first samples change when the batch holds more of them
     (BatchNorm without running statistics, say), or cannot be told apart per sample."""
-    n = min(len(x), 2 * PROBE_SAMPLES)
+    n = min(batch.size, 2 * PROBE_SAMPLES)
     if n < 2:
         return True  # cannot tell: keep the user's batches
-
-    def predict(part: Tensor):
-        return functional_call(model, (params, buffers), (part,))
-
-    half, whole = predict(x[: n // 2]), predict(x[:n])
-    if not isinstance(whole, Tensor) or whole.dim() == 0 or whole.shape[0] != n:
+    predict = functional(model, params, buffers)
+    half = tree_leaves(objective.call(predict, batch.rows(slice(0, n // 2))))
+    whole = tree_leaves(objective.call(predict, batch.rows(slice(0, n))))
+    rows = [(a, b) for a, b in zip(half, whole) if isinstance(b, Tensor) and b.dim() > 0]
+    if len(half) != len(whole) or not rows:
         return True
-    whole = whole[: n // 2]
-    if half.shape != whole.shape:
-        return True
-    tolerance = 1e-10 if half.dtype == torch.float64 else 1e-4
-    scale = max(float(whole.abs().max()), 1.0)
-    return bool((half - whole).abs().max() > tolerance * scale)
+    for part, full in rows:
+        if full.shape[0] != n:
+            return True  # a value over the whole batch (a loss): cannot tell per sample
+        full = full[: n // 2]
+        if part.shape != full.shape:
+            return True
+        if part.is_floating_point():
+            tolerance = 1e-10 if part.dtype == torch.float64 else 1e-4
+            scale = max(float(full.abs().max()), 1.0)
+            if (part - full).abs().max() > tolerance * scale:
+                return True
+        elif not torch.equal(part, full):
+            return True
+    return False
 
 
 def expanded_layers(
-    model: nn.Module, plane: Plane, kernels: Kernels, buffers: Params, x: Tensor
+    model: nn.Module, plane: Plane, kernels: Kernels, buffers: Params, objective, batch: Batch
 ) -> set[str]:
     """The parameters of input layers that ``kernels`` would expand (fills its cache for
     the first batch on the way)."""
     point = [0.0] * plane.ndim
     params = plane.at(*point)
     with kernels:
-        kernels.start(0, x, params, point, on_plane=True)
+        kernels.start(0, batch.first, params, point, on_plane=True)
         try:
-            functional_call(model, (params, buffers), (x,))
+            objective.call(functional(model, params, buffers), batch)
         finally:
             kernels.stop()
     return set(kernels.expanded)
 
 
-def vmap_obstacle(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> str | None:
+def vmap_obstacle(
+    model: nn.Module, params: Params, buffers: Params, objective: Objective, batch: Batch
+) -> str | None:
     """Why vmap cannot batch this model well, or ``None``: a known module, or a trial over
     two points that fails or makes PyTorch warn of a per-point fallback (kept quiet)."""
-    obstacles = VMAP_OBSTACLES | (CPU_VMAP_OBSTACLES if x.device.type == "cpu" else {})
+    cpu = batch.first.device.type == "cpu"
+    obstacles = VMAP_OBSTACLES | (CPU_VMAP_OBSTACLES if cpu else {})
     for module in model.modules():
         for kind, reason in obstacles.items():
             if isinstance(module, kind):
                 return f"{type(module).__name__}: {reason}"
     stacked = {n: torch.stack([p, p]) for n, p in params.items()}
 
+    probe = batch.rows(slice(0, PROBE_SAMPLES))
+
     def predict(p: Params) -> Tensor:
-        return functional_call(model, (p, buffers), (x[:PROBE_SAMPLES],))
+        return objective.call(functional(model, p, buffers), probe)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -114,7 +136,7 @@ def vmap_obstacle(model: nn.Module, params: Params, buffers: Params, x: Tensor) 
     return None
 
 
-def _module_outputs(model, params, buffers, x) -> list[tuple[str, Tensor]]:
+def _module_outputs(model, params, buffers, objective, batch, where="model") -> list:
     names = {m: n or type(model).__name__ for n, m in model.named_modules()}
     outputs: list[tuple[str, Tensor]] = []
 
@@ -124,8 +146,17 @@ def _module_outputs(model, params, buffers, x) -> list[tuple[str, Tensor]]:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        functional_call(model, (params, buffers), (x,))
+        objective.call(functional(model, params, buffers), batch, where)
     finally:
         for handle in handles:
             handle.remove()
     return outputs
+
+
+def functional(model: nn.Module, params: Params, buffers: Params):
+    """The model as a function of its inputs, with ``params`` and ``buffers``."""
+
+    def predict(*args, **kwargs):
+        return functional_call(model, (params, buffers), args, kwargs)
+
+    return predict

@@ -19,6 +19,8 @@ from crumple.errors import CrumpleError
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
 BATCHINGS = ("auto", "rebatch", "user")
+PRECISIONS = (None, "bf16", "tf32")
+DATA_SHARE = 2  # held data may take 1/DATA_SHARE of max_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +34,14 @@ class Settings:
         tile_size: grid points per tile (stored, resumed and sent to a Dask worker as one).
         device: where to compute, e.g. ``"cpu"`` or ``"cuda:1"`` (default: the plane's).
         dtype: ``"float32"`` or ``"float64"`` (default: the plane's).
-        max_memory: bytes the points of one call and the cached layer products may take.
+        max_memory: bytes that evaluation may hold: the data (up to half of it, else the
+            data is streamed), the points of one call and the cached layer products.
+        stream: read the data afresh from its loader for each block of points (``True``),
+            hold it in memory (``False``), or stream only when it exceeds half of
+            ``max_memory`` (``None``).
+        precision: ``None`` (the dtype's own), ``"bf16"`` (forward passes under bfloat16
+            autocast; the means still accumulate in float64) or ``"tf32"`` (CUDA matmuls
+            in TensorFloat-32).
         batching: ``"rebatch"`` (cache-sized batches), ``"user"`` (the data's own batches,
             for a model whose output for a sample depends on its batch) or ``"auto"``.
 
@@ -50,12 +59,21 @@ class Settings:
     dtype: str | None = None
     max_memory: int = DEFAULT_MAX_MEMORY
     batching: str = "auto"
+    stream: bool | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "points_per_call", "tile_size", "max_memory"):
             _check_count(name, getattr(self, name))
         if self.batching not in BATCHINGS:
             raise CrumpleError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
+        if self.stream not in (None, True, False):
+            raise CrumpleError(f"stream must be True, False or None, got {self.stream!r}")
+        if self.precision not in PRECISIONS:
+            raise CrumpleError(
+                f"precision must be one of {PRECISIONS}, got {self.precision!r}; None keeps "
+                "the dtype's own arithmetic"
+            )
         object.__setattr__(self, "device", _device_name(self.device))
         object.__setattr__(self, "dtype", _dtype_name(self.dtype))
 
@@ -105,6 +123,11 @@ class Settings:
             fields.setdefault("points_per_call", fields.pop("chunk_size"))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in fields.items() if k in known})
+
+    @property
+    def data_budget(self) -> int:
+        """Bytes the data may take in memory before it is streamed."""
+        return self.max_memory // DATA_SHARE
 
     @property
     def torch_device(self) -> torch.device | None:

@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, vmap
+from torch.func import vmap
+from torch.utils._pytree import tree_map
 
-from crumple.errors import CrumpleError, user_code
+from crumple.batches import Batch
 from crumple.evaluation.kernels import ElidedRead
 from crumple.evaluation.points import Points
+from crumple.losses import Means, not_a_mean
 from crumple.params import Params
 
 if TYPE_CHECKING:
@@ -64,7 +66,8 @@ class Strategy:
 
 @register
 class Loop(Strategy):
-    """One point at a time on a private copy of the model, weights written in place."""
+    """One point at a time on a private copy of the model, weights written in place. Held
+    data is read for each point; streamed data once per block, each batch at every point."""
 
     name = "loop"
 
@@ -77,33 +80,47 @@ class Loop(Strategy):
 
     def __call__(self, points: Points) -> dict[str, Tensor]:
         task = self.task
-        out = {name: torch.empty(points.shape, dtype=torch.float64) for name in task.fns}
-        row_index, row = None, None
-        for index, point in points.each():
-            if points.is_grid:  # each row's partial weights are made once
-                plane = points.plane
-                if row_index != index[0]:
-                    row_index, row = index[0], plane.shifted(plane.origin, 0, point[0])
-                params = plane.shifted(row, 1, point[1])
-            else:
-                params = points.params_at(*point)
-            self._load(params)
-            sums = dict.fromkeys(task.fns, 0.0)
-            for b, (x, y) in enumerate(task.batches):
-                with user_code("model(x) on batch {b}, shape {s}", b=b, s=x.shape):
-                    preds = checked_prediction(self.work(x))
-                for name, fn in task.fns.items():
-                    with user_code("the {n} function on batch {b}", n=name, b=b):
-                        sums[name] += float(batch_mean(name, fn(preds, y))) * len(x)
-            for name, total in sums.items():
-                out[name][index] = total / task.n_samples
-        return out
+        means = Means(task.objective.names, points.shape)
+        each = list(points.each())
+        if task.data.streamed:
+            pairs = ((p, b) for b in enumerate(task.data) for p in each)
+        else:
+            pairs = ((p, b) for p in each for b in enumerate(task.data))
+        weights_at = _RowWeights(points)
+        for (index, point), (b, batch) in pairs:
+            self._load(weights_at(index, point))
+            output = task.objective.call(self.work, batch, f"model on batch {b}")
+            means.add(task.objective.values(output, batch), task.weights(b, batch), index)
+        return means.result()
 
     def _load(self, params: Params) -> None:
         for name, value in params.items():
             if self.loaded.get(name) is not value:  # rewrite only what changed
                 self.slots[name].copy_(value)
                 self.loaded[name] = value
+
+
+class _RowWeights:
+    """The weights at each point of a block; on a grid, each row's partial sum
+    ``origin + a * directions[0]`` is made once, and a point's weights are kept until the
+    next point is asked for."""
+
+    def __init__(self, points: Points) -> None:
+        self.points = points
+        self.row_index = self.index = None
+        self.row = self.params = None
+
+    def __call__(self, index, point) -> Params:
+        if index != self.index:
+            points, self.index = self.points, index
+            if points.is_grid:
+                plane = points.plane
+                if self.row_index != index[0]:
+                    self.row_index, self.row = index[0], plane.shifted(plane.origin, 0, point[0])
+                self.params = plane.shifted(self.row, 1, point[1])
+            else:
+                self.params = points.params_at(*point)
+        return self.params
 
 
 class _Intercepted(Strategy):
@@ -113,26 +130,25 @@ class _Intercepted(Strategy):
     def __call__(self, points: Points) -> dict[str, Tensor]:
         task = self.task
         on_plane = points.plane is not None
-        sums: dict[str, Tensor] = {}
+        means = Means(task.objective.names, points.shape)
         with task.kernels:
-            for b, (x, y) in enumerate(task.batches):
+            for b, batch in enumerate(task.data):
+                if task.data.streamed:
+                    task.kernels.forget()
 
-                def predict(x: Tensor, params: Params, point: Sequence[Any], elided=(), b=b):
-                    task.kernels.start(b, x, params, point, on_plane, frozenset(elided))
+                def predict(params: Params, point: Sequence[Any], elided=(), b=b, batch=batch):
+                    task.kernels.start(b, batch.first, params, point, on_plane, frozenset(elided))
                     try:
-                        with user_code("model(x) on batch {b}, shape {s}", b=b, s=x.shape):
-                            preds = functional_call(task.model, (params, task.buffers), (x,))
+                        return task.objective.call(
+                            task.functional(params), batch, f"model on batch {b}"
+                        )
                     finally:
                         task.kernels.stop()
-                    return checked_prediction(preds)
 
-                values = self.batch(predict, points, x, y)
-                for name, v in values.items():
-                    weighted = v.double().cpu() * len(x)
-                    sums[name] = weighted if name not in sums else sums[name] + weighted
-        return {name: total / task.n_samples for name, total in sums.items()}
+                means.add(self.batch(predict, points, batch), task.weights(b, batch))
+        return means.result()
 
-    def batch(self, predict: Callable, points: Points, x: Tensor, y: Tensor):
+    def batch(self, predict: Callable, points: Points, batch: Batch) -> dict[str, Tensor]:
         raise NotImplementedError
 
 
@@ -142,7 +158,7 @@ class Expanded(_Intercepted):
 
     name = "expanded"
 
-    def batch(self, predict, points, x, y):
+    def batch(self, predict, points, batch):
         task = self.task
         kernels = task.kernels
         out = {name: torch.empty(points.shape, dtype=torch.float64) for name in task.fns}
@@ -158,13 +174,12 @@ class Expanded(_Intercepted):
                         row_key = (index[0], elided)
                     params = plane.shifted(row, 1, point[1], skip=elided)
                 try:
-                    preds = predict(x, params, point, elided)
+                    output = predict(params, point, elided)
                     break
                 except ElidedRead:  # now in kernels.reads: combined from here on
                     continue
-            for name, fn in task.fns.items():
-                with user_code("the {n} function", n=name):
-                    out[name][index] = batch_mean(name, fn(preds, y)).double()
+            for name, v in task.objective.values(output, batch).items():
+                out[name][index] = v.double()
         return out
 
 
@@ -175,21 +190,21 @@ class Vmap(_Intercepted):
     name = "vmap"
     batched = True
 
-    def batch(self, predict, points, x, y):
-        def at_point(x: Tensor, *point: Any) -> Tensor:
-            return predict(x, points.params_at(*point), point)
+    def batch(self, predict, points, batch):
+        objective = self.task.objective
 
-        preds = nested_vmap(at_point, [None, *points.levels])(x, *points.args)
+        def at_point(*point: Any) -> dict[str, Any]:
+            return objective.keep(predict(points.params_at(*point), point))
+
+        kept = nested_vmap(at_point, points.levels)(*points.args)
+        # the functions under one vmap over all points (nested, F.mse_loss fails in torch 2.13)
         depth = len(points.shape)
-        flat = preds.reshape(-1, *preds.shape[depth:])
-        out = {}
-        for name, fn in self.task.fns.items():
-            with user_code("the {n} function (under vmap)", n=name):
-                values = vmap(fn, in_dims=(0, None))(flat, y)
-            if values.shape != flat.shape[:1]:
-                raise not_a_mean(name, values.shape[1:])
-            out[name] = values.reshape(points.shape)
-        return out
+        flat = tree_map(lambda t: t.reshape(-1, *t.shape[depth:]), kept)
+        values = vmap(lambda k: objective.values_of(k, batch))(flat)
+        for name, v in values.items():
+            if v.shape != (points.size,):
+                raise not_a_mean(name, v.shape[1:])
+        return {name: v.reshape(points.shape) for name, v in values.items()}
 
 
 def nested_vmap(fn: Callable, levels: Sequence[int | None]) -> Callable:
@@ -205,31 +220,3 @@ def nested_vmap(fn: Callable, levels: Sequence[int | None]) -> Callable:
     for level in reversed(range(depth)):
         fn = vmap(fn, in_dims=tuple(0 if lv == level else None for lv in levels))
     return fn
-
-
-def checked_prediction(preds: Any) -> Tensor:
-    if not isinstance(preds, Tensor):
-        raise CrumpleError(
-            f"the model returned {type(preds).__name__}; crumple needs a tensor of "
-            "predictions (wrap the model so that forward returns one)"
-        )
-    return preds
-
-
-def batch_mean(name: str, value: Any) -> Tensor:
-    """``value`` if it is a scalar tensor (a function's batch mean), else a clear error."""
-    if not isinstance(value, Tensor):
-        raise CrumpleError(
-            f"the {name} function returned {type(value).__name__} {value!r}; it must return "
-            "the batch mean as a scalar tensor (e.g. torch.nn.functional.mse_loss(pred, y))"
-        )
-    if value.dim() != 0:
-        raise not_a_mean(name, value.shape)
-    return value
-
-
-def not_a_mean(name: str, shape) -> CrumpleError:
-    return CrumpleError(
-        f"{name} function returned shape {tuple(shape)} per point; "
-        "it must return the batch mean as a scalar (reduction='mean')"
-    )
