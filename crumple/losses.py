@@ -97,6 +97,7 @@ class Objective:
         """For a token-mean loss: check it against the model's own loss on ``batch``."""
         if not self.tokens:
             return
+        self._targets(batch)  # refuses a batch without labels
         args, kwargs = batch.inputs(with_target=True)
         with user_code("model(**batch) with labels, on the first batch"):
             output = predict(*args, **kwargs)

@@ -44,3 +44,15 @@ def slower_cross_entropy(pred, y):
 def make_mlp64():
     """A float64 model, for float32 data."""
     return make_mlp().double()
+
+
+def tiny_gpt2():
+    from tests.test_hf import tiny_gpt2 as build
+
+    return build()
+
+
+def token_batches():
+    from tests.test_hf import padded_batches
+
+    return padded_batches()
