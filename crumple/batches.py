@@ -154,6 +154,33 @@ def load(data: Any, budget: int | None = None, stream: bool | None = None) -> Da
     return Data(held)
 
 
+def inputs_only(data: Any) -> list[Batch]:
+    """Batches whose inputs alone are used (BatchNorm recalibration): ``data`` as for
+    :func:`load`, or tensors of inputs (one, or an iterable of them).
+
+    Example:
+        >>> [b.size for b in inputs_only(torch.zeros(5, 2))]
+        [5]
+    """
+    if isinstance(data, Tensor):
+        data = [data]
+    elif _is_single(data):
+        return list(load(data))
+    try:
+        items = list(data)
+    except TypeError:
+        raise CrumpleTypeError(
+            f"recalibrate must be a DataLoader, an iterable of batches or of input tensors, "
+            f"or one tensor; got {type(data).__name__}"
+        ) from None
+    if not items:
+        raise CrumpleError("recalibrate holds no batches; pass at least one batch of inputs")
+    return [
+        Batch((b,), {}, None) if isinstance(b, Tensor) else Batch.of(b, k)
+        for k, b in enumerate(items)
+    ]
+
+
 def _streamed(data, iterator, first: Batch, size: int, budget) -> Data:
     if iterator is data:
         raise CrumpleError(

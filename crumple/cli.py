@@ -135,12 +135,19 @@ def _add_surface(commands) -> None:
         "--data",
         required=True,
         metavar="MODULE:LOADER",
-        help="a DataLoader, or a function returning one or an (x, y) pair",
+        help="a DataLoader (of (x, y) pairs, tuples or dicts), or a function returning one",
+    )
+    add(
+        "--recalibrate",
+        default=None,
+        metavar="MODULE:LOADER",
+        help="recompute BatchNorm statistics at each point from this loader's inputs",
     )
     add(
         "--loss",
         default="cross_entropy",
-        help=f"{', '.join(types.LOSSES)} or MODULE:FUNCTION (default cross_entropy)",
+        help=f"{', '.join(types.LOSSES)}, model (the loss the model computes, e.g. a Hugging "
+        "Face model given labels) or MODULE:FUNCTION (default cross_entropy)",
     )
     add("--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable")
     _add_plane_options(surface)
@@ -330,6 +337,7 @@ def _surface(args: argparse.Namespace) -> None:
         metrics=metrics,
         dtype=args.dtype,
         progress=True,
+        recalibrate=specs.load_data(args.recalibrate) if args.recalibrate else None,
         **options,
     )
     paths = {}

@@ -78,8 +78,8 @@ def evaluate_tiles(
     axes: Sequence[torch.Tensor],
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Evaluate ``tiles`` (index, slices of ``axes``) on the cluster of ``client``; yield
-    results as they arrive. ``payload()`` gives (model, fns, batches, plane, settings JSON),
-    called once the first tile has fixed the settings."""
+    results as they arrive. ``payload()`` gives (model, fns, data, plane, settings JSON,
+    recalibration data), called once the first tile has fixed the settings."""
     distributed = require_extra("distributed", "dask")
     futures = []
     try:
@@ -117,7 +117,7 @@ def _tile(packed: bytes, k: int, coords: list):
 
     key = hashlib.sha256(packed).hexdigest()
     if key not in _EVALUATORS:
-        model, fns, batches, plane, settings = pickle.loads(packed)
+        model, fns, batches, plane, settings, recalibrate = pickle.loads(packed)
         UNPACKED[0] += 1
         try:
             from distributed import get_worker
@@ -126,7 +126,10 @@ def _tile(packed: bytes, k: int, coords: list):
         except (ImportError, ValueError, AttributeError):
             pass
         with evaluation_mode(model):
-            evaluate = build(model, fns, batches, plane, Settings.from_json(settings), check=False)
+            settings = Settings.from_json(settings)
+            evaluate = build(
+                model, fns, batches, plane, settings, check=False, recalibrate=recalibrate
+            )
         _EVALUATORS.clear()
         _EVALUATORS[key] = (model, evaluate)
     model, evaluate = _EVALUATORS[key]

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from crumple.batches import load
+from crumple.batches import Data, inputs_only, load
 from crumple.dataset import grid_dataset
 from crumple.grid import Grid
 from crumple.losses import Objective
@@ -42,6 +43,7 @@ def points(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    recalibrate: Any = None,
 ) -> dict[str, list[float]]:
     """Each function's exact dataset mean at each set of ``weights``.
 
@@ -60,6 +62,8 @@ def points(
         for point in weights:
             for name, p in work.named_parameters():
                 p.copy_(point[name])
+            if recalibrate is not None:
+                recalibrated(work, Data(inputs_only(recalibrate)).to(device, dtype))
             sums, totals = dict.fromkeys(fns, 0.0), dict.fromkeys(fns, 0)
             for batch in data:
                 values = objective.values(objective.call(work, batch), batch)
@@ -72,6 +76,23 @@ def points(
     return out
 
 
+def recalibrated(work: nn.Module, data) -> None:
+    """Recompute ``work``'s BatchNorm running statistics from ``data``: reset, a cumulative
+    average (``momentum=None``), only the BatchNorm layers in training mode."""
+    layers = [m for m in work.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    for batch in data:
+        args, kwargs = batch.inputs()
+        work(*args, **kwargs)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+        layer.eval()
+
+
 def surface(
     model: nn.Module,
     loss_fn: Callable,
@@ -82,6 +103,7 @@ def surface(
     metrics: Mapping[str, Callable] | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    recalibrate: Any = None,
 ) -> xr.Dataset:
     """What :func:`crumple.surface` computes, point by point.
 
@@ -98,7 +120,9 @@ def surface(
     moved = plane.to(device, dtype)
     weights = (moved.at(*map(float, coords)) for coords in _product(grid))
     with evaluation_mode(model):
-        values = points(model, fns, data, weights, dtype=dtype, device=device)
+        values = points(
+            model, fns, data, weights, dtype=dtype, device=device, recalibrate=recalibrate
+        )
     results = {name: np.reshape(v, grid.shape) for name, v in values.items()}
     return grid_dataset(results, plane, grid, fns, {"method": "reference loop"})
 

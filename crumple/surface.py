@@ -60,6 +60,11 @@ def surface(
             call again resumes (finished tiles are read, not recomputed). A folder made from
             other inputs (weights, plane, grid, data, loss, dtype) is refused.
         data_id: a name for the data to fingerprint instead of hashing its contents.
+        recalibrate: data (as ``data``; the model is called with its inputs) from which the
+            BatchNorm running statistics are recomputed at each point before evaluating, as
+            one would after moving the weights (reset, cumulative average over these batches
+            with only the BatchNorm layers in training mode). Recorded in
+            ``ds.attrs["recalibrated"]``.
         dask: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
             ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
             the first are evaluated on its workers, which receive the model, data and plane
@@ -142,9 +147,11 @@ def _landscape(
     store: str | Path | None = None,
     data_id: str | None = None,
     dask: Any = None,
+    recalibrate: Any = None,
     **options: Any,
 ) -> xr.Dataset:
     run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
+    run["recalibrate"] = recalibrate
     settings = Settings.from_options(**options, also=("metrics", "check", *run))
     check_fits(check_model(model), plane)
     fns = named_functions(loss_fn, metrics)
@@ -162,7 +169,7 @@ def _landscape(
     else:
         ds = grid_dataset(outcome.values, plane, grid, fns, _facts(outcome, start))
     if check:
-        _check_against_reference(ds, model, fns, given, plane, check, outcome.settings)
+        _check_against_reference(ds, model, fns, given, plane, check, outcome.settings, run)
     return tiles.finish(outcome, ds, plane) if outcome.finished is None else ds
 
 
@@ -188,7 +195,7 @@ def _facts(outcome: tiles.Outcome, start: float) -> dict[str, Any]:
     return facts
 
 
-def _check_against_reference(ds, model, fns, given, plane, n, settings) -> None:
+def _check_against_reference(ds, model, fns, given, plane, n, settings, run) -> None:
     """Re-do ``n`` random grid points with the reference loop; record the largest relative
     difference in ``ds.attrs``, and refuse the result past the tolerance."""
     rng = np.random.default_rng(0)
@@ -199,7 +206,13 @@ def _check_against_reference(ds, model, fns, given, plane, n, settings) -> None:
     weights = [moved.at(*map(float, point)) for point in zip(*coords)]
     with evaluation_mode(model):
         slow = reference.points(
-            model, fns, given, weights, dtype=settings.torch_dtype, device=settings.torch_device
+            model,
+            fns,
+            given,
+            weights,
+            dtype=settings.torch_dtype,
+            device=settings.torch_device,
+            recalibrate=run["recalibrate"],
         )
     worst, where = 0.0, None
     for name, values in slow.items():

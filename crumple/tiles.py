@@ -26,7 +26,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from crumple.batches import Data
+from crumple.batches import Data, inputs_only
 from crumple.errors import CrumpleError
 from crumple.evaluation import Choice, Points, Settings, build
 from crumple.grid import Grid
@@ -64,6 +64,7 @@ def run(
     dask: Any = None,
     progress: bool = False,
     coord_attrs: Mapping[str, dict] | None = None,
+    recalibrate: Any = None,
 ) -> Outcome:
     """Evaluate ``grid`` on ``plane`` tile by tile (the model already in evaluation mode;
     ``given`` the user's data, which the fingerprint hashes). A run folder and a Dask
@@ -80,6 +81,8 @@ def run(
         if store is not None:
             dtype = settings.dtype or str(next(iter(plane.origin.values())).dtype)
             fp = fingerprint(model, plane, grid, given, fns, dtype, data_id)
+            if recalibrate is not None:  # its batching matters: batch by batch
+                fp["recalibrate"] = ordered_digest(inputs_only(recalibrate))
             stored = _resume(store, fp, lambda: ordered_digest(given))
             if stored is not None and all(stored.done()):
                 out = open_run(store)["surface"]
@@ -88,9 +91,9 @@ def run(
             if stored is not None:
                 plan = Settings.from_json(stored.attrs["plan"])
                 settings = plan.replace(device=settings.device or plan.device)
-        evaluator = build(model, fns, given, plane, settings)
+        evaluator = build(model, fns, given, plane, settings, recalibrate=recalibrate)
         new = (store, fp, coord_attrs) if stored is None and store is not None else None
-        return _run_tiles(evaluator, grid, stored, new, cluster, progress)
+        return _run_tiles(evaluator, grid, stored, new, cluster, progress, recalibrate)
     finally:
         if cluster is not None:
             from crumple.distributed import close
@@ -98,7 +101,7 @@ def run(
             close(*cluster)
 
 
-def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress: bool) -> Outcome:
+def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, recalibrate) -> Outcome:
     """Size the tiles (timing a first call, kept), create the store (``new``: folder,
     fingerprint, coordinate attributes) if there is none yet, run the first tile here and
     the rest here or on the cluster, writing each as it arrives."""
@@ -140,7 +143,7 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress: bool) -> O
 
         def payload():
             settings = evaluator.settings.to_json()
-            return (task.model, task.fns, task.data, task.plane, settings)
+            return (task.model, task.fns, task.data, task.plane, settings, recalibrate)
 
         rest = [(k, tiles[k]) for k in todo[1:]]
         sources.append(evaluate_tiles(cluster[0], payload, rest, axes))
@@ -227,7 +230,8 @@ def _resume(folder, fp: Mapping[str, str], ordered: Callable[[], str]) -> RunSto
         json.loads(attrs["plan"])
     except (KeyError, ValueError) as e:
         raise damaged(folder, e) from e
-    differs = [k for k in fp if previous.get(k) != fp[k]]
+    keys = [*fp, *(k for k in previous if k not in fp)]
+    differs = [k for k in keys if previous.get(k) != fp.get(k)]
     older = "data" in differs and not str(previous.get("data")).startswith("samples:")
     if older and fp["data"].startswith("samples:") and previous.get("data") == ordered():
         differs.remove("data")
@@ -240,8 +244,9 @@ def _resume(folder, fp: Mapping[str, str], ordered: Callable[[], str]) -> RunSto
         )
         raise CrumpleError(
             f"{str(folder)!r} holds a run made with other {', '.join(differs)}; it is left "
-            "as it is. To resume it, give the same model weights, plane, grid, data, loss "
-            f"and dtype; to start a fresh run, choose another folder or delete this one.{hint}"
+            "as it is. To resume it, give the same model weights, plane, grid, data, loss, "
+            "dtype and recalibration data; to start a fresh run, choose another folder or "
+            f"delete this one.{hint}"
         )
     return stored
 
@@ -329,9 +334,7 @@ def samples_digest(batches) -> str:
 def ordered_digest(batches) -> str:
     """The data digest of runs stored before :func:`samples_digest`: batch by batch."""
     return _digest(
-        (f"{k}.{part}", t)
-        for k, batch in enumerate(batches)
-        for part, t in zip("xy", batch.parts())
+        (f"{k}.{part}", t) for k, batch in enumerate(batches) for part, t in batch.named_parts()
     )
 
 

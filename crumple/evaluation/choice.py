@@ -55,6 +55,7 @@ def choose(
     first = task.data.first
     expanded = (
         task.plane is not None
+        and task.recalibration is None  # it needs every weight combined
         and not task.data.streamed  # a streamed batch may differ between passes
         and probes.expanded_layers(
             task.model, task.plane, task.kernels, task.buffers, task.objective, first

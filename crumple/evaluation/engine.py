@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from crumple.batches import Batch, Data, load
+from crumple.batches import Batch, Data, inputs_only, load
 from crumple.errors import CrumpleError
 from crumple.evaluation import probes
 from crumple.evaluation.choice import Choice, choose
 from crumple.evaluation.kernels import Kernels
 from crumple.evaluation.points import Points
+from crumple.evaluation.recalibration import Recalibration
 from crumple.evaluation.settings import Settings
 from crumple.evaluation.strategies import STRATEGIES, Strategy
 from crumple.grid import blocks
@@ -59,6 +60,7 @@ class Task:
     origin: Params
     kernels: Kernels
     data_cast: str | None = None  # "float32 -> float64" when the data was cast
+    recalibration: Recalibration | None = None  # BatchNorm statistics at each point
     _weights: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
@@ -74,8 +76,14 @@ class Task:
         return self._weights[b]
 
     def functional(self, params: Params):
-        """The model as a function of its inputs, with ``params`` and the task's buffers."""
-        return probes.functional(self.model, params, self.buffers)
+        """The model as a function of its inputs, with ``params`` and the task's buffers
+        (recalibrated at ``params`` when asked)."""
+        return probes.functional(self.model, params, self.buffers_at(params))
+
+    def buffers_at(self, params: Params) -> Params:
+        if self.recalibration is None:
+            return self.buffers
+        return self.recalibration.buffers_at(params, self.buffers)
 
     def facts(self) -> dict[str, object]:
         """What ``ds.attrs`` says about the data."""
@@ -86,6 +94,9 @@ class Task:
             facts["data"] = "streamed"
         if self.data_cast:
             facts["data_cast"] = self.data_cast
+        if self.recalibration is not None:
+            n = len(self.recalibration.inputs)
+            facts["recalibrated"] = f"BatchNorm statistics recomputed at each point ({n} batches)"
         return facts
 
     @property
@@ -105,6 +116,7 @@ def prepare(
     settings: Settings,
     *,
     check: bool = True,
+    recalibrate=None,
 ) -> tuple[Task, Settings]:
     """Move and cast the data, buffers and plane once, check the model (``check``), decide
     the batching and the sizes the settings leave open; return the task and the settings
@@ -142,7 +154,11 @@ def prepare(
         sizes = _sizes(model, origin, buffers, objective, data, settings, batching)
     data = data.rebatched(sizes["batch_size"] if batching == "rebatch" else None)
     kernels = Kernels(plane, settings.max_memory // CACHE_SHARE)
-    task = Task(model, objective, data, buffers, plane, origin, kernels, data_cast)
+    recalibration = None
+    if recalibrate is not None:
+        batches = Data(inputs_only(recalibrate)).to(reference.device, reference.dtype)
+        recalibration = Recalibration(model, [b.inputs() for b in batches])
+    task = Task(model, objective, data, buffers, plane, origin, kernels, data_cast, recalibration)
     resolved = settings.replace(
         batching=batching,
         device=str(reference.device),
@@ -259,6 +275,7 @@ def build(
     settings: Settings | None = None,
     *,
     check: bool = True,
+    recalibrate=None,
 ) -> Evaluator:
     """The one factory of evaluators, for ``surface``, ``line``, ``project`` and Dask
     workers: ``prepare`` then an :class:`Evaluator` with the filled-in settings."""
@@ -267,5 +284,12 @@ def build(
         raise CrumpleError(
             f"strategy must be 'auto' or one of {', '.join(STRATEGIES)}, got {settings.strategy!r}"
         )
-    task, resolved = prepare(model, fns, data, plane, settings, check=check)
+    if recalibrate is not None and settings.strategy == "expanded":
+        raise CrumpleError(
+            "strategy='expanded' cannot recalibrate BatchNorm statistics (it leaves some "
+            "weights uncombined); use strategy='auto', 'loop' or 'vmap'"
+        )
+    task, resolved = prepare(
+        model, fns, data, plane, settings, check=check, recalibrate=recalibrate
+    )
     return Evaluator(task, resolved)

@@ -29,6 +29,7 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 
 from crumple.batches import Batch
+from crumple.evaluation import probes
 from crumple.evaluation.kernels import ElidedRead
 from crumple.evaluation.points import Points
 from crumple.losses import Means, not_a_mean
@@ -76,6 +77,7 @@ class Loop(Strategy):
         self.work = copy.deepcopy(task.model).requires_grad_(False)
         self.work.to(device=task.device, dtype=task.dtype)
         self.slots = dict(self.work.named_parameters())
+        self.buffer_slots = dict(self.work.named_buffers())
         self.loaded: dict[str, Tensor] = {}
 
     def __call__(self, points: Points) -> dict[str, Tensor]:
@@ -87,11 +89,24 @@ class Loop(Strategy):
         else:
             pairs = ((p, b) for p in each for b in enumerate(task.data))
         weights_at = _RowWeights(points)
+        recalibrated: dict[tuple, Params] = {}
         for (index, point), (b, batch) in pairs:
-            self._load(weights_at(index, point))
+            params = weights_at(index, point)
+            self._load(params)
+            if task.recalibration is not None:
+                self._load_buffers(index, params, recalibrated)
             output = task.objective.call(self.work, batch, f"model on batch {b}")
             means.add(task.objective.values(output, batch), task.weights(b, batch), index)
         return means.result()
+
+    def _load_buffers(self, index, params: Params, recalibrated: dict) -> None:
+        """The recalibrated buffers at ``params`` (made once per point of the block)."""
+        if index not in recalibrated:
+            if not self.task.data.streamed:
+                recalibrated.clear()  # each point's batches come together
+            recalibrated[index] = self.task.buffers_at(params)
+        for name, value in recalibrated[index].items():
+            self.buffer_slots[name].copy_(value)
 
     def _load(self, params: Params) -> None:
         for name, value in params.items():
@@ -136,12 +151,13 @@ class _Intercepted(Strategy):
                 if task.data.streamed:
                     task.kernels.forget()
 
-                def predict(params: Params, point: Sequence[Any], elided=(), b=b, batch=batch):
+                def predict(params, point, elided=(), buffers=None, b=b, batch=batch):
+                    if buffers is None:
+                        buffers = task.buffers_at(params)
                     task.kernels.start(b, batch.first, params, point, on_plane, frozenset(elided))
                     try:
-                        return task.objective.call(
-                            task.functional(params), batch, f"model on batch {b}"
-                        )
+                        model = probes.functional(task.model, params, buffers)
+                        return task.objective.call(model, batch, f"model on batch {b}")
                     finally:
                         task.kernels.stop()
 
@@ -193,10 +209,19 @@ class Vmap(_Intercepted):
     def batch(self, predict, points, batch):
         objective = self.task.objective
 
-        def at_point(*point: Any) -> dict[str, Any]:
-            return objective.keep(predict(points.params_at(*point), point))
+        if self.task.recalibration is None:
 
-        kept = nested_vmap(at_point, points.levels)(*points.args)
+            def at_point(*point: Any) -> dict[str, Any]:
+                return objective.keep(predict(points.params_at(*point), point))
+
+            kept = nested_vmap(at_point, points.levels)(*points.args)
+        else:  # the block's recalibrated buffers, made once for all its batches
+
+            def at_point(buffers, *point: Any) -> dict[str, Any]:
+                return objective.keep(predict(points.params_at(*point), point, (), buffers))
+
+            buffers = self._buffers(points)
+            kept = nested_vmap(at_point, [ALL, *points.levels])(buffers, *points.args)
         # the functions under one vmap over all points (nested, F.mse_loss fails in torch 2.13)
         depth = len(points.shape)
         flat = tree_map(lambda t: t.reshape(-1, *t.shape[depth:]), kept)
@@ -206,17 +231,33 @@ class Vmap(_Intercepted):
                 raise not_a_mean(name, v.shape[1:])
         return {name: v.reshape(points.shape) for name, v in values.items()}
 
+    def _buffers(self, points: Points) -> Params:
+        """Recalibrated buffers at every point of the block last asked for."""
+        if getattr(self, "_block", None) is not points:
+            task = self.task
+            self._block = points
+
+            def at_point(*point: Any) -> Params:
+                return task.buffers_at(points.params_at(*point))
+
+            self._block_buffers = nested_vmap(at_point, points.levels)(*points.args)
+        return self._block_buffers
+
 
 def nested_vmap(fn: Callable, levels: Sequence[int | None]) -> Callable:
     """vmap ``fn`` once per level: arguments with the same level are mapped together,
-    arguments with level ``None`` are passed whole. The result has one leading axis per level.
+    arguments with level ``None`` are passed whole, and with level ``ALL`` mapped at every
+    level (one leading axis each). The result has one leading axis per level.
 
     Example:
         >>> f = nested_vmap(lambda a, b: a * b, [0, 1])
         >>> f(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 10.0, 100.0])).shape
         torch.Size([2, 3])
     """
-    depth = max(level for level in levels if level is not None) + 1
+    depth = max(level for level in levels if level not in (None, ALL)) + 1
     for level in reversed(range(depth)):
-        fn = vmap(fn, in_dims=tuple(0 if lv == level else None for lv in levels))
+        fn = vmap(fn, in_dims=tuple(0 if lv in (level, ALL) else None for lv in levels))
     return fn
+
+
+ALL = "all"  # a nested_vmap level: mapped at every level
