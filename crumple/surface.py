@@ -88,6 +88,12 @@ def surface(
             (``ds.attrs["batching"]`` says which was used).
         device: where to compute, e.g. ``"cuda:1"`` (default: where the plane's tensors are).
         dtype: ``torch.float32`` or ``torch.float64`` (or their names; default: the plane's).
+        precision: ``"bf16"`` (forward passes under bfloat16 autocast, on a GPU or the
+            CPU) or ``"tf32"`` (CUDA matmuls in TensorFloat-32); the means are accumulated
+            in float64 either way.
+        stream: ``True`` reads the data afresh from its loader for each block of points,
+            ``False`` holds it in memory; by default it is streamed when it takes more
+            than half of ``max_memory``. Streamed and held data give the same bits.
 
     Returns:
         A Dataset with ``loss[i, j]`` the loss at ``(alpha[i], beta[j])``.
@@ -189,6 +195,10 @@ def _facts(outcome: tiles.Outcome, start: float) -> dict[str, Any]:
     }
     if s.batch_size is not None:
         facts["batch_size"] = s.batch_size
+    if s.precision is not None:
+        facts["precision"] = s.precision
+    if outcome.halvings:
+        facts["points_per_call_halved"] = outcome.halvings
     if outcome.choice is not None:
         facts["strategy_reason"] = outcome.choice.reason
         facts["choice_seconds"] = outcome.choice.overhead

@@ -49,6 +49,7 @@ class Outcome:
     choice: Choice | None = None
     run: RunStore | None = None
     finished: xr.Dataset | None = None
+    halvings: int = 0  # points per call halved after running out of memory (here)
 
 
 def run(
@@ -152,7 +153,10 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, recalibrat
     results = itertools.chain(*sources)
     precomputed = math.prod(s.stop - s.start for s in block) if measured is not None else 0
     values = _collect(results, tiles, todo, grid, stored, evaluator, progress, precomputed)
-    return Outcome(values, evaluator.settings, task.facts(), len(todo), evaluator.choice, stored)
+    facts, n = task.facts(), len(todo)
+    return Outcome(
+        values, evaluator.settings, facts, n, evaluator.choice, stored, None, evaluator.halvings
+    )
 
 
 def _collect(

@@ -3,6 +3,7 @@ given, and blocks of points split into calls of ``points_per_call``."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from crumple.plane import Plane
 
 WORKING_SET = 2**23  # elements of activations per call: small enough to stay in cache
 CACHE_SHARE = 4  # expanded-layer products may use 1/CACHE_SHARE of max_memory
+GPU_SHARE = 0.8  # of a GPU's free memory that the points of one call may take
 
 
 _ALLOCATOR_SETTLED = [False]
@@ -61,6 +63,7 @@ class Task:
     kernels: Kernels
     data_cast: str | None = None  # "float32 -> float64" when the data was cast
     recalibration: Recalibration | None = None  # BatchNorm statistics at each point
+    precision_name: str | None = None  # "bf16" or "tf32" (Settings.precision)
     _weights: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
@@ -79,6 +82,10 @@ class Task:
         """The model as a function of its inputs, with ``params`` and the task's buffers
         (recalibrated at ``params`` when asked)."""
         return probes.functional(self.model, params, self.buffers_at(params))
+
+    def precision(self):
+        """The arithmetic the settings ask for: bfloat16 autocast or TF32 matmuls."""
+        return arithmetic(self.precision_name, self.device)
 
     def buffers_at(self, params: Params) -> Params:
         if self.recalibration is None:
@@ -159,6 +166,7 @@ def prepare(
         batches = Data(inputs_only(recalibrate)).to(reference.device, reference.dtype)
         recalibration = Recalibration(model, [b.inputs() for b in batches])
     task = Task(model, objective, data, buffers, plane, origin, kernels, data_cast, recalibration)
+    task.precision_name = check_precision(settings.precision, reference.device)
     resolved = settings.replace(
         batching=batching,
         device=str(reference.device),
@@ -169,16 +177,56 @@ def prepare(
     return task, resolved
 
 
+def check_precision(precision: str | None, device: torch.device) -> str | None:
+    if precision == "tf32" and device.type != "cuda":
+        raise CrumpleError(
+            f"precision='tf32' changes CUDA matmuls, and this run computes on {device}; leave "
+            "precision out, or use 'bf16' (bfloat16 autocast, on the CPU too)"
+        )
+    return precision
+
+
+@contextlib.contextmanager
+def arithmetic(precision: str | None, device: torch.device):
+    """bfloat16 autocast (``"bf16"``) or TF32 matmuls and convolutions (``"tf32"``) inside."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32":
+        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    else:
+        yield
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device (``None`` elsewhere)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free
+
+
 def _sizes(model, origin, buffers, objective, data, settings, batching) -> dict[str, int]:
-    """Batches whose activations stay cache-sized and within the memory budget, and as many
-    points per call as keep theirs so too."""
+    """Batches whose activations stay cache-sized and within the memory budget (on a GPU,
+    also within GPU_SHARE of its free memory), and as many points per call as keep theirs
+    so too."""
     first = data.first
     probe = first.rows(slice(0, probes.PROBE_SAMPLES))
     activations = probes.activations_per_sample(model, origin, buffers, objective, probe)
     element = next(iter(origin.values())).element_size()
     budget = settings.max_memory - settings.max_memory // CACHE_SHARE
+    free = free_memory(next(iter(origin.values())).device)
+    working = WORKING_SET
+    if free is not None:  # a GPU: sized from its free memory, not for a CPU cache
+        budget = min(budget, int(free * GPU_SHARE))
+        working = budget // element
     batch_size = settings.batch_size or max(
-        1, min(WORKING_SET // activations, budget // (3 * activations * element))
+        1, min(working // activations, budget // (3 * activations * element))
     )
     if batching == "rebatch":
         largest = batch_size if data.streamed else min(batch_size, data.n_samples)
@@ -187,7 +235,7 @@ def _sizes(model, origin, buffers, objective, data, settings, batching) -> dict[
     numel = sum(t.numel() for t in origin.values())
     point_bytes = element * (3 * activations * largest + numel)
     points_per_call = settings.points_per_call or max(
-        1, min(WORKING_SET // (activations * largest), budget // point_bytes)
+        1, min(working // (activations * largest), budget // point_bytes)
     )
     return {"batch_size": batch_size, "points_per_call": points_per_call}
 
@@ -211,6 +259,7 @@ class Evaluator:
         self.choice: Choice | None = None
         self.strategy: Strategy | None = None
         self._trial: dict[str, Strategy] = {}  # strategies the auto choice made
+        self.halvings = 0  # points per call halved after running out of memory
         if settings.strategy != "auto":
             self.strategy = STRATEGIES[settings.strategy](task)
 
@@ -235,16 +284,22 @@ class Evaluator:
         return out
 
     def _call(self, points: Points) -> dict[str, Tensor]:
-        if self.strategy is None:
-            self.choice, values = choose(self.task, points, self._with)
-            self._use(self.choice.strategy)
-            return values if values is not None else self._call(points)
         try:
-            return self.strategy(points)
+            with self.task.precision():
+                if self.strategy is None:
+                    self.choice, values = choose(self.task, points, self._with)
+                    self._use(self.choice.strategy)
+                    if values is not None:
+                        return values
+                return self.strategy(points)
         except CrumpleError:
             raise
+        except torch.OutOfMemoryError:
+            if points.size == 1 or (self.strategy is not None and not self.strategy.batched):
+                raise
+            return self._halved(points)
         except Exception as e:
-            if self.strategy.name != "vmap":
+            if self.strategy is None or self.strategy.name != "vmap":
                 raise
             warnings.warn(
                 f"torch.func.vmap cannot evaluate this model ({type(e).__name__}: "
@@ -254,6 +309,22 @@ class Evaluator:
             )
             self._use("loop")
             return self._call(points)
+
+    def _halved(self, points: Points) -> dict[str, Tensor]:
+        """After running out of memory: half the points per call from now on, this block
+        in halves (said once per halving, and in ``halvings``)."""
+        per_call = max(1, points.size // 2)
+        if per_call < (self.settings.points_per_call or points.size):  # a block made before
+            self.settings = self.settings.replace(points_per_call=per_call)
+            self.halvings += 1
+            warnings.warn(
+                f"crumple: out of memory with {points.size} points at once; going on with "
+                f"{per_call} points per call",
+                stacklevel=4,
+            )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return self(points)
 
     def _with(self, name: str, points: Points) -> dict[str, Tensor]:
         """Evaluate with the named strategy (made once), for the ``auto`` choice."""
