@@ -41,6 +41,11 @@ def describe(folder: str | Path) -> str:
     for key in (
         "loss_name",
         "n_samples",
+        "n_target_tokens",
+        "data",
+        "recalibrated",
+        "precision",
+        "points_per_call_halved",
         "dtype",
         "strategy",
         "batching",
