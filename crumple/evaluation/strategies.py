@@ -67,8 +67,10 @@ class Strategy:
 
 @register
 class Loop(Strategy):
-    """One point at a time on a private copy of the model, weights written in place. Held
-    data is read for each point; streamed data once per block, each batch at every point."""
+    """One point at a time on a private copy of the model, weights written in place (on a
+    grid, ``origin + a * d1`` then ``+ b * d2`` straight into the copy's tensors: no other
+    copy of the weights is made). Held data is read for each point; streamed data once per
+    block, each batch at every point."""
 
     name = "loop"
 
@@ -88,23 +90,43 @@ class Loop(Strategy):
             pairs = ((p, b) for b in enumerate(task.data) for p in each)
         else:
             pairs = ((p, b) for p in each for b in enumerate(task.data))
-        weights_at = _RowWeights(points)
         recalibrated: dict[tuple, Params] = {}
+        current = None
         for (index, point), (b, batch) in pairs:
-            params = weights_at(index, point)
-            self._load(params)
-            if task.recalibration is not None:
-                self._load_buffers(index, params, recalibrated)
+            if index != current:
+                current = index
+                self._write(points, point)
+                if task.recalibration is not None:
+                    self._load_buffers(index, recalibrated)
             output = task.objective.call(self.work, batch, f"model on batch {b}")
             means.add(task.objective.values(output, batch), task.weights(b, batch), index)
         return means.result()
 
-    def _load_buffers(self, index, params: Params, recalibrated: dict) -> None:
-        """The recalibrated buffers at ``params`` (made once per point of the block)."""
+    def _write(self, points: Points, point) -> None:
+        """Write the weights at ``point`` into the copy."""
+        if not points.is_grid:
+            self._load(points.params_at(*point))
+            return
+        plane = points.plane
+        (a, b), (d1, d2), (moved1, moved2) = point, plane.directions, plane.touched
+        moved = moved1 | moved2
+        self._load({n: t for n, t in plane.origin.items() if n not in moved})  # once
+        for name in moved:
+            slot = self.slots[name]
+            self.loaded.pop(name, None)
+            if name in moved1:
+                torch.add(plane.origin[name], d1[name], alpha=a, out=slot)
+            else:
+                slot.copy_(plane.origin[name])
+            if name in moved2:
+                slot.add_(d2[name], alpha=b)
+
+    def _load_buffers(self, index, recalibrated: dict) -> None:
+        """The recalibrated buffers at the copy's weights (made once per point)."""
         if index not in recalibrated:
             if not self.task.data.streamed:
                 recalibrated.clear()  # each point's batches come together
-            recalibrated[index] = self.task.buffers_at(params)
+            recalibrated[index] = self.task.buffers_at(self.slots)
         for name, value in recalibrated[index].items():
             self.buffer_slots[name].copy_(value)
 
@@ -113,29 +135,6 @@ class Loop(Strategy):
             if self.loaded.get(name) is not value:  # rewrite only what changed
                 self.slots[name].copy_(value)
                 self.loaded[name] = value
-
-
-class _RowWeights:
-    """The weights at each point of a block; on a grid, each row's partial sum
-    ``origin + a * directions[0]`` is made once, and a point's weights are kept until the
-    next point is asked for."""
-
-    def __init__(self, points: Points) -> None:
-        self.points = points
-        self.row_index = self.index = None
-        self.row = self.params = None
-
-    def __call__(self, index, point) -> Params:
-        if index != self.index:
-            points, self.index = self.points, index
-            if points.is_grid:
-                plane = points.plane
-                if self.row_index != index[0]:
-                    self.row_index, self.row = index[0], plane.shifted(plane.origin, 0, point[0])
-                self.params = plane.shifted(self.row, 1, point[1])
-            else:
-                self.params = points.params_at(*point)
-        return self.params
 
 
 class _Intercepted(Strategy):
