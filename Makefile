@@ -36,6 +36,7 @@ bench: $(BENCHED)
 	$(BIN)/python benchmarks/general.py
 	$(BIN)/python benchmarks/models.py
 	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
