@@ -58,9 +58,19 @@ class Objective:
     def call(self, predict: Callable, batch: Batch, where: str = "model(x)") -> Any:
         """``predict(*args, **kwargs)`` with the batch's inputs (and its target, for a model
         that computes its own loss other than from the token logits)."""
-        args, kwargs = batch.inputs(with_target=self.model_loss and not self.tokens)
-        with user_code("{w}, inputs {s}", w=where, s=_shapes(batch)):
-            return predict(*args, **kwargs)
+        with_target = self.model_loss and not self.tokens
+        args, kwargs = batch.inputs(with_target=with_target)
+        try:
+            with user_code("{w}, inputs {s}", w=where, s=_shapes(batch)):
+                return predict(*args, **kwargs)
+        except TypeError as e:
+            if not with_target or "argument" not in str(e):
+                raise
+            raise CrumpleError(
+                "loss_fn='model' calls the model with the batch's target too (model(x, y), or "
+                f"labels= for a dict batch) so that it computes its loss, and this model does "
+                f"not take it ({e}); pass a loss_fn(output, y) instead"
+            ) from e
 
     def values(self, output: Any, batch: Batch) -> dict[str, Tensor]:
         """Each function's batch mean (a scalar tensor) for the model's ``output``."""

@@ -155,3 +155,10 @@ def test_the_command_takes_loss_model_and_dict_batches(tmp_path, capsys):
     slow = token_loop(model, batches, [plane.at(0.0, 0.0)])[0]
     assert ds.loss.sel(alpha=0.0, beta=0.0).item() == pytest.approx(slow, rel=1e-9)
     assert "loss" in capsys.readouterr().out
+
+
+def test_model_loss_on_a_model_that_takes_no_target_is_refused_clearly():
+    net = torch.nn.Linear(3, 2)
+    data = (torch.randn(4, 3), torch.randn(4, 2))
+    with pytest.raises(cr.CrumpleError, match="calls the model with the batch's target too"):
+        cr.line(net, "model", data, cr.Plane.random(net), [0.0])
