@@ -40,9 +40,10 @@ def surface(
     Args:
         model: any ``nn.Module``; it is left exactly as it was (evaluation runs in eval
             mode without gradients).
-        loss_fn: ``loss_fn(pred, y)`` returning the batch mean.
-        data: an ``(x, y)`` pair of tensors, a DataLoader or an iterable of pairs. The
-            result is the exact mean over all samples: batches are weighed by their size.
+        loss_fn: ``loss_fn(pred, y)`` returning the batch mean, or ``"model"``: the loss
+            the model computes (:mod:`crumple.losses`; token-exact for a language model).
+        data: an ``(x, y)`` pair, a DataLoader or an iterable of batches (pairs, tuples,
+            dicts; :mod:`crumple.batches`); the result is the exact mean over the data.
         plane: a 2-D :class:`Plane` through the model's weights.
         grid: a :class:`Grid` with ``alpha`` and ``beta``.
         **options: keywords, all optional (another is refused with the list of them):
@@ -60,11 +61,9 @@ def surface(
             call again resumes (finished tiles are read, not recomputed). A folder made from
             other inputs (weights, plane, grid, data, loss, dtype) is refused.
         data_id: a name for the data to fingerprint instead of hashing its contents.
-        recalibrate: data (as ``data``; the model is called with its inputs) from which the
-            BatchNorm running statistics are recomputed at each point before evaluating, as
-            one would after moving the weights (reset, cumulative average over these batches
-            with only the BatchNorm layers in training mode). Recorded in
-            ``ds.attrs["recalibrated"]``.
+        recalibrate: data whose inputs recompute the BatchNorm running statistics at each
+            point before evaluating (reset, then a cumulative average with only BatchNorm
+            layers training); ``ds.attrs["recalibrated"]`` says so.
         dask: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
             ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
             the first are evaluated on its workers, which receive the model, data and plane
@@ -81,19 +80,14 @@ def surface(
             also the most evaluated together. By default tiles take about
             ``crumple.tiles.TILE_SECONDS`` (as timed on a first call), and vmap takes as many
             points at once as keep their activations cache-sized and within ``max_memory``.
-        max_memory: bytes that the points evaluated together and the cached layer products
-            may use.
+        max_memory: bytes for the data held in memory (up to half, else it is streamed),
+            the points evaluated together and the cached layer products.
         batch_size: samples per forward pass (default: cache-sized). A model whose output
             for a sample depends on the rest of its batch keeps the data's own batches
             (``ds.attrs["batching"]`` says which was used).
         device: where to compute, e.g. ``"cuda:1"`` (default: where the plane's tensors are).
         dtype: ``torch.float32`` or ``torch.float64`` (or their names; default: the plane's).
-        precision: ``"bf16"`` (forward passes under bfloat16 autocast, on a GPU or the
-            CPU) or ``"tf32"`` (CUDA matmuls in TensorFloat-32); the means are accumulated
-            in float64 either way.
-        stream: ``True`` reads the data afresh from its loader for each block of points,
-            ``False`` holds it in memory; by default it is streamed when it takes more
-            than half of ``max_memory``. Streamed and held data give the same bits.
+        precision, stream: bfloat16/TF32 arithmetic and streamed data (see ``Settings``).
 
     Returns:
         A Dataset with ``loss[i, j]`` the loss at ``(alpha[i], beta[j])``.

@@ -26,7 +26,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from crumple.batches import Data, inputs_only
+from crumple.batches import Batch, Data, inputs_only
 from crumple.errors import CrumpleError
 from crumple.evaluation import Choice, Points, Settings, build
 from crumple.grid import Grid
@@ -324,7 +324,7 @@ def samples_digest(batches) -> str:
     """
     rows: list[bytes] = []
     for batch in batches:
-        parts = [t.detach().cpu().contiguous() for t in batch.parts()]
+        parts = [t.detach().cpu().contiguous() for t in Batch.of(batch).parts()]
         flat = [p.reshape(len(p), -1).view(torch.uint8).numpy() for p in parts]
         kinds = ";".join(f"{p.dtype}:{tuple(p.shape[1:])}" for p in parts).encode()
         for i in range(len(flat[0])):
@@ -338,7 +338,9 @@ def samples_digest(batches) -> str:
 def ordered_digest(batches) -> str:
     """The data digest of runs stored before :func:`samples_digest`: batch by batch."""
     return _digest(
-        (f"{k}.{part}", t) for k, batch in enumerate(batches) for part, t in batch.named_parts()
+        (f"{k}.{part}", t)
+        for k, batch in enumerate(batches)
+        for part, t in Batch.of(batch).named_parts()
     )
 
 
