@@ -70,20 +70,11 @@ def _add_demo(commands) -> None:
     demo = _command(commands, "demo", _demo)
     add = demo.add_argument
     number, positive, count = types.finite_float, types.positive_float, types.int_at_least
-    add(
-        "--min",
-        dest="w_min",
-        type=number,
-        default=-2.0,
-        help="lowest weight value on both axes (default -2)",
-    )
-    add(
-        "--max",
-        dest="w_max",
-        type=number,
-        default=2.0,
-        help="grid end, excluded as in numpy.arange (default 2)",
-    )
+    for flag, dest, default, text in (
+        ("--min", "w_min", -2.0, "lowest weight value on both axes (default -2)"),
+        ("--max", "w_max", 2.0, "grid end, excluded as in numpy.arange (default 2)"),
+    ):
+        add(flag, dest=dest, type=number, default=default, help=text)
     add(
         "--step",
         type=positive("--step"),

@@ -111,9 +111,13 @@ def check_run(folder, page):
 
 
 def test_quick_run_writes_the_run_and_its_page(tmp_path):
+    threads = torch.get_num_threads()
     page = tinylm.run(tmp_path / "lm", quick=True, steps=10, grid_size=5, progress=False)
+    assert torch.get_num_threads() == threads  # restored
     surface, path = check_run(tmp_path / "lm", page)
     assert surface.loss.shape == (5, 5) and path.sizes["step"] == 11
+    assert surface.attrs["n_target_tokens"] > 16 * 15  # the model's own token-mean loss
+    assert "held out" in page.read_text() and "GPT-2, n_layer 1," in page.read_text()
     assert surface.attrs["n_parameters"] == sum(
         p.numel() for p in tinylm.model(**tinylm.SIZES[True]["model"]).parameters()
     )
@@ -156,6 +160,10 @@ def test_demo_lm_without_transformers_names_the_extra(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_default_run(tmp_path):
-    surface, path = check_run(tmp_path / "lm", tinylm.run(tmp_path / "lm", progress=False))
-    assert surface.loss.shape == (21, 21) and float(path.loss[-1]) < 2.6
+def test_default_model_end_to_end(tmp_path):
+    """The default model and data, shortened: 30 steps, 5 x 5 points (the whole default
+    run, 300 steps and 21 x 21 points, takes minutes: README.md gives the figures)."""
+    page = tinylm.run(tmp_path / "lm", steps=30, grid_size=5, progress=False)
+    surface, path = check_run(tmp_path / "lm", page)
+    assert surface.attrs["n_parameters"] == 822_272 and surface.loss.shape == (5, 5)
+    assert float(path.loss[-1]) < float(path.loss[0]) - 0.5

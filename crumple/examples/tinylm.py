@@ -69,18 +69,15 @@ def corpus(max_chars: int = MAX_CHARS) -> str:
     text = "\n\n".join(parts).replace("\t", "    ")
     text = "".join(c if " " <= c <= "~" or c == "\n" else "?" for c in text)
     if len(text) < 10_000:
-        raise CrumpleError(
-            "the standard library's docstrings are missing (Python run with -OO?); "
-            "run without -OO, or pass your own text"
-        )
+        raise CrumpleError("no docstrings to build the corpus from: run Python without -OO")
     return text[:max_chars]
 
 
 class Tokenizer:
     """Characters to ids and back, built from a text (by default :func:`corpus`).
 
-    Id 0 is padding (``pad_id``), id 1 stands for any character the text did not hold, the
-    text's characters follow in code-point order.
+    Id 0 is padding (``pad_id``), id 1 (``unknown_id``) any character the text did not hold,
+    and the text's characters follow in code-point order; ``vocab_size`` counts them all.
 
     Example:
         >>> tok = Tokenizer("abca")
@@ -92,17 +89,7 @@ class Tokenizer:
         chars = set(corpus() if text is None else text) - {PAD, UNKNOWN}
         self.chars = [PAD, UNKNOWN, *sorted(chars)]
         self._ids = {c: k for k, c in enumerate(self.chars)}
-        self.pad_id, self.unknown_id = 0, 1
-
-    @property
-    def vocab_size(self) -> int:
-        """The number of ids.
-
-        Example:
-            >>> Tokenizer("ab").vocab_size
-            4
-        """
-        return len(self.chars)
+        self.pad_id, self.unknown_id, self.vocab_size = 0, 1, len(self.chars)
 
     def encode(self, text: str) -> list[int]:
         """The ids of ``text``, one per character.
@@ -145,21 +132,14 @@ def config(**overrides) -> transformers.GPT2Config:
         >>> config(n_layer=2).n_layer, config().n_embd
         (2, 128)
     """
+    tok = _tokenizer()
     fields = dict(
-        vocab_size=_tokenizer().vocab_size,
-        n_positions=128,
-        n_embd=128,
-        n_layer=4,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=_tokenizer().pad_id,
-        use_cache=False,
+        vocab_size=tok.vocab_size, n_positions=128, n_embd=128, n_layer=4, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # no dropout: a deterministic loss
+        bos_token_id=None, eos_token_id=None, pad_token_id=tok.pad_id,
+        use_cache=False,  # no key-value cache returned: vmap takes only tensors
         attn_implementation="eager",
-    )
+    )  # fmt: skip
     return _transformers().GPT2Config(**(fields | overrides))
 
 
@@ -247,13 +227,12 @@ def train(
     """
     from crumple.trajectory import Recorder
 
-    if steps < 1 or record_every < 1 or steps % record_every:
+    if steps < 1 or record_every < 1 or steps % record_every or not batches:
         raise CrumpleError(
-            f"steps ({steps}) must be a positive multiple of record_every ({record_every}), "
-            "so that the last snapshot is the trained model"
+            f"train needs at least one batch (got {len(batches)}) and steps ({steps}) a positive "
+            f"multiple of record_every ({record_every}), so that the last snapshot is the "
+            "trained model"
         )
-    if not batches:
-        raise CrumpleError("batches is empty; pass at least one batch")
     warm = max(1, steps // 10)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -279,19 +258,11 @@ def train(
 
 # the sizes of a run: the default (a few minutes on a 2-core CPU) and a quick one (seconds)
 SIZES = {
-    False: dict(
-        model={}, length=64, sequences=512, held_out=32, batch_size=16, steps=300, grid_size=21
-    ),
-    True: dict(
-        model=dict(n_layer=1, n_embd=32, n_head=2),
-        length=32,
-        sequences=64,
-        held_out=16,
-        batch_size=16,
-        steps=20,
-        grid_size=7,
-    ),
-}
+    False: dict(model={}, length=64, held_out=32, batch_size=16, steps=300, grid_size=21),
+    True: dict(model=dict(n_layer=1, n_embd=32, n_head=2), length=32, held_out=16,
+               batch_size=16, steps=20, grid_size=7),
+}  # fmt: skip
+MAX_SEQUENCES = 16_384  # training pieces: one a step and batch row, up to this many
 PATH = "AdamW"
 LOSS = "model"  # model(**batch).loss, the exact mean over all target tokens
 
@@ -303,50 +274,83 @@ def run(
     grid_size: int | None = None,
     quick: bool = False,
     seed: int = 0,
+    threads: int | None = 1,
     progress: bool = True,
 ) -> Path:
     """Train the model, compute its held-out loss on the PCA plane of the training path and
     on the line from the initial to the trained weights, and write the run folder
     (``landscape.zarr``, ``plane.safetensors``) and its page ``landscape.html``.
 
-    The default run trains 300 steps and evaluates a 21 x 21 grid; ``quick`` a 1-layer,
-    32-wide model for 20 steps on a 7 x 7 grid. Returns the page's path.
+    Args:
+        out: the run folder.
+        steps: training steps (default 300, quick 20).
+        grid_size: points per side of the grid over the path (default 21, quick 7).
+        quick: a 1-layer, 32-wide model on shorter sequences: seconds instead of minutes.
+        seed: the weights', the data's and the batch order's.
+        threads: torch's threads while it runs (restored after); None leaves them as they
+            are. One by default: this model's operations are small, and on the 2-core
+            machine it was measured on, shared with other work, two threads spent their
+            time waiting for each other (2.4 to 4 s a training step instead of 0.3 s).
+        progress: progress bars for the training and the surface.
+
+    Returns:
+        The page's path.
 
     Example:
         >>> import tempfile
         >>> run(tempfile.mkdtemp(), quick=True, steps=4, grid_size=3, progress=False).name
         'landscape.html'
     """
+    size = SIZES[bool(quick)]
+    steps = size["steps"] if steps is None else steps
+    grid_size = size["grid_size"] if grid_size is None else grid_size
+    if grid_size < 2:
+        raise CrumpleError(f"grid_size must be at least 2, got {grid_size}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _write(Path(out), *_compute(size, steps, grid_size, seed, progress))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _compute(size: dict, steps: int, grid_size: int, seed: int, progress: bool):
+    """The training, the plane, the path, the surface and the line of :func:`run`."""
     from crumple.plane import Plane
     from crumple.surface import line, surface
     from crumple.trajectory import project
 
-    size = SIZES[bool(quick)]
-    steps = size["steps"] if steps is None else steps
-    grid_size = size["grid_size"] if grid_size is None else grid_size
     text = corpus()
     cut = len(text) * 9 // 10  # the last tenth is held out
-    shape = dict(length=size["length"], seed=seed)
-    train_data = batches(
-        text[:cut], n_sequences=size["sequences"], batch_size=size["batch_size"], **shape
-    )
-    held_out = batches(
-        text[cut:], n_sequences=size["held_out"], batch_size=size["batch_size"], **shape
-    )
+    shape = dict(length=size["length"], batch_size=size["batch_size"], seed=seed)
+    n_train = min(steps * size["batch_size"], MAX_SEQUENCES)
+    train_data = batches(text[:cut], n_sequences=n_train, **shape)
+    held_out = batches(text[cut:], n_sequences=size["held_out"], **shape)
     net = model(seed, **size["model"])
     start = time.perf_counter()
     every = next(d for d in range(max(1, steps // 30), 0, -1) if steps % d == 0)
     trajectory = train(
         net, train_data, steps=steps, record_every=every, seed=seed, progress=progress
     )
-    facts = {"training": f"{steps} AdamW steps in {time.perf_counter() - start:.0f} s"}
+    seconds = time.perf_counter() - start
     plane = Plane.pca(trajectory)
     path = project(trajectory, plane, net, LOSS, held_out)
     ds = surface(net, LOSS, held_out, plane, _grid(path, grid_size), progress=progress)
-    ds.attrs["n_parameters"] = sum(p.numel() for p in net.parameters())
     ends = Plane.between(trajectory.snapshot(0), trajectory.snapshot(len(trajectory) - 1))
-    ends_ds = line(net, LOSS, held_out, ends, np.linspace(-0.25, 1.25, 2 * grid_size + 1))
-    return _write(Path(out), ds, path, plane, ends_ds, facts)
+    alpha = np.linspace(-0.25, 1.25, 6 * max(2, grid_size // 3) + 1)  # 0 and 1 among them
+    ends_ds = line(net, LOSS, held_out, ends, alpha, progress=progress)
+    c = net.config
+    ds.attrs["n_parameters"] = sum(p.numel() for p in net.parameters())
+    facts = {
+        "model": f"GPT-2, n_layer {c.n_layer}, n_head {c.n_head}, n_embd {c.n_embd}, "
+        f"{c.vocab_size} characters",
+        "training": f"{steps} AdamW steps of {size['batch_size']} of {n_train:,} pieces of "
+        f"the first nine tenths, {seconds:.3g} s",
+        "held out": f"{size['held_out']} sequences of the corpus's last tenth, "
+        f"{ds.attrs['n_target_tokens']:,} target tokens",
+    }
+    return ds, path, plane, ends_ds, facts
 
 
 def _grid(path: xr.Dataset, n: int):
@@ -362,15 +366,25 @@ def _grid(path: xr.Dataset, n: int):
 
 
 def _write(folder: Path, ds, path, plane, ends_ds, facts) -> Path:
+    """The run folder and its page; the colours reach at least the path's highest loss (the
+    initial weights'), so that the whole path is on the colour scale."""
+    import plotly.graph_objects as go
+
     from crumple import plot
+    from crumple.plot.scale import Scale
     from crumple.store import DATA, save_run
 
+    for result in (ds, ends_ds):
+        result.loss.attrs["long_name"] = "held-out loss per token"
+    ends_ds.alpha.attrs["long_name"] = "weights: initial (0) to trained (1)"
     save_run(folder, ds, {PATH: path}, plane)
     ends_ds.to_zarr(folder / DATA, group="lines/initial_to_trained", mode="w", consolidated=False)
     figure = plot.line(
-        {"initial (0) to trained (1)": ends_ds},
+        {"held-out loss": ends_ds},
         title="From the initial (0) to the trained (1) weights",
     )
+    ends = [float(path.loss[0]), float(path.loss[-1])]
+    figure.add_trace(go.Scatter(x=[0, 1], y=ends, mode="markers", name="the recorded weights"))
     return plot.report(
         folder / "landscape.html",
         ds,
@@ -378,4 +392,5 @@ def _write(folder: Path, ds, path, plane, ends_ds, facts) -> Path:
         title="crumple: a small language model's loss landscape",
         more_facts=facts,
         more_figures=[figure],
+        zmax=max(Scale(ds.loss.values).cap, float(path.loss.max())),
     )
