@@ -14,7 +14,10 @@ from crumple.plane import Plane
 from crumple.version import __version__
 
 
-def function_name(fn: Callable) -> str:
+def function_name(fn: Callable | str) -> str:
+    """A function's name; ``"model"`` (the loss the model computes) is named so."""
+    if isinstance(fn, str):
+        return f"{fn} loss"
     return getattr(fn, "__name__", type(fn).__name__)
 
 

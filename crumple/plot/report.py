@@ -46,6 +46,11 @@ def facts(
     out["plane"] = planes.describe(plane)
     if "n_samples" in ds.attrs:
         out["samples"] = f"{ds.attrs['n_samples']:,}"
+    if "n_target_tokens" in ds.attrs:
+        out["target tokens"] = f"{ds.attrs['n_target_tokens']:,}"
+    for fact in ("recalibrated", "precision"):
+        if fact in ds.attrs:
+            out[fact] = str(ds.attrs[fact])
     if "n_parameters" in ds.attrs:
         out["parameters"] = f"{ds.attrs['n_parameters']:,}"
     if "seconds" in ds.attrs:
