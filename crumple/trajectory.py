@@ -189,8 +189,10 @@ def project(
     trajectory: Trajectory,
     plane: Plane,
     model: nn.Module,
-    loss_fn: Callable,
+    loss_fn: Callable | str,
     data: Any,
+    *,
+    recalibrate: Any = None,
     **options: Any,
 ) -> xr.Dataset:
     """Place each snapshot on the plane and evaluate it both ways.
@@ -199,7 +201,8 @@ def project(
     ``off_plane`` (distance from the snapshot to its projection), ``loss`` (the true loss of
     the snapshot), ``loss_on_plane`` (the loss at the projection) and ``recorded_loss`` (what
     the training loop passed to ``record``). ``options`` are those of
-    :func:`crumple.surface` that say how evaluation runs (``device``, ``dtype``, ...).
+    :func:`crumple.surface` that say how evaluation runs (``device``, ``dtype``, ...);
+    ``recalibrate`` recomputes the BatchNorm statistics at each point, as in ``surface``.
 
     Example:
         >>> import crumple as cr
@@ -231,7 +234,7 @@ def project(
     coords, off_plane = _least_squares(trajectory, plane)
 
     with evaluation_mode(model):
-        evaluate = build(model, fns, data, plane, settings)
+        evaluate = build(model, fns, data, plane, settings, recalibrate=recalibrate)
         reference = next(iter(evaluate.task.origin.values()))
         true, on_plane = [], []
         for start in range(0, len(trajectory), PROJECT_CHUNK):

@@ -101,3 +101,14 @@ def cli_data():
 
 def cli_train():
     return [x for x, _ in _cli_case().data][:2]
+
+
+def test_project_recalibrates_like_the_surface(case):
+    c, train = case
+    plane = cr.Plane.random(c.model, seed=0)
+    rec = cr.Recorder(c.model)
+    rec.record()
+    path = cr.project(rec.trajectory, plane, c.model, c.loss_fn, c.data, recalibrate=train)
+    slow = manual(c.model, c.loss_fn, c.data, train, [plane.at(0.0, 0.0)])[0]
+    assert path.loss.values[0] == pytest.approx(slow, rel=1e-9)
+    assert path.loss_on_plane.values[0] == pytest.approx(slow, rel=1e-9)
