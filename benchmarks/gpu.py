@@ -264,7 +264,8 @@ def crumple_options(precision: str | None, device: torch.device) -> dict:
     except cr.CrumpleError as e:
         if "precision" not in str(e):
             raise
-        print(f"--precision {precision}: not available yet in crumple.surface ({e});")
+        why = "not available yet in" if "unknown option" in str(e) else "refused here by"
+        print(f"--precision {precision}: {why} crumple.surface ({e});")
         print("  both methods run in plain float32 instead")
         return {}
     return {"precision": precision}
