@@ -179,9 +179,9 @@ def predictions(parts: dict, strategy: str) -> dict[str, float]:
     points = 1 if strategy == "loop" else CHUNK
     act = points * parts["activations"]
     plane = (parts["directions"] + (0 if parts["origin_shared"] else 1)) * p
-    # loop: Loop.work (deepcopy) + row + point + next point (or next row);
+    # loop: Loop.work (deepcopy), each point written into it in place;
     # vmap: the block's row (1 x P) and its CHUNK combined points
-    copies = 4 * p if strategy == "loop" else (1 + CHUNK) * p
+    copies = p if strategy == "loop" else (1 + CHUNK) * p
     return {
         "formula_total": plane + p + act,
         "formula_run": p + act,
@@ -223,29 +223,16 @@ def table(parts: dict, runs: dict) -> None:
 
 
 FINDINGS = """\
-Copies of the weights beyond the formula's one combined copy (crumple/ at this commit):
-* planes/builders.py, random_plane: `origin = parameters_of(model)` (params.py line 27,
-  `p.detach().clone()`): the origin is a copy, +1 P held for the plane's lifetime (the
-  formula's 3 P case, origin shared, does not apply to Plane.random).
-* loop, evaluation/strategies.py, Loop.__init__ (line 77):
-  `self.work = copy.deepcopy(task.model)`: a second model, +1 P for the whole run (the
-  weights are then written in place with `copy_`, so this is where the point lives).
-* loop, strategies.py, _RowWeights.__call__ (lines 133-135): `self.row =
-  plane.shifted(plane.origin, 0, a)` (+1 P, kept for the row) and `self.params =
-  plane.shifted(self.row, 1, b)` (+1 P per point), both new tensors (torch.add, plane.py
-  line 277) although `_load` then copies them into `self.work`; and each is made before
-  the previous one is dropped (assignment after the call), so while a point's weights are
-  made, the previous point's are alive: row + old point + new point = +3 P at the moment,
-  and at a new row old row + old point + new row = +3 P. Loop total: 1 (work) + 3 = 4 P
-  besides the plane, against the formula's 1 P. Writing origin + a*d0 + b*d1 straight
-  into the work model's tensors (torch.add(..., out=slot) per parameter, the row kept
-  once or not at all) would bring it to 1 P (the work model) + the row if kept.
-* vmap, strategies.py, Vmap.batch -> points.params_at = Plane.at (plane.py lines
-  257-259) under nested vmap: for a block of 1 x 3 points the row origin + a*d0 (1 P) and
-  the 3 combined points (3 P) are made before the forward pass, each parameter also with a
-  temporary c*d of its own size (plane.py line 279, `p + c * direction[n]`); that is
-  chunk_size + 1 P, which engine.py _sizes counts per point (`point_bytes = element *
-  (3 * activations * largest + numel)`) but the stated formula's single copy does not.
+Where the weights are held (crumple/ at this commit):
+* the plane: Plane.random clones the model's weights for its origin (params.py,
+  parameters_of), so the plane is 3 P: the origin and two directions.
+* loop: one copy of the model (Loop.__init__), each grid point written into it in place
+  (origin + a*d1, then + b*d2, strategies.py Loop._write): 1 P besides the plane, the
+  formula's one combined copy.
+* vmap: Plane.at under nested vmap makes the block's row (origin + a*d1, 1 P) and each of
+  its points' combined weights (1 P each), with a temporary c*d per parameter while they
+  are made: about (1 + points per call) P, which engine.py _sizes counts per point when
+  it sizes the calls within max_memory.
 """
 
 
