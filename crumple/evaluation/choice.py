@@ -67,7 +67,10 @@ def choose(
     if obstacle is None and points.size >= MIN_TIMED_POINTS:
         obstacle = _fails_under_vmap(evaluate, one)  # the loss functions too, and warms up
     if obstacle is not None or points.size < MIN_TIMED_POINTS:
-        few = f"{points.size} points a call: too few for vmap to pay"
+        few = (
+            f"{points.size} point(s) a call (what fits the memory and cache budget): too few "
+            "for vmap to pay"
+        )
         reason = f"not vmap: {obstacle}" if obstacle else few
         return Choice(looping, reason, overhead=time.perf_counter() - start), None
     with _no_gc():  # a collection of torch's objects (0.1 s) would decide the choice
