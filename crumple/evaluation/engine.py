@@ -78,16 +78,12 @@ class Task:
             self._weights[b] = self.objective.weights(batch)
         return self._weights[b]
 
-    def functional(self, params: Params):
-        """The model as a function of its inputs, with ``params`` and the task's buffers
-        (recalibrated at ``params`` when asked)."""
-        return probes.functional(self.model, params, self.buffers_at(params))
-
     def precision(self):
         """The arithmetic the settings ask for: bfloat16 autocast or TF32 matmuls."""
         return arithmetic(self.precision_name, self.device)
 
     def buffers_at(self, params: Params) -> Params:
+        """The buffers to evaluate ``params`` with (recalibrated there when asked)."""
         if self.recalibration is None:
             return self.buffers
         return self.recalibration.buffers_at(params, self.buffers)
