@@ -154,12 +154,21 @@ def _applied(name: str, fn: Callable, output: Any, target: Any) -> Any:
         with user_code("the {n} function", n=name):
             return fn(output, target)
     except Exception as e:
-        if isinstance(output, Tensor) or isinstance(e, CrumpleError):
+        if isinstance(e, CrumpleError):
+            raise
+        failed = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        if target is None:
+            raise CrumpleError(
+                f"the {name} function failed ({failed}) and the batch has no target to give "
+                "it; a dict batch gives its 'labels' entry as the target: add labels, or use "
+                "loss_fn='model' for a model that computes its own loss"
+            ) from e
+        if isinstance(output, Tensor):
             raise
         raise CrumpleError(
             f"the {name} function failed on what the model returned, {type(output).__name__} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); make forward return a tensor "
-            "of predictions, or write the function for this output (e.g. output.logits)"
+            f"({failed}); make forward return a tensor of predictions, or write the function "
+            "for this output (e.g. output.logits)"
         ) from e
 
 

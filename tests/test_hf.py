@@ -162,3 +162,10 @@ def test_model_loss_on_a_model_that_takes_no_target_is_refused_clearly():
     data = (torch.randn(4, 3), torch.randn(4, 2))
     with pytest.raises(cr.CrumpleError, match="calls the model with the batch's target too"):
         cr.line(net, "model", data, cr.Plane.random(net), [0.0])
+
+
+def test_a_dict_batch_without_labels_and_a_loss_function_is_refused_clearly():
+    net = torch.nn.Linear(3, 2)
+    data = [{"input": torch.randn(4, 3)}]
+    with pytest.raises(cr.CrumpleError, match="no target to give it; a dict batch gives its"):
+        cr.line(net, F.cross_entropy, data, cr.Plane.random(net), [0.0])
