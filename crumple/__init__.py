@@ -20,7 +20,7 @@ from crumple.errors import CrumpleError
 from crumple.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
-    from crumple import plot, reference
+    from crumple import hessian, plot, reference
     from crumple.grid import Grid
     from crumple.plane import Plane
     from crumple.store import open_run
@@ -36,6 +36,8 @@ __all__ = [
     "surface",
     "line",
     "reference",
+    # curvature
+    "hessian",
     # trajectories
     "Recorder",
     "Trajectory",
@@ -57,6 +59,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "surface": ("crumple.surface", "surface"),
     "line": ("crumple.surface", "line"),
     "reference": ("crumple.reference", None),
+    "hessian": ("crumple.hessian", None),
     "Recorder": ("crumple.trajectory", "Recorder"),
     "Trajectory": ("crumple.trajectory", "Trajectory"),
     "project": ("crumple.trajectory", "project"),

@@ -1,0 +1,225 @@
+"""Curvature of the exact mean loss over the data: Hessian-vector products, the extreme
+eigenvalues by Lanczos, and the trace by Hutchinson's estimator.
+
+The loss is the one :func:`crumple.surface` draws: the exact mean over the data (batches
+weighed by their samples, or target tokens for ``loss_fn="model"``), in eval mode, the
+model untouched. A Hessian-vector product is ``torch.func.vjp`` of ``torch.func.grad`` per
+batch, weighed like the loss (forward-over-reverse, ``jvp`` of ``grad``, fails on
+``F.mse_loss`` in torch 2.13).
+
+Example:
+    >>> import torch, crumple as cr
+    >>> net = torch.nn.Linear(2, 1, bias=False).double()
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> top = cr.hessian.eigen(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)), k=1)
+    >>> round(float(top.eigenvalues[0]), 6)  # H = 2 X^T X / n = diag(1, 4)
+    4.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vjp
+
+from crumple.batches import load
+from crumple.errors import CrumpleError
+from crumple.inputs import check_model, named_functions
+from crumple.losses import Objective
+from crumple.params import Params, buffers_of, cast, evaluation_mode
+
+
+class Hessian:
+    """The Hessian of the mean loss at the model's weights, as products with vectors.
+
+    Vectors are flat (the trainable parameters in ``names`` order, tied weights once), in
+    the weights' dtype and device. ``len(hessian)`` is the number of parameters.
+    """
+
+    def __init__(
+        self, model: nn.Module, loss_fn: Callable | str, data: Any, *, dtype=None, device=None
+    ) -> None:
+        check_model(model)
+        self.model = model
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not params:
+            raise CrumpleError(
+                "the model has no parameter that requires grad, so there is no Hessian to "
+                "take; unfreeze the parameters to study (requires_grad_(True))"
+            )
+        self.params = {n: cast(p.detach(), device, dtype) for n, p in params.items()}
+        reference = next(iter(self.params.values()))
+        self.frozen = {
+            n: cast(p.detach(), reference.device, reference.dtype)
+            for n, p in model.named_parameters()
+            if n not in params
+        }
+        self.buffers = {
+            n: cast(b, reference.device, reference.dtype) for n, b in buffers_of(model).items()
+        }
+        self.names = list(self.params)
+        self.objective = Objective(model, named_functions(loss_fn))
+        self.batches = list(load(data).to(reference.device, reference.dtype))
+        self.weights = [self.objective.weights(b)["loss"] for b in self.batches]
+        self.total = sum(self.weights)
+        self.products = 0
+
+    def __len__(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def _loss(self, params: Params, batch) -> Tensor:
+        def predict(*args, **kwargs):
+            weights = {**params, **self.frozen}
+            return functional_call(self.model, (weights, self.buffers), args, kwargs)
+
+        return self.objective.values(self.objective.call(predict, batch), batch)["loss"]
+
+    def __matmul__(self, vector: Tensor) -> Tensor:
+        """``H @ vector`` for a flat vector."""
+        tangent = self.unflatten(vector)
+        out = torch.zeros_like(vector)
+        with evaluation_mode(self.model), torch.enable_grad():
+            for batch, weight in zip(self.batches, self.weights):
+                if weight == 0:
+                    continue
+                gradient = grad(lambda p, b=batch: self._loss(p, b))
+                _, pull = vjp(gradient, self.params)  # H is symmetric: H v = v^T H
+                (product,) = pull(tangent)
+                out += self.flatten(product) * (weight / self.total)
+        self.products += 1
+        return out
+
+    def flatten(self, params: Params) -> Tensor:
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, vector: Tensor) -> Params:
+        out, start = {}, 0
+        for n in self.names:
+            p = self.params[n]
+            out[n] = vector[start : start + p.numel()].view_as(p)
+            start += p.numel()
+        return out
+
+
+@dataclass
+class Eigen:
+    """Eigenpairs of the Hessian: ``eigenvalues`` (descending for ``"largest"``, ascending
+    for ``"smallest"``), ``eigenvectors`` as parameter dicts (like plane directions),
+    ``residuals`` ``|Hv - lambda v| / |lambda|`` of each pair, and the products used."""
+
+    eigenvalues: np.ndarray
+    eigenvectors: list[Params]
+    residuals: np.ndarray
+    products: int
+
+
+def eigen(
+    model: nn.Module,
+    loss_fn: Callable | str,
+    data: Any,
+    k: int = 5,
+    which: str = "largest",
+    *,
+    tol: float = 1e-10,
+    seed: int = 0,
+    dtype=None,
+    device=None,
+) -> Eigen:
+    """The ``k`` largest (or smallest) eigenvalues of the Hessian of the mean loss, by
+    Lanczos (``scipy.sparse.linalg.eigsh``) on Hessian-vector products.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 1, bias=False).double()
+        >>> x = torch.eye(3, dtype=torch.float64)
+        >>> e = eigen(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), k=2)
+        >>> [round(float(v), 6) for v in e.eigenvalues]  # H = 2 I / 3
+        [0.666667, 0.666667]
+    """
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    n = len(hessian)
+    kinds = {"largest": "LA", "smallest": "SA"}
+    if which not in kinds:
+        raise CrumpleError(f"which must be 'largest' or 'smallest', got {which!r}")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < n:
+        raise CrumpleError(
+            f"k must be a whole number from 1 to {n - 1} (the model has {n:,} parameters, and "
+            f"Lanczos finds fewer eigenvalues than that), got {k!r}"
+        )
+    reference = next(iter(hessian.params.values()))
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        t = torch.as_tensor(np.asarray(v).reshape(-1), dtype=reference.dtype)
+        return (hessian @ t.to(reference.device)).double().cpu().numpy()
+
+    operator = LinearOperator((n, n), matvec=apply, dtype=np.float64)
+    start = np.random.default_rng(seed).standard_normal(n)
+    values, vectors = eigsh(operator, k=k, which=kinds[which], tol=tol, v0=start)
+    order = np.argsort(-values if which == "largest" else values)
+    values, vectors = values[order], vectors[:, order]
+    residuals = np.empty(k)
+    for j in range(k):
+        hv = apply(vectors[:, j])
+        residuals[j] = np.linalg.norm(hv - values[j] * vectors[:, j]) / max(abs(values[j]), 1e-300)
+    eigenvectors = [
+        {
+            n: t.clone()
+            for n, t in hessian.unflatten(
+                torch.as_tensor(vectors[:, j], dtype=reference.dtype).to(reference.device)
+            ).items()
+        }
+        for j in range(k)
+    ]
+    return Eigen(values, eigenvectors, residuals, hessian.products)
+
+
+@dataclass
+class Trace:
+    """Hutchinson's estimate of the Hessian's trace with its standard error."""
+
+    estimate: float
+    stderr: float
+    probes: int
+
+
+def trace(
+    model: nn.Module,
+    loss_fn: Callable | str,
+    data: Any,
+    *,
+    probes: int = 100,
+    seed: int = 0,
+    dtype=None,
+    device=None,
+) -> Trace:
+    """Hutchinson's estimator ``mean(z^T H z)`` over Rademacher vectors ``z``; its standard
+    error is the sample standard deviation over the square root of the number of probes.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 1, bias=False).double()
+        >>> x = torch.eye(3, dtype=torch.float64)
+        >>> t = trace(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), probes=4)
+        >>> round(t.estimate, 6), t.stderr  # H = 2 I / 3: z^T H z = 2 for every sign vector
+        (2.0, 0.0)
+    """
+    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 2:
+        raise CrumpleError(f"probes must be a whole number >= 2, got {probes!r}")
+    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    reference = next(iter(hessian.params.values()))
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(probes):
+        z = torch.randint(0, 2, (len(hessian),), generator=generator) * 2 - 1
+        z = z.to(device=reference.device, dtype=reference.dtype)
+        samples.append(float(z @ (hessian @ z)))
+    values = np.array(samples)
+    return Trace(float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes)), probes)

@@ -1,0 +1,111 @@
+"""Curvature against the dense Hessian (torch.func.hessian + eigvalsh) in float64, on small
+models where it fits: an MLP and a CNN with BatchNorm on scikit-learn's digits."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, hessian
+
+import crumple as cr
+from tests.cases import assert_untouched, digits, snapshot
+
+
+def small_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10)).double()
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(12, 10),
+    ).double()  # fmt: skip
+    x, _ = digits(64)
+    with torch.no_grad():
+        net.train()(x)  # running statistics of its own
+    return net.eval()
+
+
+def dense(model, x, y):
+    """The exact mean loss's Hessian over the trainable parameters, as a matrix."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+
+    def loss(flat):
+        params, start = {}, 0
+        for n, s in zip(names, shapes):
+            params[n] = flat[start : start + s.numel()].view(s)
+            start += s.numel()
+        return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return hessian(loss)(flat)
+
+
+@pytest.fixture(scope="module", params=["mlp", "cnn"])
+def case(request):
+    model = small_mlp() if request.param == "mlp" else small_cnn()
+    x, y = digits(96)
+    data = [(x[:40], y[:40]), (x[40:], y[40:])]  # uneven batches: the mean weighs them
+    H = dense(model, x, y)
+    values, vectors = torch.linalg.eigh(H)
+    return model, data, H, values, vectors
+
+
+def test_hessian_vector_products_equal_the_dense_hessian(case):
+    model, data, H, _, _ = case
+    op = cr.hessian.Hessian(model, F.cross_entropy, data)
+    v = torch.randn(len(op), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(op @ v, H @ v, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_extreme_eigenpairs_equal_the_dense_ones(case, which):
+    model, data, _, values, vectors = case
+    before = snapshot(model)
+    top = cr.hessian.eigen(model, F.cross_entropy, data, k=5, which=which)
+    assert_untouched(model, before)
+    idx = (
+        torch.arange(len(values) - 1, len(values) - 6, -1)
+        if which == "largest"
+        else torch.arange(5)
+    )
+    expected = values[idx].numpy()
+    rel = np.abs(top.eigenvalues - expected) / np.abs(expected).max()
+    assert rel.max() < 1e-8, (top.eigenvalues, expected)
+    assert top.residuals.max() < 1e-6
+    gaps = np.abs(np.diff(values.numpy()))
+    for j, k in enumerate(idx.tolist()):
+        if min(gaps[max(k - 1, 0)], gaps[min(k, len(gaps) - 1)]) < 1e-6 * abs(values).max():
+            continue  # a repeated eigenvalue: its eigenvector is not unique
+        ours = torch.cat([t.reshape(-1) for t in top.eigenvectors[j].values()])
+        theirs = vectors[:, k]
+        assert min((ours - theirs).norm(), (ours + theirs).norm()) < 1e-6
+
+
+def test_trace_is_within_three_standard_errors_of_the_exact_trace(case):
+    model, data, H, _, _ = case
+    exact = float(torch.trace(H))
+    for seed in range(3):
+        t = cr.hessian.trace(model, F.cross_entropy, data, probes=30, seed=seed)
+        assert abs(t.estimate - exact) < 3 * t.stderr + 1e-9, (t, exact)
+        assert t.probes == 30
+
+
+def test_bad_arguments_are_refused_clearly():
+    model = small_mlp()
+    data = digits(16)
+    n = sum(p.numel() for p in model.parameters())
+    with pytest.raises(cr.CrumpleError, match="k must be a whole number from 1"):
+        cr.hessian.eigen(model, F.cross_entropy, data, k=n)
+    with pytest.raises(cr.CrumpleError, match="which must be"):
+        cr.hessian.eigen(model, F.cross_entropy, data, which="top")
+    frozen = small_mlp().requires_grad_(False)
+    with pytest.raises(cr.CrumpleError, match="no parameter that requires grad"):
+        cr.hessian.trace(frozen, F.cross_entropy, data)
+    with pytest.raises(cr.CrumpleError, match="probes must be"):
+        cr.hessian.trace(model, F.cross_entropy, data, probes=1)
