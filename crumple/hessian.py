@@ -33,6 +33,7 @@ from crumple.errors import CrumpleError
 from crumple.inputs import check_model, named_functions
 from crumple.losses import Objective
 from crumple.params import Params, buffers_of, cast, evaluation_mode
+from crumple.plane import Plane
 
 
 class Hessian:
@@ -223,3 +224,32 @@ def trace(
         samples.append(float(z @ (hessian @ z)))
     values = np.array(samples)
     return Trace(float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes)), probes)
+
+
+def hessian_plane(
+    model: nn.Module, loss_fn: Callable | str, data: Any, k: tuple[int, int] = (0, 1), **options
+) -> Plane:
+    """The work of :meth:`Plane.hessian <crumple.plane.Plane.hessian>` (see there)."""
+    if not (isinstance(k, tuple) and len(k) == 2 and all(isinstance(j, int) for j in k)):
+        raise CrumpleError(f"k must be two eigenvector indices such as (0, 1), got {k!r}")
+    if k[0] == k[1] or min(k) < 0:
+        raise CrumpleError(f"k must name two different eigenvectors (0 = the top), got {k!r}")
+    found = eigen(model, loss_fn, data, k=max(k) + 1, **options)
+    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    directions = []
+    for j in k:
+        vector = found.eigenvectors[j]
+        directions.append(
+            {
+                n: vector[n].to(p.dtype) if n in vector else torch.zeros_like(p)
+                for n, p in origin.items()
+            }
+        )
+    values = [float(found.eigenvalues[j]) for j in k]
+    attrs = {
+        "kind": "hessian",
+        "eigenvalues": values,
+        "eigenvector_index": list(k),
+        "axis_names": tuple(f"v{j + 1} (lambda = {v:.4g})" for j, v in zip(k, values)),
+    }
+    return Plane(origin, tuple(directions), attrs)

@@ -193,6 +193,25 @@ class Plane:
 
         return pca_plane(trajectory, ndim)
 
+    @classmethod
+    def hessian(cls, model: nn.Module, loss_fn, data, k: tuple[int, int] = (0, 1), **options):
+        """The plane through the model's weights along two Hessian eigenvectors of the mean
+        loss (``k``: their ranks from the top, 0 = the largest eigenvalue; unit vectors, so
+        coordinates are distances in weight space). The eigenvalues are in
+        ``plane.attrs["eigenvalues"]`` and the axis names (``"v1 (lambda = 195.5)"``);
+        ``options`` are those of :func:`crumple.hessian.eigen` (``tol``, ``seed``, ...).
+
+        Example:
+            >>> net = torch.nn.Linear(3, 1, bias=False).double()
+            >>> x = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+            >>> plane = Plane.hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)))
+            >>> plane.attrs["axis_names"]
+            ('v1 (lambda = 6)', 'v2 (lambda = 2.667)')
+        """
+        from crumple.hessian import hessian_plane  # it imports this module
+
+        return hessian_plane(model, loss_fn, data, k, **options)
+
     def save(self, path: str | Path) -> Path:
         """Write the plane (origin, directions, attrs) to a safetensors file; no pickle.
 

@@ -109,3 +109,29 @@ def test_bad_arguments_are_refused_clearly():
         cr.hessian.trace(frozen, F.cross_entropy, data)
     with pytest.raises(cr.CrumpleError, match="probes must be"):
         cr.hessian.trace(model, F.cross_entropy, data, probes=1)
+
+
+def test_on_a_quadratic_the_hessian_plane_surface_is_the_quadratic_form():
+    """loss(w) = mean((X w - y)^2) with y = X w0 + e, e orthogonal to X's columns: the
+    minimum is w0, L0 = |e|^2 / n, H = 2 X^T X / n, so along unit eigenvectors
+    loss = L0 + (lambda_1 a^2 + lambda_2 b^2) / 2 exactly."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 40, 6
+    X = torch.randn(n, d, dtype=torch.float64, generator=g)
+    q, _ = torch.linalg.qr(torch.cat([X, torch.randn(n, 1, dtype=torch.float64, generator=g)], 1))
+    e = q[:, -1:] * 0.7  # orthogonal to the columns of X
+    model = nn.Linear(d, 1, bias=False).double()
+    y = X @ model.weight.detach().T + e
+    data = (X, y)
+    plane = cr.Plane.hessian(model, F.mse_loss, data, k=(0, 1))
+    lam = plane.attrs["eigenvalues"]
+    exact = torch.linalg.eigvalsh(2 * X.T @ X / n).flip(0)[:2].tolist()
+    np.testing.assert_allclose(lam, exact, rtol=1e-10)
+    assert plane.attrs["axis_names"][0].startswith("v1 (lambda = ")
+    grid = cr.Grid(np.linspace(-1, 1, 5), np.linspace(-2, 2, 5))
+    ds = cr.surface(model, F.mse_loss, data, plane, grid)
+    a, b = np.meshgrid(grid.axes[0], grid.axes[1], indexing="ij")
+    L0 = float((e**2).mean())
+    np.testing.assert_allclose(
+        ds.loss.values, L0 + 0.5 * (lam[0] * a**2 + lam[1] * b**2), rtol=1e-9
+    )
