@@ -135,3 +135,14 @@ def test_on_a_quadratic_the_hessian_plane_surface_is_the_quadratic_form():
     np.testing.assert_allclose(
         ds.loss.values, L0 + 0.5 * (lam[0] * a**2 + lam[1] * b**2), rtol=1e-9
     )
+
+
+def test_density_integrates_to_one_and_its_moments_are_the_traces(case):
+    model, data, H, _, _ = case
+    n = H.shape[0]
+    esd = cr.hessian.density(model, F.cross_entropy, data, probes=20, steps=30)
+    assert np.trapezoid(esd.density.values, esd.eigenvalue.values) == pytest.approx(1, abs=1e-3)
+    for k, exact in ((1, float(torch.trace(H)) / n), (2, float(torch.trace(H @ H)) / n)):
+        per_probe = (esd.weights * esd.nodes**k).sum("node").values  # v^T H^k v, v unit
+        stderr = per_probe.std(ddof=1) / np.sqrt(len(per_probe))
+        assert abs(per_probe.mean() - exact) < 4 * stderr + 1e-9 * abs(exact), (k, exact)
