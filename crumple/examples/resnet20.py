@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crumple.examples.zoo import BasicBlock
+
 
 class _PadShortcut(nn.Module):
     """Option A: every other pixel, and ``extra`` zero channels split around the input's."""
@@ -29,24 +31,6 @@ class _PadShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, half, self.extra - half))
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with BatchNorm, added to the shortcut, then ReLU."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = _PadShortcut(c_out - c_in)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
-
-
 class ResNet20(nn.Module):
     """The network of :func:`resnet20`; ``stage1`` to ``stage3`` hold its blocks."""
 
@@ -57,7 +41,8 @@ class ResNet20(nn.Module):
         stages, c_in = [], widths[0]
         for i, width in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(c_in, width, stride)] + [BasicBlock(width, width) for _ in "12"]
+            first = BasicBlock(c_in, width, stride, _PadShortcut(width - c_in))
+            blocks = [first] + [BasicBlock(width, width) for _ in "12"]
             stages.append(nn.Sequential(*blocks))
             c_in = width
         self.stage1, self.stage2, self.stage3 = stages

@@ -88,19 +88,20 @@ def _case(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, loss_fn=F.cro
     return Case(model.eval(), loss_fn, loader)
 
 
-class _Block(nn.Module):
-    """A basic residual block: two 3x3 convolutions with BatchNorm; a 1x1 convolution (with
-    BatchNorm) on the shortcut when the stride or the channel count changes."""
+class BasicBlock(nn.Module):
+    """A basic residual block: two 3x3 convolutions with BatchNorm, added to the shortcut,
+    then ReLU. Where the stride or the channel count changes, the shortcut is ``shortcut``
+    if given, else a 1x1 convolution with BatchNorm."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, shortcut: nn.Module | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
+            self.shortcut = shortcut or nn.Sequential(
                 nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
             )
 
@@ -138,8 +139,8 @@ def resnet(
         (torch.Size([8, 10]), False)
     """
     with _seeded(seed):
-        blocks = [_Block(widths[0], widths[0])]
-        blocks += [_Block(a, b, stride=2) for a, b in zip(widths, widths[1:])]
+        blocks = [BasicBlock(widths[0], widths[0])]
+        blocks += [BasicBlock(a, b, stride=2) for a, b in zip(widths, widths[1:])]
         model = nn.Sequential(
             nn.Conv2d(1, widths[0], 3, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
