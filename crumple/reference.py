@@ -55,6 +55,8 @@ def points(
         {'loss': [9.0]}
     """
     data = load(data).to(device, dtype)
+    if recalibrate is not None:
+        recalibrate = Data(inputs_only(recalibrate)).to(device, dtype)
     objective = Objective(model, fns)
     work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     out: dict[str, list[float]] = {name: [] for name in fns}
@@ -63,7 +65,7 @@ def points(
             for name, p in work.named_parameters():
                 p.copy_(point[name])
             if recalibrate is not None:
-                recalibrated(work, Data(inputs_only(recalibrate)).to(device, dtype))
+                recalibrated(work, recalibrate)
             sums, totals = dict.fromkeys(fns, 0.0), dict.fromkeys(fns, 0)
             for batch in data:
                 values = objective.values(objective.call(work, batch), batch)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from crumple.batches import Data
 from crumple.errors import CrumpleError
 from crumple.losses import Objective
-from crumple.params import evaluation_mode
+from crumple.params import cast, evaluation_mode
 
 LOSSES: dict[str, Callable] = {
     "cross_entropy": F.cross_entropy,
@@ -168,8 +168,8 @@ def check_fit(model: nn.Module, loss_fn: Callable | str, data: Data) -> None:
     (floating-point data in the weights' dtype, as evaluation casts it)."""
     weight = next(model.parameters(), None)
     batch = data.first.rows(slice(0, 2))
-    if weight is not None:
-        batch = data.to(dtype=weight.dtype).first.rows(slice(0, 2))
+    if weight is not None:  # only the two samples, not the whole data
+        batch = batch.map(lambda t: cast(t, dtype=weight.dtype))
     objective = Objective(model, {"loss": loss_fn})
     try:
         with torch.no_grad(), evaluation_mode(model):
