@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vjp
+from torch.func import grad, vjp
 
 from crumple.batches import load
 from crumple.errors import CrumpleError
+from crumple.evaluation.probes import functional
 from crumple.inputs import check_model, named_functions
 from crumple.losses import Objective
 from crumple.params import Params, buffers_of, cast, evaluation_mode
@@ -75,10 +76,7 @@ class Hessian:
         return sum(p.numel() for p in self.params.values())
 
     def _loss(self, params: Params, batch) -> Tensor:
-        def predict(*args, **kwargs):
-            weights = {**params, **self.frozen}
-            return functional_call(self.model, (weights, self.buffers), args, kwargs)
-
+        predict = functional(self.model, {**params, **self.frozen}, self.buffers)
         return self.objective.values(self.objective.call(predict, batch), batch)["loss"]
 
     def __matmul__(self, vector: Tensor) -> Tensor:
