@@ -1,0 +1,22 @@
+"""Curvature of the exact mean loss over the data: Hessian-vector products
+(:class:`Hessian`), the extreme eigenpairs by Lanczos (:func:`eigen`), the trace by
+Hutchinson's estimator (:func:`trace`) and the eigenvalue density by stochastic Lanczos
+quadrature (:func:`density`).
+
+The loss is the one :func:`crumple.surface` draws: the exact mean over the data (batches
+weighed by their samples, or target tokens for ``loss_fn="model"``), in eval mode, the
+model untouched.
+
+Example:
+    >>> import torch, crumple as cr
+    >>> net = torch.nn.Linear(2, 1, bias=False).double()
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> top = cr.hessian.eigen(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)), k=1)
+    >>> round(float(top.eigenvalues[0]), 6)  # H = 2 X^T X / n = diag(1, 4)
+    4.0
+"""
+
+from crumple.hessian.operator import Hessian
+from crumple.hessian.spectrum import Eigen, Trace, density, eigen, hessian_plane, trace
+
+__all__ = ["Eigen", "Hessian", "Trace", "density", "eigen", "hessian_plane", "trace"]
