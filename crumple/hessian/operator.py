@@ -4,90 +4,245 @@ The loss is the one :func:`crumple.surface` draws: the exact mean over the data 
 weighed by their samples, or target tokens for ``loss_fn="model"``), in eval mode, the
 model untouched. A product is ``torch.func.vjp`` of ``torch.func.grad`` per batch, weighed
 like the loss (forward-over-reverse, ``jvp`` of ``grad``, fails on ``F.mse_loss`` in
-torch 2.13).
+torch 2.13). Where the data is held and its graphs fit in memory, each batch's pullback is
+kept, so that later products skip the forward pass and the first backward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, vjp
+from torch.func import grad, grad_and_value, vjp, vmap
 
-from crumple.batches import load
+from crumple.batches import Batch, load
 from crumple.errors import CrumpleError
-from crumple.evaluation.probes import functional
+from crumple.evaluation.probes import activations_per_sample, functional
+from crumple.evaluation.settings import Settings
 from crumple.inputs import check_model, named_functions
 from crumple.losses import Objective
 from crumple.params import Params, buffers_of, cast, evaluation_mode
+
+GRAPH_FACTOR = 4  # a kept pullback holds about this many copies of the activations
+VECTORS_PER_CALL = 8  # probe vectors one vmapped product takes, where that is faster
 
 
 class Hessian:
     """The Hessian of the mean loss at the model's weights, as products with vectors.
 
-    Vectors are flat (the trainable parameters in ``names`` order, tied weights once), in
-    the weights' dtype and device. ``len(hessian)`` is the number of parameters.
+    Args:
+        model, loss_fn, data: as for :func:`crumple.surface`.
+        parameters: the names of the trainable parameters to differentiate by (a diagonal
+            block of the Hessian; the others stay fixed); default all of them.
+        dtype, device: of the computation; default the model's.
+
+    Vectors are flat (the parameters in ``names`` order, tied weights once), in the
+    weights' dtype and device; a matrix of shape ``(n, m)`` is ``m`` vectors at once.
+    ``len(hessian)`` is the number of parameters, ``products`` the vectors multiplied so
+    far.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 1, bias=False).double()
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)))
+        >>> (H @ torch.eye(2, dtype=torch.float64)).tolist()  # 2 X^T X / n
+        [[1.0, 0.0], [0.0, 4.0]]
     """
 
     def __init__(
-        self, model: nn.Module, loss_fn: Callable | str, data: Any, *, dtype=None, device=None
+        self,
+        model: nn.Module,
+        loss_fn: Callable | str,
+        data: Any,
+        *,
+        parameters: Sequence[str] | None = None,
+        dtype=None,
+        device=None,
     ) -> None:
         check_model(model)
         self.model = model
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        if not params:
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not trainable:
             raise CrumpleError(
                 "the model has no parameter that requires grad, so there is no Hessian to "
                 "take; unfreeze the parameters to study (requires_grad_(True))"
             )
-        self.params = {n: cast(p.detach(), device, dtype) for n, p in params.items()}
-        reference = next(iter(self.params.values()))
-        self.frozen = {
-            n: cast(p.detach(), reference.device, reference.dtype)
-            for n, p in model.named_parameters()
-            if n not in params
-        }
+        weights = {n: cast(p.detach(), device, dtype) for n, p in model.named_parameters()}
+        reference = weights[next(iter(trainable))]
         self.buffers = {
             n: cast(b, reference.device, reference.dtype) for n, b in buffers_of(model).items()
         }
-        self.names = list(self.params)
         self.objective = Objective(model, named_functions(loss_fn))
-        self.batches = list(load(data).to(reference.device, reference.dtype))
-        self.weights = [self.objective.weights(b)["loss"] for b in self.batches]
-        self.total = sum(self.weights)
+        self.data = load(data, Settings().data_budget).to(reference.device, reference.dtype)
+        self.data_weight = sum(self.objective.weights(b)["loss"] for b in self.data)
+        self._set(weights, list(trainable) if parameters is None else list(parameters))
+        self._check_twice_differentiable()
         self.products = 0
+
+    def _set(self, weights: Params, names: list[str]) -> None:
+        self.names = names
+        self.params = {n: weights[n] for n in names}
+        self.fixed = {n: t for n, t in weights.items() if n not in self.params}
+        self._pulls: list | None = None
+        self._per_call: int | None = None
+
+    def _check_twice_differentiable(self) -> None:
+        """Differentiate the loss on a few samples twice with plain autograd, which says
+        what ``torch.func`` would silently pass by (a detached loss, a backward marked
+        once-differentiable)."""
+        batch = next(iter(self.data)).rows(slice(0, 8))
+        params = {n: p.detach().requires_grad_() for n, p in self.params.items()}
+        with evaluation_mode(self.model), torch.enable_grad():
+            loss = self._loss(params, batch)
+            if not loss.requires_grad:
+                raise CrumpleError(
+                    "the loss does not depend on the trainable parameters (is it detached, "
+                    "or computed from .item() or numpy?); a Hessian needs a loss that torch "
+                    "can differentiate twice"
+                )
+            gradient = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            probe = sum((g * torch.ones_like(g)).sum() for g in gradient)
+            if not probe.requires_grad:
+                return  # the gradient is constant: the Hessian is zero
+            try:
+                torch.autograd.grad(probe, list(params.values()), allow_unused=True)
+            except RuntimeError as error:
+                raise CrumpleError(
+                    f"the loss is not twice differentiable: differentiating its gradient "
+                    f"failed with: {error}. A Hessian needs operations with a second "
+                    "derivative (a custom autograd.Function needs a differentiable backward)"
+                ) from None
+
+    def block(self, names: Sequence[str]) -> Hessian:
+        """The diagonal block over the parameters ``names``, the others held fixed."""
+        return self._copy({**self.params, **self.fixed}, list(names))
+
+    def at(self, weights: Params) -> Hessian:
+        """The Hessian at other values of the parameters (a dict by name), same data."""
+        return self._copy({**self.params, **self.fixed, **weights}, self.names)
+
+    def _copy(self, weights: Params, names: list[str]) -> Hessian:
+        other = object.__new__(Hessian)
+        other.__dict__.update(self.__dict__)
+        other._set(weights, names)
+        other.products = 0
+        return other
 
     def __len__(self) -> int:
         return sum(p.numel() for p in self.params.values())
 
-    def _loss(self, params: Params, batch) -> Tensor:
-        predict = functional(self.model, {**params, **self.frozen}, self.buffers)
+    @property
+    def reference(self) -> Tensor:
+        return next(iter(self.params.values()))
+
+    def _loss(self, params: Params, batch: Batch) -> Tensor:
+        predict = functional(self.model, {**params, **self.fixed}, self.buffers)
         return self.objective.values(self.objective.call(predict, batch), batch)["loss"]
 
-    def __matmul__(self, vector: Tensor) -> Tensor:
-        """``H @ vector`` for a flat vector."""
-        tangent = self.unflatten(vector)
-        out = torch.zeros_like(vector)
+    def _batches(self):
+        """(batch, its share of the mean) for each batch that the mean counts."""
+        for batch in self.data:
+            weight = self.objective.weights(batch)["loss"]
+            if weight:
+                yield batch, weight / self.data_weight
+
+    def loss_and_gradient(self, params: Params | None = None) -> tuple[float, Params]:
+        """The mean loss and its gradient (a dict by name) at ``params`` (default the
+        Hessian's point)."""
+        params = self.params if params is None else params
+        total, gradient = 0.0, {n: torch.zeros_like(p) for n, p in params.items()}
         with evaluation_mode(self.model), torch.enable_grad():
-            for batch, weight in zip(self.batches, self.weights):
-                if weight == 0:
-                    continue
-                gradient = grad(lambda p, b=batch: self._loss(p, b))
-                _, pull = vjp(gradient, self.params)  # H is symmetric: H v = v^T H
-                (product,) = pull(tangent)
-                out += self.flatten(product) * (weight / self.total)
-        self.products += 1
+            for batch, share in self._batches():
+                g, value = grad_and_value(lambda p, b=batch: self._loss(p, b))(params)
+                total += float(value) * share
+                for n in gradient:
+                    gradient[n] += g[n] * share
+        return total, gradient
+
+    def __matmul__(self, vectors: Tensor) -> Tensor:
+        """``H @ vectors`` for a flat vector or an ``(n, m)`` matrix of them."""
+        if vectors.dim() == 1:
+            return self._products(vectors[None])[0]
+        columns, parts = vectors.T, []
+        if self._per_call is None and len(columns) > VECTORS_PER_CALL:
+            parts = self._timed(columns[: 1 + VECTORS_PER_CALL])
+        per_call = self._per_call or 1
+        for start in range(sum(len(p) for p in parts), len(columns), per_call):
+            parts.append(self._products(columns[start : start + per_call]))
+        return torch.cat(parts).T
+
+    def _timed(self, columns: Tensor) -> list[Tensor]:
+        """The products of one vector alone and of the rest under one vmap, timed: later
+        calls take the faster way (vmap wins on small models, loses on convolutions on
+        the CPU)."""
+        began = time.perf_counter()
+        single = self._products(columns[:1])
+        alone = time.perf_counter() - began
+        began = time.perf_counter()
+        batched = self._products(columns[1:])
+        together = (time.perf_counter() - began) / (len(columns) - 1)
+        self._per_call = len(columns) - 1 if together < alone else 1
+        return [single, batched]
+
+    def _products(self, rows: Tensor) -> Tensor:
+        """``H v`` for each row ``v`` of ``rows``, one vmapped pullback per batch."""
+        tangents = self.unflatten(rows)
+        out = torch.zeros_like(rows)
+        with evaluation_mode(self.model), torch.enable_grad():
+            for share, pull in self._pullbacks():
+                if len(rows) == 1:
+                    (product,) = pull({n: t[0] for n, t in tangents.items()})
+                    product = {n: t[None] for n, t in product.items()}
+                else:
+                    (product,) = vmap(pull)(tangents)
+                out += self.flatten(product) * share
+        self.products += len(rows)
         return out
 
-    def flatten(self, params: Params) -> Tensor:
-        return torch.cat([params[n].reshape(-1) for n in self.names])
+    def _pullbacks(self):
+        """(share of the mean, pullback of the gradient) per batch: ``pull(v) = H_b v``
+        (the Hessian is symmetric). Kept after the first pass where they fit."""
+        if self._pulls is not None:
+            yield from self._pulls
+            return
+        keep = self._graphs_fit()
+        kept = []
+        for batch, share in self._batches():
+            gradient = grad(lambda p, b=batch: self._loss(p, b))
+            _, pull = vjp(gradient, self.params)
+            if keep:
+                kept.append((share, pull))
+            yield share, pull
+        if keep:
+            self._pulls = kept
 
-    def unflatten(self, vector: Tensor) -> Params:
+    def _graphs_fit(self) -> bool:
+        if self.data.streamed:
+            return False
+        first = next(iter(self.data))
+        fixed = {**self.params, **self.fixed}
+        per_sample = activations_per_sample(self.model, fixed, self.buffers, self.objective, first)
+        samples = sum(b.size for b in self.data)
+        size = GRAPH_FACTOR * per_sample * samples * self.reference.element_size()
+        return size <= Settings().max_memory // 4
+
+    def flatten(self, params: Params) -> Tensor:
+        """Parameter dicts (each entry with a leading dimension of ``m``, or none) as flat
+        vectors: ``(m, n)`` or ``(n,)``."""
+        first = params[self.names[0]]
+        lead = first.dim() - self.params[self.names[0]].dim()
+        parts = [params[n].reshape(*first.shape[:lead], -1) for n in self.names]
+        return torch.cat(parts, dim=-1)
+
+    def unflatten(self, vectors: Tensor) -> Params:
+        """Flat vectors (``(n,)`` or ``(m, n)``) as parameter dicts, views of them."""
         out, start = {}, 0
         for n in self.names:
             p = self.params[n]
-            out[n] = vector[start : start + p.numel()].view_as(p)
+            out[n] = vectors[..., start : start + p.numel()].reshape(*vectors.shape[:-1], *p.shape)
             start += p.numel()
         return out
