@@ -16,7 +16,31 @@ Example:
     4.0
 """
 
-from crumple.hessian.operator import Hessian
-from crumple.hessian.spectrum import Eigen, Trace, density, eigen, hessian_plane, trace
+from crumple.hessian.estimators import Trace, density, trace
+from crumple.hessian.operator import Hessian, blocks
+from crumple.hessian.sharpness import (
+    AdaptiveSharpness,
+    EpsilonSharpness,
+    Sharpness,
+    adaptive_sharpness,
+    epsilon_sharpness,
+    sharpness,
+)
+from crumple.hessian.spectrum import Eigen, eigen, hessian_plane
 
-__all__ = ["Eigen", "Hessian", "Trace", "density", "eigen", "hessian_plane", "trace"]
+__all__ = [
+    "AdaptiveSharpness",
+    "Eigen",
+    "EpsilonSharpness",
+    "Hessian",
+    "Sharpness",
+    "Trace",
+    "adaptive_sharpness",
+    "blocks",
+    "density",
+    "eigen",
+    "epsilon_sharpness",
+    "hessian_plane",
+    "sharpness",
+    "trace",
+]

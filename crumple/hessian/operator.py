@@ -11,7 +11,7 @@ kept, so that later products skip the forward pass and the first backward pass.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -246,3 +246,63 @@ class Hessian:
             out[n] = vectors[..., start : start + p.numel()].reshape(*vectors.shape[:-1], *p.shape)
             start += p.numel()
         return out
+
+
+BLOCKINGS = ("parameter", "layer", "module")
+
+
+def blocks(names: Sequence[str], by: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The parameters ``names`` in blocks: ``"parameter"`` (one each), ``"layer"`` (those
+    of one module: a layer's weight and bias), ``"module"`` (those under each of the
+    model's top-level children) or named groups ``{name: [parameter or module names]}``.
+
+    Example:
+        >>> names = ["0.weight", "0.bias", "2.0.weight", "2.1.weight"]
+        >>> blocks(names, "layer")
+        {'0': ['0.weight', '0.bias'], '2.0': ['2.0.weight'], '2.1': ['2.1.weight']}
+        >>> blocks(names, "module")
+        {'0': ['0.weight', '0.bias'], '2': ['2.0.weight', '2.1.weight']}
+        >>> blocks(names, {"first": ["0"], "rest": ["2.0.weight", "2.1"]})
+        {'first': ['0.weight', '0.bias'], 'rest': ['2.0.weight', '2.1.weight']}
+    """
+    if isinstance(by, Mapping):
+        return {group: _members(names, group, entries) for group, entries in by.items()}
+    keys = {
+        "parameter": lambda n: n,
+        "layer": lambda n: n.rpartition(".")[0] or "(model)",
+        "module": lambda n: n.partition(".")[0] if "." in n else "(model)",
+    }
+    if by not in keys:
+        raise CrumpleError(
+            f"by must be one of {', '.join(map(repr, BLOCKINGS))} or a dict of named groups "
+            f"such as {{'head': ['fc'], 'body': ['layer1', 'layer2']}}, got {by!r}"
+        )
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(keys[by](n), []).append(n)
+    return out
+
+
+def _members(names: Sequence[str], group: str, entries: Sequence[str]) -> list[str]:
+    if isinstance(entries, str):
+        entries = [entries]
+    chosen = []
+    for entry in entries:
+        found = [n for n in names if n == entry or n.startswith(entry + ".")]
+        if not found:
+            raise CrumpleError(
+                f"group {group!r}: {entry!r} names no trainable parameter or module of the "
+                f"model; the trainable parameters are {', '.join(names)}"
+            )
+        chosen += [n for n in found if n not in chosen]
+    return chosen
+
+
+def each_block(hessian: Hessian, by, compute: Callable[[Hessian], Any]):
+    """``compute(hessian)``, or with ``by`` a dict ``{block: compute(its diagonal block)}``
+    (see :func:`blocks`)."""
+    if by is None:
+        return compute(hessian)
+    return {
+        name: compute(hessian.block(names)) for name, names in blocks(hessian.names, by).items()
+    }

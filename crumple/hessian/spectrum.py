@@ -1,10 +1,8 @@
-"""The Hessian's spectrum from its products with vectors: the extreme eigenpairs by
-Lanczos, the trace by Hutchinson's estimator, the density by stochastic Lanczos
-quadrature, and the plane along two eigenvectors."""
+"""The Hessian's extreme eigenpairs by Lanczos on its products with vectors, and the plane
+along two eigenvectors."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +12,20 @@ import torch
 from torch import nn
 
 from crumple.errors import CrumpleError
-from crumple.hessian.operator import Hessian
+from crumple.hessian.operator import Hessian, each_block
 from crumple.params import Params
 from crumple.plane import Plane
+
+DENSE_SIZE = 64  # blocks this small are multiplied out and solved densely
+WHICH = ("largest", "smallest", "both")
 
 
 @dataclass
 class Eigen:
-    """Eigenpairs of the Hessian: ``eigenvalues`` (descending for ``"largest"``, ascending
-    for ``"smallest"``), ``eigenvectors`` as parameter dicts (like plane directions),
-    ``residuals`` ``|Hv - lambda v| / |lambda|`` of each pair, and the products used."""
+    """Eigenpairs of the Hessian: ``eigenvalues`` (descending for ``"largest"`` and
+    ``"both"``, ascending for ``"smallest"``), ``eigenvectors`` as parameter dicts (like
+    plane directions), ``residuals`` ``|Hv - lambda v| / |lambda|`` of each pair, and the
+    Hessian-vector products used."""
 
     eigenvalues: np.ndarray
     eigenvectors: list[Params]
@@ -38,13 +40,20 @@ def eigen(
     k: int = 5,
     which: str = "largest",
     *,
+    by=None,
     tol: float = 1e-10,
     seed: int = 0,
     dtype=None,
     device=None,
-) -> Eigen:
-    """The ``k`` largest (or smallest) eigenvalues of the Hessian of the mean loss, by
+) -> Eigen | dict[str, Eigen]:
+    """The ``k`` largest or smallest eigenvalues (``which="both"``: the ``k`` largest and
+    the ``k`` smallest) of the Hessian of the mean loss, with their eigenvectors, by
     Lanczos (``scipy.sparse.linalg.eigsh``) on Hessian-vector products.
+
+    With ``by`` (``"parameter"``, ``"layer"``, ``"module"`` or ``{group: [names]}``, see
+    :func:`crumple.hessian.operator.blocks`), a dict ``{block: Eigen}`` of the diagonal
+    blocks' eigenpairs; a block with ``k`` or fewer parameters gives all of its own.
+    Blocks of up to 64 parameters are solved densely.
 
     Example:
         >>> import torch
@@ -54,19 +63,59 @@ def eigen(
         >>> [round(float(v), 6) for v in e.eigenvalues]  # H = 2 I / 3
         [0.666667, 0.666667]
     """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
+    if which not in WHICH:
+        raise CrumpleError(f"which must be one of {', '.join(map(repr, WHICH))}, got {which!r}")
     hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
     n = len(hessian)
-    kinds = {"largest": "LA", "smallest": "SA"}
-    if which not in kinds:
-        raise CrumpleError(f"which must be 'largest' or 'smallest', got {which!r}")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < n:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n // (1 + (which == "both")):
         raise CrumpleError(
-            f"k must be a whole number from 1 to {n - 1} (the model has {n:,} parameters, and "
-            f"Lanczos finds fewer eigenvalues than that), got {k!r}"
+            f"k must be a whole number from 1 to {n // (1 + (which == 'both'))} (the model has "
+            f"{n:,} trainable parameters{', and both ends take 2k' if which == 'both' else ''}),"
+            f" got {k!r}"
         )
-    reference = next(iter(hessian.params.values()))
+    return each_block(hessian, by, lambda h: eigenpairs(h, k, which, tol, seed))
+
+
+def eigenpairs(hessian: Hessian, k: int, which: str, tol: float, seed: int) -> Eigen:
+    """The work of :func:`eigen` on one operator (``k`` is cut to what it holds)."""
+    n = len(hessian)
+    count = min(2 * k if which == "both" else k, n)
+    if n <= max(DENSE_SIZE, count + 1):
+        values, vectors = _dense(hessian)
+        picked = {
+            "largest": np.arange(n - 1, n - 1 - count, -1),
+            "smallest": np.arange(count),
+            "both": np.r_[
+                np.arange(n - 1, n - 1 - count // 2, -1), np.arange(count - count // 2)[::-1]
+            ],
+        }[which]
+        values, vectors = values[picked], vectors[:, picked]
+    else:
+        values, vectors = _lanczos(hessian, count, which, tol, seed)
+    reference = hessian.reference
+    basis = torch.as_tensor(vectors, dtype=reference.dtype).to(reference.device)
+    products = (hessian @ basis).double().cpu().numpy()
+    residuals = np.linalg.norm(products - vectors * values, axis=0) / np.maximum(
+        np.abs(values), 1e-300
+    )
+    eigenvectors = [
+        {n: t.clone() for n, t in hessian.unflatten(basis[:, j]).items()} for j in range(count)
+    ]
+    return Eigen(values, eigenvectors, residuals, hessian.products)
+
+
+def _dense(hessian: Hessian) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenpairs (ascending) of the Hessian multiplied out column by column."""
+    reference = hessian.reference
+    identity = torch.eye(len(hessian), dtype=reference.dtype, device=reference.device)
+    matrix = (hessian @ identity).double().cpu().numpy()
+    return np.linalg.eigh((matrix + matrix.T) / 2)
+
+
+def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int):
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    n, reference = len(hessian), hessian.reference
 
     def apply(v: np.ndarray) -> np.ndarray:
         t = torch.as_tensor(np.asarray(v).reshape(-1), dtype=reference.dtype)
@@ -74,67 +123,10 @@ def eigen(
 
     operator = LinearOperator((n, n), matvec=apply, dtype=np.float64)
     start = np.random.default_rng(seed).standard_normal(n)
-    values, vectors = eigsh(operator, k=k, which=kinds[which], tol=tol, v0=start)
-    order = np.argsort(-values if which == "largest" else values)
-    values, vectors = values[order], vectors[:, order]
-    residuals = np.empty(k)
-    for j in range(k):
-        hv = apply(vectors[:, j])
-        residuals[j] = np.linalg.norm(hv - values[j] * vectors[:, j]) / max(abs(values[j]), 1e-300)
-    eigenvectors = [
-        {
-            n: t.clone()
-            for n, t in hessian.unflatten(
-                torch.as_tensor(vectors[:, j], dtype=reference.dtype).to(reference.device)
-            ).items()
-        }
-        for j in range(k)
-    ]
-    return Eigen(values, eigenvectors, residuals, hessian.products)
-
-
-@dataclass
-class Trace:
-    """Hutchinson's estimate of the Hessian's trace with its standard error."""
-
-    estimate: float
-    stderr: float
-    probes: int
-
-
-def trace(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
-    *,
-    probes: int = 100,
-    seed: int = 0,
-    dtype=None,
-    device=None,
-) -> Trace:
-    """Hutchinson's estimator ``mean(z^T H z)`` over Rademacher vectors ``z``; its standard
-    error is the sample standard deviation over the square root of the number of probes.
-
-    Example:
-        >>> import torch
-        >>> net = torch.nn.Linear(3, 1, bias=False).double()
-        >>> x = torch.eye(3, dtype=torch.float64)
-        >>> t = trace(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), probes=4)
-        >>> round(t.estimate, 6), t.stderr  # H = 2 I / 3: z^T H z = 2 for every sign vector
-        (2.0, 0.0)
-    """
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 2:
-        raise CrumpleError(f"probes must be a whole number >= 2, got {probes!r}")
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
-    reference = next(iter(hessian.params.values()))
-    generator = torch.Generator().manual_seed(seed)
-    samples = []
-    for _ in range(probes):
-        z = torch.randint(0, 2, (len(hessian),), generator=generator) * 2 - 1
-        z = z.to(device=reference.device, dtype=reference.dtype)
-        samples.append(float(z @ (hessian @ z)))
-    values = np.array(samples)
-    return Trace(float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes)), probes)
+    kind = {"largest": "LA", "smallest": "SA", "both": "BE"}[which]
+    values, vectors = eigsh(operator, k=count, which=kind, tol=tol, v0=start)
+    order = np.argsort(values if which == "smallest" else -values)
+    return values[order], vectors[:, order]
 
 
 def hessian_plane(
@@ -164,75 +156,3 @@ def hessian_plane(
         "axis_names": tuple(f"v{j + 1} (lambda = {v:.4g})" for j, v in zip(k, values)),
     }
     return Plane(origin, tuple(directions), attrs)
-
-
-def density(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
-    *,
-    probes: int = 10,
-    steps: int = 40,
-    bins: int = 400,
-    width: float | None = None,
-    seed: int = 0,
-    dtype=None,
-    device=None,
-):
-    """The Hessian's eigenvalue spectral density by stochastic Lanczos quadrature: for each
-    random unit probe ``v``, ``steps`` Lanczos steps (fully reorthogonalised) give nodes
-    ``theta_i`` and weights ``tau_i`` with ``sum tau_i f(theta_i) ~ v^T f(H) v``; their
-    average over probes, smoothed by a Gaussian of ``width`` (default 1% of the spectrum's
-    span), is the density on ``bins`` eigenvalues.
-
-    Returns an ``xarray.Dataset`` with ``density`` over ``eigenvalue`` and the quadrature
-    ``nodes`` and ``weights`` over (``probe``, ``node``): ``sum(weights * nodes**k) / probes``
-    estimates ``tr(H^k) / n``.
-
-    Example:
-        >>> import torch
-        >>> net = torch.nn.Linear(3, 1, bias=False).double()
-        >>> x = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
-        >>> esd = density(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), probes=2)
-        >>> esd.nodes.values[0].round(4).tolist()  # 3 steps on 3 weights: H's eigenvalues
-        [0.6667, 2.6667, 6.0]
-    """
-    import xarray as xr
-
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
-    n = len(hessian)
-    steps = min(steps, n)
-    reference = next(iter(hessian.params.values()))
-    generator = torch.Generator().manual_seed(seed)
-    nodes, weights = np.zeros((probes, steps)), np.zeros((probes, steps))
-    for p in range(probes):
-        v = torch.randn(n, generator=generator, dtype=torch.float64)
-        basis = [v / v.norm()]
-        alphas, betas = [], []
-        for j in range(steps):
-            w = (hessian @ basis[j].to(reference)).double().cpu()
-            alphas.append(float(w @ basis[j]))
-            for u in basis:  # full reorthogonalisation
-                w -= (w @ u) * u
-            beta = float(w.norm())
-            if j == steps - 1 or beta < 1e-12 * max(abs(alphas[0]), 1.0):
-                break
-            betas.append(beta)
-            basis.append(w / beta)
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, vectors = np.linalg.eigh(T)
-        nodes[p, : len(theta)], weights[p, : len(theta)] = theta, vectors[0] ** 2
-    span = nodes.max() - nodes.min()
-    sigma = width if width is not None else max(0.01 * span, 1e-12)
-    grid = np.linspace(nodes.min() - 5 * sigma, nodes.max() + 5 * sigma, bins)
-    kernel = np.exp(-0.5 * ((grid[:, None, None] - nodes[None]) / sigma) ** 2)
-    values = (kernel * weights[None]).sum(axis=(1, 2)) / (probes * sigma * math.sqrt(2 * math.pi))
-    return xr.Dataset(
-        {
-            "density": ("eigenvalue", values),
-            "nodes": (("probe", "node"), nodes),
-            "weights": (("probe", "node"), weights),
-        },
-        coords={"eigenvalue": grid},
-        attrs={"probes": probes, "steps": steps, "width": sigma, "n_parameters": n},
-    )
