@@ -64,7 +64,8 @@ def test_hessian_vector_products_equal_the_dense_hessian(case):
 
 
 @pytest.mark.parametrize("which", ["largest", "smallest"])
-def test_extreme_eigenpairs_equal_the_dense_ones(case, which):
+def test_extreme_eigenpairs_equal_the_dense_ones(case, which, monkeypatch):
+    monkeypatch.setattr(cr.hessian.spectrum, "DENSE_SIZE", 0)  # Lanczos on the whole model
     model, data, _, values, vectors = case
     before = snapshot(model)
     top = cr.hessian.eigen(model, F.cross_entropy, data, k=5, which=which)
@@ -146,3 +147,72 @@ def test_density_integrates_to_one_and_its_moments_are_the_traces(case):
         per_probe = (esd.weights * esd.nodes**k).sum("node").values  # v^T H^k v, v unit
         stderr = per_probe.std(ddof=1) / np.sqrt(len(per_probe))
         assert abs(per_probe.mean() - exact) < 4 * stderr + 1e-9 * abs(exact), (k, exact)
+
+
+def test_products_of_several_vectors_equal_one_at_a_time(case):
+    model, data, H, _, _ = case
+    op = cr.hessian.Hessian(model, F.cross_entropy, data)
+    V = torch.randn(len(op), 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_allclose(op @ V, H @ V, rtol=1e-9, atol=1e-12)  # timed: 1 + 8, then 3
+    np.testing.assert_allclose(op @ V[:, :3], H @ V[:, :3], rtol=1e-9, atol=1e-12)
+    assert op.products == 15
+
+
+@pytest.mark.parametrize("by", ["layer", "module", "parameter", "groups"])
+def test_per_block_results_are_those_of_the_dense_diagonal_blocks(case, by):
+    model, data, H, _, _ = case
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    starts = dict(zip(names, np.cumsum([0, *sizes[:-1]])))
+    if by == "groups":
+        by = {"first": [names[0]], "last": [names[-2], names[-1]]}
+    found = cr.hessian.eigen(model, F.cross_entropy, data, k=3, which="both", by=by)
+    traces = cr.hessian.trace(model, F.cross_entropy, data, probes=20, by=by, method="hutch++")
+    expected_blocks = cr.hessian.blocks(names, by)
+    assert list(found) == list(traces) == list(expected_blocks)
+    for block, members in expected_blocks.items():
+        index = np.concatenate(
+            [np.arange(starts[n], starts[n] + p) for n, p in zip(names, sizes) if n in members]
+        )
+        sub = H[np.ix_(index, index)]
+        exact = torch.linalg.eigvalsh(sub).numpy()
+        count = min(6, len(exact))
+        want = np.sort(np.r_[exact[::-1][: count // 2], exact[: count - count // 2]])[::-1]
+        got = found[block].eigenvalues
+        assert np.allclose(got, want, rtol=0, atol=1e-8 * max(abs(exact).max(), 1e-12)), block
+        assert abs(traces[block].estimate - float(sub.trace())) <= 3 * traces[block].stderr + 1e-8
+
+
+@pytest.mark.parametrize("dense_size", [0, 10_000])
+def test_both_ends_by_lanczos_and_densely(case, dense_size, monkeypatch):
+    monkeypatch.setattr(cr.hessian.spectrum, "DENSE_SIZE", dense_size)
+    model, data, _, values, _ = case
+    found = cr.hessian.eigen(model, F.cross_entropy, data, k=2, which="both")
+    v = values.numpy()
+    expected = np.r_[v[-1], v[-2], v[1], v[0]]
+    np.testing.assert_allclose(
+        found.eigenvalues, expected, rtol=0, atol=1e-8 * float(values.abs().max())
+    )
+
+
+def test_hutch_plus_plus_is_within_three_standard_errors(case):
+    model, data, H, _, _ = case
+    exact = float(torch.trace(H))
+    for seed in range(3):
+        t = cr.hessian.trace(model, F.cross_entropy, data, probes=30, seed=seed, method="hutch++")
+        assert abs(t.estimate - exact) < 3 * t.stderr + 1e-9, (t, exact)
+        assert t.method == "hutch++" and t.probes == 30
+
+
+def test_a_loss_that_is_not_twice_differentiable_is_refused():
+    model, data = small_mlp(), digits(16)
+    before = snapshot(model)
+    with pytest.raises(cr.CrumpleError, match="not twice differentiable"):
+        cr.hessian.trace(model, lambda p, y: torch.cdist(p, p).mean(), data)
+    with pytest.raises(cr.CrumpleError, match="does not depend on the trainable parameters"):
+        cr.hessian.eigen(model, lambda p, y: F.cross_entropy(p.detach(), y), data)
+    with pytest.raises(cr.CrumpleError, match="by must be one of"):
+        cr.hessian.trace(model, F.cross_entropy, data, by="row")
+    with pytest.raises(cr.CrumpleError, match="names no trainable parameter"):
+        cr.hessian.trace(model, F.cross_entropy, data, by={"a": ["fc"]})
+    assert_untouched(model, before)

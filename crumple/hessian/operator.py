@@ -91,30 +91,27 @@ class Hessian:
         self._per_call: int | None = None
 
     def _check_twice_differentiable(self) -> None:
-        """Differentiate the loss on a few samples twice with plain autograd, which says
-        what ``torch.func`` would silently pass by (a detached loss, a backward marked
-        once-differentiable)."""
+        """Differentiate the loss on a few samples twice, to refuse at once a loss that is
+        detached from the weights (``torch.func`` would give zeros) or has an operation
+        without a second derivative."""
         batch = next(iter(self.data)).rows(slice(0, 8))
         params = {n: p.detach().requires_grad_() for n, p in self.params.items()}
         with evaluation_mode(self.model), torch.enable_grad():
-            loss = self._loss(params, batch)
-            if not loss.requires_grad:
+            if not self._loss(params, batch).requires_grad:
                 raise CrumpleError(
                     "the loss does not depend on the trainable parameters (is it detached, "
                     "or computed from .item() or numpy?); a Hessian needs a loss that torch "
                     "can differentiate twice"
                 )
-            gradient = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            probe = sum((g * torch.ones_like(g)).sum() for g in gradient)
-            if not probe.requires_grad:
-                return  # the gradient is constant: the Hessian is zero
             try:
-                torch.autograd.grad(probe, list(params.values()), allow_unused=True)
-            except RuntimeError as error:
+                _, pull = vjp(grad(lambda p: self._loss(p, batch)), self.params)
+                pull({n: torch.ones_like(p) for n, p in self.params.items()})
+            except (RuntimeError, NotImplementedError) as error:
                 raise CrumpleError(
                     f"the loss is not twice differentiable: differentiating its gradient "
-                    f"failed with: {error}. A Hessian needs operations with a second "
-                    "derivative (a custom autograd.Function needs a differentiable backward)"
+                    f"failed with: {error} A Hessian needs operations with a second "
+                    "derivative (torch.cdist, for one, has none; a custom autograd.Function "
+                    "needs setup_context and a differentiable backward)"
                 ) from None
 
     def block(self, names: Sequence[str]) -> Hessian:

@@ -16,7 +16,8 @@ from crumple.hessian.operator import Hessian, each_block
 from crumple.params import Params
 from crumple.plane import Plane
 
-DENSE_SIZE = 64  # blocks this small are multiplied out and solved densely
+DENSE_SIZE = 256  # blocks this small are multiplied out and solved densely
+TOLERANCE = {torch.float64: 1e-10}  # Lanczos's default; 1e-5 for other dtypes
 WHICH = ("largest", "smallest", "both")
 
 
@@ -41,7 +42,7 @@ def eigen(
     which: str = "largest",
     *,
     by=None,
-    tol: float = 1e-10,
+    tol: float | None = None,
     seed: int = 0,
     dtype=None,
     device=None,
@@ -53,7 +54,8 @@ def eigen(
     With ``by`` (``"parameter"``, ``"layer"``, ``"module"`` or ``{group: [names]}``, see
     :func:`crumple.hessian.operator.blocks`), a dict ``{block: Eigen}`` of the diagonal
     blocks' eigenpairs; a block with ``k`` or fewer parameters gives all of its own.
-    Blocks of up to 64 parameters are solved densely.
+    Blocks of up to 256 parameters are solved densely. ``tol`` is Lanczos's relative
+    accuracy: default 1e-10 in float64, 1e-5 in lower precision.
 
     Example:
         >>> import torch
@@ -73,6 +75,8 @@ def eigen(
             f"{n:,} trainable parameters{', and both ends take 2k' if which == 'both' else ''}),"
             f" got {k!r}"
         )
+    if tol is None:
+        tol = TOLERANCE.get(hessian.reference.dtype, 1e-5)
     return each_block(hessian, by, lambda h: eigenpairs(h, k, which, tol, seed))
 
 
@@ -113,8 +117,15 @@ def _dense(hessian: Hessian) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int):
-    from scipy.sparse.linalg import LinearOperator, eigsh
+    """Eigenpairs by ``eigsh``, sorted as :class:`Eigen` says; ``"both"`` is two runs (one
+    for each end converges where ARPACK's mode for both ends stalls on clustered
+    eigenvalues)."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+    if which == "both":
+        top = _lanczos(hessian, count - count // 2, "largest", tol, seed)
+        bottom = _lanczos(hessian, count // 2, "smallest", tol, seed)
+        return np.r_[top[0], bottom[0][::-1]], np.c_[top[1], bottom[1][:, ::-1]]
     n, reference = len(hessian), hessian.reference
 
     def apply(v: np.ndarray) -> np.ndarray:
@@ -123,8 +134,14 @@ def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int):
 
     operator = LinearOperator((n, n), matvec=apply, dtype=np.float64)
     start = np.random.default_rng(seed).standard_normal(n)
-    kind = {"largest": "LA", "smallest": "SA", "both": "BE"}[which]
-    values, vectors = eigsh(operator, k=count, which=kind, tol=tol, v0=start)
+    try:
+        values, vectors = eigsh(operator, k=count, which=which[0].upper() + "A", tol=tol, v0=start)
+    except ArpackNoConvergence as error:
+        raise CrumpleError(
+            f"Lanczos did not find the {count} {which} eigenvalues to tol={tol:g} within "
+            f"{hessian.products:,} Hessian-vector products ({len(error.eigenvalues)} converged); "
+            "pass a looser tol (1e-6 is plenty for most uses) or a smaller k"
+        ) from None
     order = np.argsort(values if which == "smallest" else -values)
     return values[order], vectors[:, order]
 
