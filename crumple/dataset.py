@@ -47,8 +47,11 @@ def grid_dataset(
     attrs_of = coord_attrs(plane, grid)
     coords = {dim: (dim, axis, attrs_of[dim]) for dim, axis in zip(grid.dims, grid.axes)}
     loss_name = function_name(fns["loss"])
+    from crumple.hessian.maps import LONG_NAMES  # of the curvature's variables
+
+    long_names = {"loss": loss_name, **LONG_NAMES}
     data_vars = {
-        name: (grid.dims, values, {"long_name": loss_name if name == "loss" else name})
+        name: (grid.dims, values, {"long_name": long_names.get(name, name)})
         for name, values in results.items()
     }
     attrs = {"plane_kind": plane.attrs.get("kind", "custom")}

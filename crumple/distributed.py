@@ -79,7 +79,8 @@ def evaluate_tiles(
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Evaluate ``tiles`` (index, slices of ``axes``) on the cluster of ``client``; yield
     results as they arrive. ``payload()`` gives (model, fns, data, plane, settings JSON,
-    recalibration data), called once the first tile has fixed the settings."""
+    recalibration data, curvature options), called once the first tile has fixed the
+    settings."""
     distributed = require_extra("distributed", "dask")
     futures = []
     try:
@@ -117,7 +118,7 @@ def _tile(packed: bytes, k: int, coords: list):
 
     key = hashlib.sha256(packed).hexdigest()
     if key not in _EVALUATORS:
-        model, fns, batches, plane, settings, recalibrate = pickle.loads(packed)
+        model, fns, batches, plane, settings, recalibrate, curvature = pickle.loads(packed)
         UNPACKED[0] += 1
         try:
             from distributed import get_worker
@@ -128,7 +129,14 @@ def _tile(packed: bytes, k: int, coords: list):
         with evaluation_mode(model):
             settings = Settings.from_json(settings)
             evaluate = build(
-                model, fns, batches, plane, settings, check=False, recalibrate=recalibrate
+                model,
+                fns,
+                batches,
+                plane,
+                settings,
+                check=False,
+                recalibrate=recalibrate,
+                curvature=curvature,
             )
         _EVALUATORS.clear()
         _EVALUATORS[key] = (model, evaluate)

@@ -64,6 +64,8 @@ def surface(
         recalibrate: data whose inputs recompute the BatchNorm running statistics at each
             point before evaluating (reset, then a cumulative average with only BatchNorm
             layers training); ``ds.attrs["recalibrated"]`` says so.
+        curvature: ``True`` adds ``lambda_max``, ``lambda_min`` and ``lambda_ratio``: the
+            Hessian's extreme eigenvalues at each point (:mod:`crumple.hessian.maps`).
         dask: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
             ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
             the first are evaluated on its workers, which receive the model, data and plane
@@ -148,10 +150,18 @@ def _landscape(
     data_id: str | None = None,
     dask: Any = None,
     recalibrate: Any = None,
+    curvature: Any = False,
     **options: Any,
 ) -> xr.Dataset:
+    from crumple.hessian.maps import curvature_options
+
     run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
-    run["recalibrate"] = recalibrate
+    run |= {"recalibrate": recalibrate, "curvature": curvature_options(curvature)}
+    if recalibrate is not None and run["curvature"] is not None:
+        raise CrumpleError(
+            "curvature=True with recalibrate= is not supported: the Hessian is taken with "
+            "the model's own BatchNorm statistics; drop one of the two"
+        )
     settings = Settings.from_options(**options, also=("metrics", "check", *run))
     check_fits(check_model(model), plane)
     fns = named_functions(loss_fn, metrics)

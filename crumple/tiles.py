@@ -66,6 +66,7 @@ def run(
     progress: bool = False,
     coord_attrs: Mapping[str, dict] | None = None,
     recalibrate: Any = None,
+    curvature: dict | None = None,
 ) -> Outcome:
     """Evaluate ``grid`` on ``plane`` tile by tile (the model already in evaluation mode;
     ``given`` the user's data, which the fingerprint hashes). A run folder and a Dask
@@ -84,6 +85,8 @@ def run(
             fp = fingerprint(model, plane, grid, given, fns, dtype, data_id)
             if recalibrate is not None:  # its batching matters: batch by batch
                 fp["recalibrate"] = ordered_digest(inputs_only(recalibrate))
+            if curvature is not None:
+                fp["curvature"] = json.dumps(curvature)
             stored = _resume(store, fp, lambda: ordered_digest(given))
             if stored is not None and all(stored.done()):
                 out = open_run(store)["surface"]
@@ -92,9 +95,12 @@ def run(
             if stored is not None:
                 plan = Settings.from_json(stored.attrs["plan"])
                 settings = plan.replace(device=settings.device or plan.device)
-        evaluator = build(model, fns, given, plane, settings, recalibrate=recalibrate)
+        evaluator = build(
+            model, fns, given, plane, settings, recalibrate=recalibrate, curvature=curvature
+        )
         new = (store, fp, coord_attrs) if stored is None and store is not None else None
-        return _run_tiles(evaluator, grid, stored, new, cluster, progress, recalibrate)
+        extras = (recalibrate, curvature)
+        return _run_tiles(evaluator, grid, stored, new, cluster, progress, extras)
     finally:
         if cluster is not None:
             from crumple.distributed import close
@@ -102,10 +108,11 @@ def run(
             close(*cluster)
 
 
-def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, recalibrate) -> Outcome:
+def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, extras) -> Outcome:
     """Size the tiles (timing a first call, kept), create the store (``new``: folder,
     fingerprint, coordinate attributes) if there is none yet, run the first tile here and
-    the rest here or on the cluster, writing each as it arrives."""
+    the rest here or on the cluster (``extras``: the recalibration data and curvature
+    options it needs), writing each as it arrives."""
     task = evaluator.task
     axes = [torch.as_tensor(a, dtype=task.dtype, device=task.device) for a in grid.axes]
 
@@ -127,7 +134,7 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, recalibrat
     if new is not None:
         folder, fp, coord_attrs = new
         attrs = {"fingerprint": json.dumps(fp), "plan": evaluator.settings.to_json()}
-        names = list(task.fns)
+        names = evaluator.names
         stored = RunStore.create(folder, grid, names, tiles, attrs, coord_attrs)
     done = stored.done() if stored is not None else [False] * len(tiles)
     todo = [k for k, finished in enumerate(done) if not finished]
@@ -144,7 +151,7 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, recalibrat
 
         def payload():
             settings = evaluator.settings.to_json()
-            return (task.model, task.fns, task.data, task.plane, settings, recalibrate)
+            return (task.model, task.fns, task.data, task.plane, settings, *extras)
 
         rest = [(k, tiles[k]) for k in todo[1:]]
         sources.append(evaluate_tiles(cluster[0], payload, rest, axes))
@@ -154,6 +161,9 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, recalibrat
     precomputed = math.prod(s.stop - s.start for s in block) if measured is not None else 0
     values = _collect(results, tiles, todo, grid, stored, evaluator, progress, precomputed)
     facts, n = task.facts(), len(todo)
+    if evaluator.curvature is not None:
+        facts["curvature_tol"] = evaluator.curvature.tol
+        facts["curvature_failures"] = evaluator.curvature.failures  # here, not on workers
     return Outcome(
         values, evaluator.settings, facts, n, evaluator.choice, stored, None, evaluator.halvings
     )
@@ -166,7 +176,7 @@ def _collect(
     after the first tile: the strategy may have been chosen there), with a progress bar and,
     after the first tile, the estimated time (``precomputed``: points of tile 0 computed
     before, when the tiles were sized)."""
-    out = {name: np.full(grid.shape, np.nan) for name in evaluator.task.fns}
+    out = {name: np.full(grid.shape, np.nan) for name in evaluator.names}
     bar = tqdm(
         total=len(tiles),
         initial=len(tiles) - len(todo),

@@ -149,3 +149,15 @@ def test_command_line_dask_local(tmp_path, capsys):
     ds = cr.open(out)["surface"]
     assert ds.attrs["tiles_done"] == "6 of 6"
     assert ds.loss.shape == (6, 6) and not np.isnan(ds.loss.values).any()
+
+
+def test_a_curvature_map_on_the_cluster_equals_the_one_in_process(client):
+    model = cli_fixtures.make_mlp()
+    plane = cr.Plane.random(model, seed=1)
+    grid = cr.Grid(np.linspace(-1, 1, 3), np.linspace(-1, 1, 2))
+    args = (model, F.cross_entropy, cli_fixtures.digits_loader(), plane, grid)
+    here = cr.surface(*args, curvature=True, chunk_size=2)
+    there = cr.surface(*args, curvature=True, chunk_size=2, dask=client)
+    for name in ("loss", "lambda_max", "lambda_min", "lambda_ratio"):
+        np.testing.assert_allclose(there[name].values, here[name].values, rtol=1e-5)
+    assert np.isfinite(there.lambda_max.values).all()

@@ -250,8 +250,13 @@ class Evaluator:
         [1.0, 1.0]
     """
 
-    def __init__(self, task: Task, settings: Settings) -> None:
+    def __init__(self, task: Task, settings: Settings, curvature: dict | None = None) -> None:
         self.task, self.settings = task, settings
+        self.curvature = None  # the extreme Hessian eigenvalues at each point, if asked
+        if curvature is not None:
+            from crumple.hessian.maps import CurvatureMap
+
+            self.curvature = CurvatureMap(task, curvature)
         self.choice: Choice | None = None
         self.strategy: Strategy | None = None
         self._trial: dict[str, Strategy] = {}  # strategies the auto choice made
@@ -259,12 +264,27 @@ class Evaluator:
         if settings.strategy != "auto":
             self.strategy = STRATEGIES[settings.strategy](task)
 
+    @property
+    def names(self) -> list[str]:
+        """The values each call gives: the functions', then the curvature's."""
+        from crumple.hessian.maps import NAMES
+
+        return [*self.task.fns, *(NAMES if self.curvature is not None else ())]
+
     def __call__(
         self, points: Points, first_block: Mapping[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
         """Values at every point of ``points`` (float64, on the CPU). Blocks of more than
         ``points_per_call`` points are split (for strategies that take points together);
         ``first_block`` gives the first block's values, already computed."""
+        values = self._values(points, first_block)
+        if self.curvature is not None:
+            values |= self.curvature(points)
+        return values
+
+    def _values(
+        self, points: Points, first_block: Mapping[str, Tensor] | None
+    ) -> dict[str, Tensor]:
         per_call = self.settings.points_per_call or points.size
         batched = self.strategy is None or self.strategy.batched
         if first_block is None and (not batched or points.size <= per_call):
@@ -320,7 +340,7 @@ class Evaluator:
             )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return self(points)
+        return self._values(points, None)
 
     def _with(self, name: str, points: Points) -> dict[str, Tensor]:
         """Evaluate with the named strategy (made once), for the ``auto`` choice."""
@@ -343,6 +363,7 @@ def build(
     *,
     check: bool = True,
     recalibrate=None,
+    curvature: dict | None = None,
 ) -> Evaluator:
     """The one factory of evaluators, for ``surface``, ``line``, ``project`` and Dask
     workers: ``prepare`` then an :class:`Evaluator` with the filled-in settings."""
@@ -359,4 +380,4 @@ def build(
     task, resolved = prepare(
         model, fns, data, plane, settings, check=check, recalibrate=recalibrate
     )
-    return Evaluator(task, resolved)
+    return Evaluator(task, resolved, curvature)
