@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from crumple import cli_lm
+from crumple import cli_hessian, cli_lm
 from crumple import cli_types as types
 from crumple.errors import CrumpleError
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"crumple {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_surface, _add_plot, _add_info):
+    for add in (_add_demo, _add_surface, cli_hessian.add, _add_plot, _add_info):
         add(commands)
     return parser
 
@@ -114,31 +114,13 @@ def _add_demo(commands) -> None:
 
 def _add_surface(commands) -> None:
     surface = _command(commands, "surface", _surface)
+    types.add_model_options(surface)
     add = surface.add_argument
-    add(
-        "--model",
-        required=True,
-        metavar="MODULE:FACTORY",
-        help="function or class that builds the model, e.g. mymodels:make_net",
-    )
-    add("--weights", metavar="FILE", help="state dict to load (torch.save or .safetensors)")
-    add(
-        "--data",
-        required=True,
-        metavar="MODULE:LOADER",
-        help="a DataLoader (of (x, y) pairs, tuples or dicts), or a function returning one",
-    )
     add(
         "--recalibrate",
         default=None,
         metavar="MODULE:LOADER",
         help="recompute BatchNorm statistics at each point from this loader's inputs",
-    )
-    add(
-        "--loss",
-        default="cross_entropy",
-        help=f"{', '.join(types.LOSSES)}, model (the loss the model computes, e.g. a Hugging "
-        "Face model given labels) or MODULE:FUNCTION (default cross_entropy)",
     )
     add("--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable")
     _add_plane_options(surface)
@@ -155,8 +137,6 @@ def _add_surface(commands) -> None:
         metavar="START:STOP:NUM",
         help="beta axis (default: as --grid)",
     )
-    add("--device", default=None, help="e.g. cpu, cuda, cuda:1")
-    add("--dtype", choices=["float32", "float64"], default=None)
     add(
         "--max-memory",
         type=types.memory,
@@ -299,15 +279,11 @@ def _surface(args: argparse.Namespace) -> None:
     kind = _plane_kind(args)
     import crumple as cr
     from crumple import plot, specs, store
-    from crumple.batches import load
 
-    loss_fn = specs.loss_function(args.loss)
+    model, loss_fn, batches = types.load_inputs(args)
     metrics = {
         m.rpartition(":")[2]: specs.loss_function(m, "--metric", specs.METRICS) for m in args.metric
     }
-    model = specs.load_model(args.model, args.weights)
-    batches = load(specs.load_data(args.data))
-    specs.check_fit(model, loss_fn, batches)
     trajectory = cr.Trajectory.load(args.trajectory) if args.trajectory else None
     plane = _plane(args, kind, model, loss_fn, batches, trajectory)
     grid = cr.Grid(args.grid, args.grid if args.grid_beta is None else args.grid_beta)
@@ -338,9 +314,8 @@ def _surface(args: argparse.Namespace) -> None:
         )
     ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
     store.save_run(args.out, ds, paths, plane)
-    page = plot.report(
-        args.out / "landscape.html", ds, paths, title=f"crumple: {ds.attrs['loss_name']} landscape"
-    )
+    title, hessian = f"crumple: {ds.attrs['loss_name']} landscape", store.open_hessian(args.out)
+    page = plot.report(args.out / "landscape.html", ds, paths, title=title, hessian=hessian)
     print(
         f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
         f"wrote {page} and {args.out / cr.store.DATA}"
@@ -370,9 +345,8 @@ def _plot(args: argparse.Namespace) -> None:
     run = store.open_run(args.folder)
     ds = run.pop("surface")
     if args.html:
-        page = plot.report(
-            args.html, ds, run, title=f"crumple: {args.folder}", log=args.log, zmax=args.zmax
-        )
+        options = dict(log=args.log, zmax=args.zmax, hessian=store.open_hessian(args.folder))
+        page = plot.report(args.html, ds, run, title=f"crumple: {args.folder}", **options)
         print(f"wrote {page}")
     for target in static:
         print(f"wrote {plot.save_static(ds, target, run, log=args.log, zmax=args.zmax)}")
@@ -386,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CrumpleError as e:
         parser.exit(2, f"crumple {args.command}: error: {e}\n")
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
+        out = args.out if args.command == "surface" else None  # the one that resumes
         kept = (
             f"; the finished tiles are kept in {out}: run the same command to resume" if out else ""
         )

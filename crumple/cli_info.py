@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from crumple import planes
-from crumple.store import PLANE, open_run
+from crumple.store import HESSIAN, PLANE, open_run
 
 
 def describe(folder: str | Path) -> str:
@@ -62,4 +62,6 @@ def describe(folder: str | Path) -> str:
         lines.append(f"path {name!r}: {path.sizes['step']} steps")
     if (Path(folder) / PLANE).is_file():
         lines.append(f"plane: {PLANE}")
+    if (Path(folder) / HESSIAN).is_dir():
+        lines.append(f"hessian: {HESSIAN} (crumple hessian; its page is hessian.html)")
     return "\n".join(lines)

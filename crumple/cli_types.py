@@ -1,6 +1,9 @@
 """How the ``crumple`` command reads its option values: each parser turns the text into a
 value or raises ``argparse.ArgumentTypeError`` with what was given and what is allowed.
 
+The options every command that evaluates a user's model shares (``--model``, ``--data``,
+``--loss``, ...) are added by :func:`add_model_options` and read by :func:`load_inputs`.
+
 This module and the parser import nothing heavy (numpy is imported inside the parsers that
 return arrays), so ``crumple --help`` and a refused option take a fraction of a second; the
 names the command offers are plain tuples here, and a test checks them against the registries
@@ -168,6 +171,7 @@ def plane_argument(option) -> dict[str, Any]:
         "count": {"type": int_at_least(option.flag, 0), "metavar": "N"},
         "switch": {"action": "store_true"},
         "entries": {"nargs": 2, "metavar": "NAME"},
+        "pair": {"nargs": 2, "type": int_at_least(option.flag, 0), "metavar": "K"},
         "weights": {"metavar": "FILE"},
         "trajectory": {"metavar": "DIR"},
     }
@@ -177,6 +181,54 @@ def plane_argument(option) -> dict[str, Any]:
             f"{', '.join(kinds)}"
         )
     return common | kinds[option.kind]
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--weights``, ``--data``, ``--loss``, ``--device`` and ``--dtype``: the
+    options of a command that evaluates a user's model (:func:`load_inputs` reads them).
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_model_options(parser)
+        >>> parser.parse_args(["--model", "m:f", "--data", "d:l"]).loss
+        'cross_entropy'
+    """
+    add = parser.add_argument
+    add(
+        "--model",
+        required=True,
+        metavar="MODULE:FACTORY",
+        help="function or class that builds the model, e.g. mymodels:make_net",
+    )
+    add("--weights", metavar="FILE", help="state dict to load (torch.save or .safetensors)")
+    add(
+        "--data",
+        required=True,
+        metavar="MODULE:LOADER",
+        help="a DataLoader (of (x, y) pairs, tuples or dicts), or a function returning one",
+    )
+    add(
+        "--loss",
+        default="cross_entropy",
+        help=f"{', '.join(LOSSES)}, model (the loss the model computes, e.g. a Hugging "
+        "Face model given labels) or MODULE:FUNCTION (default cross_entropy)",
+    )
+    add("--device", default=None, help="e.g. cpu, cuda, cuda:1")
+    add("--dtype", choices=["float32", "float64"], default=None)
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model, the loss function and the data (read once) that the options of
+    :func:`add_model_options` name, after a run of the model and the loss on two samples
+    (:func:`crumple.specs.check_fit`) that turns shape errors into a clear message."""
+    from crumple import specs
+    from crumple.batches import load
+
+    loss_fn = specs.loss_function(args.loss)
+    model = specs.load_model(args.model, args.weights)
+    batches = load(specs.load_data(args.data))
+    specs.check_fit(model, loss_fn, batches)
+    return model, loss_fn, batches
 
 
 def demo_grid_size(w_min: float, w_max: float, step: float) -> int:

@@ -1,6 +1,8 @@
 """A run on disk: one folder whose ``landscape.zarr`` holds the surface (written tile by tile
 as tiles finish), the recorded paths and a fingerprint of everything that determines the
-numbers; the plane sits beside it as ``plane.safetensors``.
+numbers; the plane sits beside it as ``plane.safetensors``, and the curvature at the
+model's weights (``crumple hessian``) as ``hessian.zarr``, a store of its own, so that
+either can be written, replaced or resumed without touching the other.
 
 Running the same surface into the same folder again resumes: finished tiles are read, not
 recomputed. A folder made for other inputs is refused, never mixed or overwritten.
@@ -22,6 +24,7 @@ from crumple.plane import Plane
 DATA = "landscape.zarr"
 PLANE = "plane.safetensors"
 DONE = "tile_done"
+HESSIAN = "hessian.zarr"
 
 
 class RunStore:
@@ -205,6 +208,41 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
             surface.attrs.pop(key, None)
         out["surface"] = surface
     return out
+
+
+def save_hessian(folder: str | Path, results: xr.Dataset) -> Path:
+    """Write the Hessian results of ``crumple hessian`` to ``folder/hessian.zarr``,
+    replacing any written before; the folder is made if missing.
+
+    Example:
+        >>> import tempfile
+        >>> ds = xr.Dataset({"eigenvalues": ("rank", [4.0, 1.0])}, coords={"rank": [0, 1]})
+        >>> folder = tempfile.mkdtemp()
+        >>> save_hessian(folder, ds).name
+        'hessian.zarr'
+        >>> open_hessian(folder).eigenvalues.values.tolist()
+        [4.0, 1.0]
+    """
+    path = Path(folder) / HESSIAN
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results.to_zarr(path, mode="w", consolidated=False)
+    return path
+
+
+def open_hessian(folder: str | Path) -> xr.Dataset | None:
+    """The Hessian results in a run folder, or ``None`` if it holds none.
+
+    Example:
+        >>> open_hessian("no/such/run") is None
+        True
+    """
+    path = Path(folder) / HESSIAN
+    if not path.is_dir():
+        return None
+    try:
+        return xr.open_zarr(path, consolidated=False).load()
+    except Exception as e:
+        raise damaged(folder, e) from e
 
 
 def export_netcdf(folder: str | Path, file: str | Path) -> Path:

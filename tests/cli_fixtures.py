@@ -56,3 +56,16 @@ def token_batches():
     from tests.test_hf import padded_batches
 
     return padded_batches()
+
+
+def make_tiny64():
+    """A float64 MLP of 310 parameters, whose Hessian takes seconds (crumple hessian)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.Tanh(), torch.nn.Linear(4, 10)
+    ).double()
+
+
+def digits_pair():
+    """64 digits as one (x, y) pair of tensors."""
+    return digits(64, dtype=torch.float64)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from crumple import cli_types
+from crumple import cli_hessian, cli_types
 from crumple.cli import main
 from crumple.store import open_run
 
@@ -131,6 +131,8 @@ def heavy_modules_after(code: str) -> list[str]:
         ["--help"],
         ["--version"],
         ["surface", "--help"],
+        ["hessian", "--help"],
+        ["hessian", "--model", "m:f", "--data", "d:l", "--top", "-1"],
         ["demo", "--help"],
         ["surface", "--grid", "nonsense"],
         ["demo", "--step", "0"],
@@ -165,8 +167,10 @@ def test_the_command_names_match_the_registries():
     its tuples must name what the registries hold."""
     from crumple.evaluation import STRATEGIES
     from crumple.examples.seed import OPTIMIZERS
+    from crumple.hessian.operator import BLOCKINGS
     from crumple.specs import LOSSES
 
+    assert tuple(BLOCKINGS) == cli_hessian.BLOCKINGS
     assert tuple(STRATEGIES) == cli_types.STRATEGIES
     assert tuple(LOSSES) == cli_types.LOSSES
     assert tuple(OPTIMIZERS) == cli_types.OPTIMIZERS

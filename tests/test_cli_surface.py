@@ -158,7 +158,9 @@ def test_between_and_axes_planes(tmp_path, capsys):
             ["--plane", "pca", "--trajectory", "t", "--trainable-only"],
             "--trainable-only does not apply to --plane pca",
         ),
-        (["--plane", "hessian"], "argument --plane: invalid choice: 'hessian'"),
+        (["--plane", "spiral"], "argument --plane: invalid choice: 'spiral'"),
+        (["--eigenvectors", "0", "1"], "--eigenvectors does not apply to --plane random"),
+        (["--plane", "hessian", "--eigenvectors", "0", "-1"], "--eigenvectors must be at least 0"),
         (["--weights", "/no/such/file.pt"], "no such file"),
     ],
 )

@@ -139,6 +139,8 @@ def test_registry_builds_what_the_classmethods_build():
     x, y = digits(60)
     model, path = trained(MLP().double(), (x, y), steps=4)
     other = MLP().double()
+    small = torch.nn.Linear(4, 3).double()  # 15 parameters: a Hessian of a few products
+    pair = (x[:20, 0, 0, :4], y[:20] % 3)
     options = {"normalize": "layer", "ignore": "none", "seed": 4, "orthogonalize": True}
     pairs = {
         "random": (
@@ -151,6 +153,12 @@ def test_registry_builds_what_the_classmethods_build():
         ),
         "between": (planes.Sources(model, (other,)), cr.Plane.between(model, other)),
         "pca": (planes.Sources(model, trajectory=path), cr.Plane.pca(path)),
+        "hessian": (
+            planes.Sources(
+                small, loss_fn=F.cross_entropy, data=pair, options={"eigenvectors": [2, 0]}
+            ),
+            cr.Plane.hessian(small, F.cross_entropy, pair, k=(2, 0)),
+        ),
     }
     assert list(pairs) == list(planes.KINDS)
     for name, (sources, expected) in pairs.items():
@@ -161,7 +169,7 @@ def test_registry_builds_what_the_classmethods_build():
 
 
 def test_registry_facts_and_refusals():
-    assert [k for k in planes.KINDS if planes.comparable(k)] == ["random", "axes"]
+    assert [k for k in planes.KINDS if planes.comparable(k)] == ["random", "axes", "hessian"]
     assert not planes.comparable("custom") and not planes.comparable(None)
     assert planes.get("pca").required == (planes.options()["--trajectory"],)
     assert planes.describe({"kind": "random", "normalization": "None"}) == "random, raw"
@@ -169,9 +177,13 @@ def test_registry_facts_and_refusals():
         planes.describe({"kind": "pca", "explained_variance_ratio": [0.5, 0.25]})
         == "pca, 50.0% + 25.0% of the path's variance"
     )
+    assert (
+        planes.describe({"kind": "hessian", "eigenvalues": [195.53, 12.31]})
+        == "hessian, lambda = 195.5 and 12.31"
+    )
     assert planes.describe({}) == "custom"
-    with pytest.raises(cr.CrumpleError, match="unknown plane kind 'hessian'; the kinds are random"):
-        planes.get("hessian")
+    with pytest.raises(cr.CrumpleError, match="unknown plane kind 'spiral'; the kinds are random"):
+        planes.get("spiral")
     with pytest.raises(cr.CrumpleError, match="registered already"):
         planes.register(planes.PlaneKind("axes", "again", build=cr.Plane.axes))
     seed = planes.Option("--seed", "another meaning", kind="choice", choices=("a",))
@@ -184,6 +196,8 @@ def test_registry_facts_and_refusals():
         planes.build("between", planes.Sources(MLP()))
     with pytest.raises(cr.CrumpleError, match="needs a recorded path in Sources.trajectory"):
         planes.build("pca", planes.Sources(MLP()))
+    with pytest.raises(cr.CrumpleError, match="needs the loss and the data in Sources.loss_fn"):
+        planes.build("hessian", planes.Sources(MLP(), loss_fn=F.cross_entropy))
 
 
 # trainable_only

@@ -9,8 +9,9 @@ here, the figures whether both axes share one scale, the page its words for the 
 - ``registry.py``: the types and look-ups (``register``, ``get``, ``options``, ``build``,
   ``comparable``, ``describe``).
 - ``builders.py``: the builders behind ``Plane.axes``, ``.random``, ``.between``, ``.pca``.
-- ``kinds.py``: the kinds crumple ships, one ``register`` call each. A new kind (a Hessian
-  eigenvector plane, which needs the loss and the data) is a builder and one entry there.
+- ``kinds.py``: the kinds crumple ships, one ``register`` call each. A new kind is a
+  builder and one entry there (the Hessian eigenvector plane, which needs the loss and the
+  data, is one: its builder is :func:`crumple.hessian.hessian_plane`).
 
 Why apart from :mod:`crumple.plane`: that module is geometry only (origin, directions,
 ``at``, ``save``/``load``) and imports nothing of crumple but errors and params. The
@@ -23,7 +24,7 @@ hold the three parts in 560 lines; the package keeps each under 250.
 Example:
     >>> from crumple import planes
     >>> list(planes.KINDS)
-    ['random', 'axes', 'between', 'pca']
+    ['random', 'axes', 'between', 'pca', 'hessian']
 """
 
 from __future__ import annotations

@@ -36,6 +36,12 @@ TRAINABLE_ONLY = Option(
 AXES = Option("--axes", "axes plane: two entries, e.g. fc.weight[0,3] fc.bias[1]", kind="entries")
 WEIGHTS_B = Option("--weights-b", "between: second model's weights", kind="weights")
 WEIGHTS_C = Option("--weights-c", "between: third model's weights", kind="weights")
+EIGENVECTORS = Option(
+    "--eigenvectors",
+    "hessian plane: the two eigenvectors along its axes, 0 = the largest eigenvalue's",
+    kind="pair",
+    default=(0, 1),
+)
 
 
 def _random_from(sources: Sources) -> Plane:
@@ -90,6 +96,19 @@ def _pca_from(sources: Sources) -> Plane:
     return pca_plane(sources.trajectory, 2)
 
 
+def _hessian_from(sources: Sources) -> Plane:
+    from crumple.hessian import hessian_plane
+
+    if sources.loss_fn is None or sources.data is None:
+        raise CrumpleError(
+            "a hessian plane needs the loss and the data in Sources.loss_fn and Sources.data, "
+            f"got {type(sources.loss_fn).__name__} and {type(sources.data).__name__}; e.g. "
+            "Sources(model, loss_fn=F.cross_entropy, data=loader)"
+        )
+    k = tuple(int(j) for j in sources.option(EIGENVECTORS))
+    return hessian_plane(sources.model, sources.loss_fn, sources.data, k=k)
+
+
 def _describe_random(attrs: Mapping[str, Any]) -> str:
     normalization = str(attrs.get("normalization", "None"))
     words = ["random", "raw" if normalization == "None" else f"{normalization}-normalized"]
@@ -103,6 +122,11 @@ def _describe_pca(attrs: Mapping[str, Any]) -> str:
     ratios = list(attrs.get("explained_variance_ratio") or [])
     shares = " + ".join(f"{float(r):.1%}" for r in ratios)
     return f"pca, {shares} of the path's variance" if ratios else "pca"
+
+
+def _describe_hessian(attrs: Mapping[str, Any]) -> str:
+    values = " and ".join(f"{float(v):.4g}" for v in attrs.get("eigenvalues") or [])
+    return f"hessian, lambda = {values}" if values else "hessian"
 
 
 register(
@@ -140,5 +164,15 @@ register(
         _pca_from,
         required=(TRAJECTORY,),
         describe=_describe_pca,
+    )
+)
+register(
+    PlaneKind(
+        "hessian",
+        "two eigenvectors of the loss's Hessian (Lanczos), by default the top two",
+        _hessian_from,
+        optional=(EIGENVECTORS,),
+        comparable=True,
+        describe=_describe_hessian,
     )
 )

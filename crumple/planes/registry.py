@@ -25,9 +25,10 @@ class Option:
             ``Sources.options[dest]``.
         help: one line for ``--help``.
         kind: how the value is read: ``"choice"`` (one of ``choices``), ``"count"`` (an
-            integer >= 0), ``"switch"`` (on when given), ``"entries"`` (two parameter
-            entries), ``"weights"`` (a weights file: one more model in ``Sources.models``)
-            or ``"trajectory"`` (a ``Recorder`` folder: ``Sources.trajectory``).
+            integer >= 0), ``"pair"`` (two integers >= 0), ``"switch"`` (on when given),
+            ``"entries"`` (two parameter entries), ``"weights"`` (a weights file: one more
+            model in ``Sources.models``) or ``"trajectory"`` (a ``Recorder`` folder:
+            ``Sources.trajectory``).
         choices: the allowed values of a ``"choice"``.
         default: the value when the option is not given.
 

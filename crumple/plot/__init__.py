@@ -7,6 +7,7 @@ labels come from the datasets' ``long_name`` attributes.
 from crumple.plot.figures import animate, contour, fit, line, losses, surface
 from crumple.plot.page import page, write_page
 from crumple.plot.report import facts, report
+from crumple.plot.spectra import hessian_report, spectrum
 from crumple.plot.static import save_static
 
 __all__ = [
@@ -20,5 +21,7 @@ __all__ = [
     "write_page",
     "report",
     "facts",
+    "spectrum",
+    "hessian_report",
     "save_static",
 ]

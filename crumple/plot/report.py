@@ -23,11 +23,12 @@ def facts(
     *,
     log: bool = False,
     zmax: float | None = None,
+    hessian: xr.Dataset | None = None,
 ) -> dict[str, str]:
     """What a reader needs to trust the picture: grid, plane, data, time, critical points,
     what the figures drew otherwise than it is (``drawn``: values clipped at the scale's cap,
-    nan gaps, or no finite value at all; ``log`` and ``zmax`` as for the figures) and how far
-    each path is from its drawing.
+    nan gaps, or no finite value at all; ``log`` and ``zmax`` as for the figures), how far
+    each path is from its drawing, and the curvature (:func:`curvature`) where it is known.
 
     Example:
         >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((3, 4)))},
@@ -62,7 +63,44 @@ def facts(
         if found.global_min is not None:
             i, j = found.global_min
             out["grid minimum"] = f"{float(ds.loss.values[i, j]):.5g}"
-    return out | _path_facts(paths)
+    return out | curvature(hessian, ds.attrs) | _path_facts(paths)
+
+
+def curvature(
+    hessian: xr.Dataset | None = None, surface_attrs: Mapping[str, object] | None = None
+) -> dict[str, str]:
+    """The top eigenvalue, the trace and the sharpness at the model's weights, where they
+    were computed: in ``hessian`` (the results of ``crumple hessian``, or a dataset with
+    ``eigenvalues`` over ``rank``), else, for the top eigenvalue, from a surface's Hessian
+    plane (its ``plane_eigenvalues`` in ``surface_attrs``).
+
+    Example:
+        >>> plane = {"plane_eigenvalues": [195.5, 12.3], "plane_eigenvector_index": [0, 1]}
+        >>> curvature(None, plane)
+        {'top eigenvalue': '195.5'}
+        >>> curvature(xr.Dataset(attrs={"trace": 310.0, "trace_stderr": 4.2}))
+        {'Hessian trace': '310 ± 4.2'}
+    """
+    h = {} if hessian is None else dict(hessian.attrs)
+    plane = surface_attrs or {}
+    top = h.get("sharpness_lambda_max")
+    if hessian is not None and "eigenvalues" in hessian and bool((hessian["rank"] == 0).any()):
+        top = float(hessian.eigenvalues.sel(rank=0))
+    elif top is None and 0 in list(plane.get("plane_eigenvector_index") or []):
+        top = plane["plane_eigenvalues"][list(plane["plane_eigenvector_index"]).index(0)]
+    out = {} if top is None else {"top eigenvalue": f"{float(top):.5g}"}
+    for prefix in ("", "sharpness_"):  # from --trace, else from --sharpness
+        if f"{prefix}trace" in h:
+            trace, stderr = h[f"{prefix}trace"], h[f"{prefix}trace_stderr"]
+            out["Hessian trace"] = f"{float(trace):.5g} ± {float(stderr):.2g}"
+            break
+    if "sharpness_epsilon_sharpness" in h:
+        value, epsilon = h["sharpness_epsilon_sharpness"], h["sharpness_epsilon"]
+        out["epsilon-sharpness"] = f"{float(value):.4g}% (epsilon {float(epsilon):g})"
+    if "sharpness_adaptive_sharpness" in h:
+        value, rho, p = (h[f"sharpness_{k}"] for k in ("adaptive_sharpness", "rho", "p"))
+        out["adaptive sharpness"] = f"{float(value):.4g} (rho {float(rho):g}, p {float(p):g})"
+    return out
 
 
 def _path_facts(paths: Mapping[str, xr.Dataset]) -> dict[str, str]:
@@ -91,10 +129,12 @@ def report(
     more_figures: Sequence[go.Figure] = (),
     log: bool = False,
     zmax: float | None = None,
+    hessian: xr.Dataset | None = None,
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
     curves, any ``more_figures``, and the facts (:func:`facts`: what was clipped, or that
-    there is nothing to draw). ``log`` and ``zmax`` are :func:`crumple.plot.surface`'s.
+    there is nothing to draw; the curvature from ``hessian``, the Hessian results of the
+    run's folder). ``log`` and ``zmax`` are :func:`crumple.plot.surface`'s.
 
     Example:
         >>> import tempfile
@@ -105,7 +145,8 @@ def report(
         'page.html'
     """
     paths = check_paths(paths)
-    drawn = facts(ds, paths, log=log, zmax=zmax)  # checks log and zmax before any drawing
+    # checks log and zmax before any drawing
+    drawn = facts(ds, paths, log=log, zmax=zmax, hessian=hessian)
     figures = [
         animate(ds, paths, log=log, zmax=zmax) if paths else surface(ds, log=log, zmax=zmax),
         contour(ds, paths, log=log, zmax=zmax),
