@@ -123,6 +123,7 @@ def _add_surface(commands) -> None:
         help="recompute BatchNorm statistics at each point from this loader's inputs",
     )
     add("--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable")
+    add("--curvature", action="store_true", help="also the extreme Hessian eigenvalues per point")
     _add_plane_options(surface)
     add(
         "--grid",
@@ -305,6 +306,7 @@ def _surface(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         progress=True,
         recalibrate=specs.load_data(args.recalibrate) if args.recalibrate else None,
+        curvature=args.curvature,
         **options,
     )
     paths = {}

@@ -237,3 +237,19 @@ def test_the_page_draws_its_density_in_chromium(run):
     assert drawn[0] > 1000, drawn  # the density's line: a long SVG path
     assert markers == 5  # the eigenvalues marked on it
     assert errors == []
+
+
+def test_surface_with_curvature_stores_and_draws_the_map(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["surface", "--model", MODEL, "--data", DATA, "--plane", "hessian", "--curvature",
+          "--grid", "-1:1:3", "--out", str(out)])  # fmt: skip
+    ds = cr.open_run(out)["surface"]
+    top = cr.hessian.eigen(
+        cli_fixtures.make_tiny64(), F.cross_entropy, cli_fixtures.digits_pair(), k=1
+    )
+    assert ds.lambda_max.sel(alpha=0, beta=0) == pytest.approx(top.eigenvalues[0], rel=1e-6)
+    assert (ds.lambda_max >= ds.lambda_min).all()
+    page = (out / "landscape.html").read_text()
+    drawn = [t.get("name") for f in figures(page) for t in f["data"]]
+    assert "lambda_max" in drawn and "lambda_ratio" in drawn
+    assert "not convex: <b>" in page and "lambda_max: <b>" in page

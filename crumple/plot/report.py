@@ -12,6 +12,7 @@ import xarray as xr
 from crumple import planes
 from crumple.analysis import critical_points
 from crumple.plot.figures import animate, contour, losses, surface
+from crumple.plot.maps import curvature_facts, curvature_map
 from crumple.plot.page import write_page
 from crumple.plot.scale import Scale
 from crumple.plot.style import check_paths, display_grid
@@ -63,7 +64,7 @@ def facts(
         if found.global_min is not None:
             i, j = found.global_min
             out["grid minimum"] = f"{float(ds.loss.values[i, j]):.5g}"
-    return out | curvature(hessian, ds.attrs) | _path_facts(paths)
+    return out | curvature(hessian, ds.attrs) | curvature_facts(ds) | _path_facts(paths)
 
 
 def curvature(
@@ -132,9 +133,10 @@ def report(
     hessian: xr.Dataset | None = None,
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
-    curves, any ``more_figures``, and the facts (:func:`facts`: what was clipped, or that
-    there is nothing to draw; the curvature from ``hessian``, the Hessian results of the
-    run's folder). ``log`` and ``zmax`` are :func:`crumple.plot.surface`'s.
+    curves, the curvature map (of ``curvature=True``), any ``more_figures``, and the facts
+    (:func:`facts`: what was clipped, or that there is nothing to draw; the curvature from
+    ``hessian``, the Hessian results of the run's folder). ``log`` and ``zmax`` are
+    :func:`crumple.plot.surface`'s.
 
     Example:
         >>> import tempfile
@@ -153,6 +155,8 @@ def report(
     ]
     if paths:
         figures.append(losses(paths))
+    if "lambda_max" in ds and ds.lambda_max.ndim == 2:
+        figures.append(curvature_map(ds))
     figures.extend(more_figures)
     _, note = display_grid(ds)
     return write_page(
