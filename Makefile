@@ -37,6 +37,7 @@ bench: $(BENCHED)
 	$(BIN)/python benchmarks/models.py
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/hessian.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
