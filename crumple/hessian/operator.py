@@ -79,7 +79,14 @@ class Hessian:
         self.objective = Objective(model, named_functions(loss_fn))
         self.data = load(data, Settings().data_budget).to(reference.device, reference.dtype)
         self.data_weight = sum(self.objective.weights(b)["loss"] for b in self.data)
-        self._set(weights, list(trainable) if parameters is None else list(parameters))
+        names = list(trainable) if parameters is None else list(parameters)
+        unknown = [n for n in names if n not in trainable]
+        if unknown or not names:
+            raise CrumpleError(
+                f"parameters must name one or more trainable parameters of the model, got "
+                f"{parameters!r}; the trainable ones are {', '.join(trainable)}"
+            )
+        self._set(weights, names)
         self._check_twice_differentiable()
         self.products = 0
 
@@ -120,7 +127,8 @@ class Hessian:
 
     def at(self, weights: Params) -> Hessian:
         """The Hessian at other values of the parameters (a dict by name), same data."""
-        return self._copy({**self.params, **self.fixed, **weights}, self.names)
+        moved = {n: t.to(self.reference) for n, t in weights.items()}
+        return self._copy({**self.params, **self.fixed, **moved}, self.names)
 
     def _copy(self, weights: Params, names: list[str]) -> Hessian:
         other = object.__new__(Hessian)
