@@ -3,6 +3,7 @@ the plane's fit to the model, and the memory a grid's results will take."""
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -123,3 +124,21 @@ def machine_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def whole_number(
+    name: str, value: Any, least: int = 0, most: int | None = None, why: str = ""
+) -> int:
+    """``value`` as an ``int`` (NumPy integers too) from ``least`` to ``most``, else a clear
+    refusal naming ``name`` (and ``why``, what it counts).
+
+    Example:
+        >>> import numpy as np
+        >>> whole_number("probes", np.int64(3), least=2)
+        3
+    """
+    fits = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not fits or value < least or (most is not None and value > most):
+        span = f"from {least} to {most}" if most is not None else f">= {least}"
+        raise CrumpleError(f"{name} must be a whole number {span}{why}, got {value!r}")
+    return int(value)

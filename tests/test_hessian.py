@@ -215,4 +215,27 @@ def test_a_loss_that_is_not_twice_differentiable_is_refused():
         cr.hessian.trace(model, F.cross_entropy, data, by="row")
     with pytest.raises(cr.CrumpleError, match="names no trainable parameter"):
         cr.hessian.trace(model, F.cross_entropy, data, by={"a": ["fc"]})
+    with pytest.raises(cr.CrumpleError, match="group 'a' is empty"):
+        cr.hessian.trace(model, F.cross_entropy, data, by={"a": []})
+    with pytest.raises(cr.CrumpleError, match="width must be a positive number"):
+        cr.hessian.density(model, F.cross_entropy, data, width=-1.0)
+    with pytest.raises(cr.CrumpleError, match="tol must be a float between 0 and 1"):
+        cr.hessian.eigen(model, F.cross_entropy, data, tol=0.0)
+    with pytest.raises(cr.CrumpleError, match="takes no which="):
+        cr.Plane.hessian(model, F.cross_entropy, data, which="smallest")
+    assert_untouched(model, before)
+    found = cr.hessian.eigen(model, F.cross_entropy, data, k=np.int64(2), dtype="float64")
+    assert len(found.eigenvalues) == 2
+
+
+def test_attention_takes_its_differentiable_kernel():
+    """The fused attention kernels have no second derivative; the math one is used."""
+    from crumple.examples import zoo
+
+    model, loss_fn, data = zoo.transformer(
+        d_model=8, nhead=2, layers=1, dim_feedforward=16, n=24, batch_size=10, dtype=torch.float64
+    )
+    before = snapshot(model)
+    top = cr.hessian.eigen(model, loss_fn, data, k=1, tol=1e-10)
+    assert top.residuals[0] < 1e-8
     assert_untouched(model, before)

@@ -4,6 +4,7 @@ the eigenvalue spectral density (stochastic Lanczos quadrature)."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from torch import nn
 
 from crumple.errors import CrumpleError
 from crumple.hessian.operator import Hessian, each_block
+from crumple.inputs import whole_number
 
 CHUNK = 16  # probe vectors generated and multiplied at a time
 METHODS = ("hutchinson", "hutch++")
@@ -63,8 +65,8 @@ def trace(
     if method not in METHODS:
         raise CrumpleError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     least = 2 if method == "hutchinson" else 6
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < least:
-        raise CrumpleError(f"probes must be a whole number >= {least} for {method}, got {probes!r}")
+    probes = whole_number("probes", probes, least, why=f" for {method}")
+    seed = whole_number("seed", seed)
     hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
     estimate = _hutchinson if method == "hutchinson" else _hutch_plus_plus
     return each_block(
@@ -135,10 +137,12 @@ def density(
         >>> esd.nodes.values[0].round(4).tolist()  # 3 steps on 3 weights: H's eigenvalues
         [0.6667, 2.6667, 6.0]
     """
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
-        raise CrumpleError(f"probes must be a whole number >= 1, got {probes!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise CrumpleError(f"steps must be a whole number >= 1, got {steps!r}")
+    probes, steps = whole_number("probes", probes, 1), whole_number("steps", steps, 1)
+    bins, seed = whole_number("bins", bins, 2), whole_number("seed", seed)
+    if width is not None and not (isinstance(width, numbers.Real) and 0 < width < math.inf):
+        raise CrumpleError(
+            f"width must be a positive number (or None: 1% of the span), got {width!r}"
+        )
     hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
     return each_block(hessian, by, lambda h: _density(h, probes, steps, bins, width, seed))
 

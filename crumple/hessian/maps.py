@@ -14,7 +14,7 @@ from torch import Tensor
 
 from crumple.errors import CrumpleError
 from crumple.hessian.operator import Hessian
-from crumple.hessian.spectrum import eigenpairs
+from crumple.hessian.spectrum import default_tol, eigenpairs
 
 NAMES = ("lambda_max", "lambda_min", "lambda_ratio")
 LONG_NAMES = {
@@ -22,7 +22,6 @@ LONG_NAMES = {
     "lambda_min": "smallest Hessian eigenvalue",
     "lambda_ratio": "|lambda_min / lambda_max|",
 }
-TOLERANCE = 1e-6  # Lanczos's relative accuracy at each point (1e-4 below float64)
 
 
 def curvature_options(curvature: Any) -> dict | None:
@@ -54,8 +53,7 @@ class CurvatureMap:
         self.hessian = Hessian(
             task.model, task.fns["loss"], task.data, dtype=task.dtype, device=task.device
         )
-        precise = self.hessian.reference.dtype == torch.float64
-        self.tol = options.get("tol") or (TOLERANCE if precise else 1e-4)
+        self.tol = options.get("tol") or default_tol(self.hessian)
         self.failures = 0
         self._last: dict[tuple, dict[str, float]] = {}  # the previous call's points
 
@@ -77,8 +75,7 @@ class CurvatureMap:
     def _at(self, weights) -> dict[str, float]:
         hessian = self.hessian.at(weights)
         try:
-            top = float(eigenpairs(hessian, 1, "largest", self.tol, 0).eigenvalues[0])
-            bottom = float(eigenpairs(hessian, 1, "smallest", self.tol, 0).eigenvalues[0])
+            top, bottom = map(float, eigenpairs(hessian, 1, "both", self.tol, 0).eigenvalues)
         except CrumpleError as error:
             self.failures += 1
             warnings.warn(f"crumple: no curvature at a grid point, left NaN: {error}", stacklevel=2)

@@ -11,7 +11,8 @@ kept, so that later products skip the forward pass and the first backward pass.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -71,7 +72,11 @@ class Hessian:
                 "the model has no parameter that requires grad, so there is no Hessian to "
                 "take; unfreeze the parameters to study (requires_grad_(True))"
             )
-        weights = {n: cast(p.detach(), device, dtype) for n, p in model.named_parameters()}
+        settings = Settings(dtype=dtype, device=device)  # names such as "float64" too
+        weights = {
+            n: cast(p.detach(), settings.torch_device, settings.torch_dtype)
+            for n, p in model.named_parameters()
+        }
         reference = weights[next(iter(trainable))]
         self.buffers = {
             n: cast(b, reference.device, reference.dtype) for n, b in buffers_of(model).items()
@@ -90,6 +95,15 @@ class Hessian:
         self._check_twice_differentiable()
         self.products = 0
 
+    @contextmanager
+    def _differentiating(self) -> Iterator[None]:
+        """Eval mode with gradients on, and attention by its plain math kernel (the fused
+        CPU and GPU kernels have no second derivative)."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with evaluation_mode(self.model), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            yield
+
     def _set(self, weights: Params, names: list[str]) -> None:
         self.names = names
         self.params = {n: weights[n] for n in names}
@@ -103,7 +117,7 @@ class Hessian:
         without a second derivative."""
         batch = next(iter(self.data)).rows(slice(0, 8))
         params = {n: p.detach().requires_grad_() for n, p in self.params.items()}
-        with evaluation_mode(self.model), torch.enable_grad():
+        with self._differentiating():
             if not self._loss(params, batch).requires_grad:
                 raise CrumpleError(
                     "the loss does not depend on the trainable parameters (is it detached, "
@@ -116,8 +130,8 @@ class Hessian:
             except (RuntimeError, NotImplementedError) as error:
                 raise CrumpleError(
                     f"the loss is not twice differentiable: differentiating its gradient "
-                    f"failed with: {error} A Hessian needs operations with a second "
-                    "derivative (torch.cdist, for one, has none; a custom autograd.Function "
+                    f"failed with: {str(error).rstrip('.')}. A Hessian needs operations with a "
+                    "second derivative (torch.cdist, for one, has none; a custom autograd.Function "
                     "needs setup_context and a differentiable backward)"
                 ) from None
 
@@ -160,7 +174,7 @@ class Hessian:
         Hessian's point)."""
         params = self.params if params is None else params
         total, gradient = 0.0, {n: torch.zeros_like(p) for n, p in params.items()}
-        with evaluation_mode(self.model), torch.enable_grad():
+        with self._differentiating():
             for batch, share in self._batches():
                 g, value = grad_and_value(lambda p, b=batch: self._loss(p, b))(params)
                 total += float(value) * share
@@ -197,7 +211,7 @@ class Hessian:
         """``H v`` for each row ``v`` of ``rows``, one vmapped pullback per batch."""
         tangents = self.unflatten(rows)
         out = torch.zeros_like(rows)
-        with evaluation_mode(self.model), torch.enable_grad():
+        with self._differentiating():
             for share, pull in self._pullbacks():
                 if len(rows) == 1:
                     (product,) = pull({n: t[0] for n, t in tangents.items()})
@@ -291,9 +305,11 @@ def blocks(names: Sequence[str], by: str | Mapping[str, Sequence[str]]) -> dict[
 def _members(names: Sequence[str], group: str, entries: Sequence[str]) -> list[str]:
     if isinstance(entries, str):
         entries = [entries]
+    if not entries:
+        raise CrumpleError(f"group {group!r} is empty; give it parameter or module names")
     chosen = []
     for entry in entries:
-        found = [n for n in names if n == entry or n.startswith(entry + ".")]
+        found = [n for n in names if n == entry or n.startswith(f"{entry}.")]
         if not found:
             raise CrumpleError(
                 f"group {group!r}: {entry!r} names no trainable parameter or module of the "

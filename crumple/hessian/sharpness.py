@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
 from crumple.hessian.operator import Hessian
+from crumple.inputs import whole_number
 from crumple.params import Params
 
 STEPS = 20  # ascent evaluations by default, as Andriushchenko et al.'s n_iters
@@ -329,11 +330,8 @@ def _check_positive(name: str, value: object, meaning: str) -> None:
 
 
 def _check_steps(steps: object) -> None:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise CrumpleError(
-            f"steps must be a whole number >= 1 (the ascent's loss-and-gradient "
-            f"evaluations, e.g. {STEPS}), got {steps!r}"
-        )
+    why = f" (the ascent's loss-and-gradient evaluations, e.g. {STEPS})"
+    whole_number("steps", steps, 1, why=why)
 
 
 def _check_adaptive(rho: object, p: object, eta: object) -> float:

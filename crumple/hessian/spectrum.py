@@ -13,11 +13,12 @@ from torch import nn
 
 from crumple.errors import CrumpleError
 from crumple.hessian.operator import Hessian, each_block
+from crumple.inputs import whole_number
 from crumple.params import Params
 from crumple.plane import Plane
 
 DENSE_SIZE = 256  # blocks this small are multiplied out and solved densely
-TOLERANCE = {torch.float64: 1e-10}  # Lanczos's default; 1e-5 for other dtypes
+TOLERANCE = {torch.float64: 1e-6}  # Lanczos's residual tolerance; 1e-4 for other dtypes
 WHICH = ("largest", "smallest", "both")
 
 
@@ -55,7 +56,8 @@ def eigen(
     :func:`crumple.hessian.operator.blocks`), a dict ``{block: Eigen}`` of the diagonal
     blocks' eigenpairs; a block with ``k`` or fewer parameters gives all of its own.
     Blocks of up to 256 parameters are solved densely. ``tol`` is Lanczos's relative
-    accuracy: default 1e-10 in float64, 1e-5 in lower precision.
+    residual (the eigenvalues' error is about its square times the spectrum's width):
+    default 1e-6 in float64, 1e-4 in lower precision.
 
     Example:
         >>> import torch
@@ -69,15 +71,18 @@ def eigen(
         raise CrumpleError(f"which must be one of {', '.join(map(repr, WHICH))}, got {which!r}")
     hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
     n = len(hessian)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n // (1 + (which == "both")):
-        raise CrumpleError(
-            f"k must be a whole number from 1 to {n // (1 + (which == 'both'))} (the model has "
-            f"{n:,} trainable parameters{', and both ends take 2k' if which == 'both' else ''}),"
-            f" got {k!r}"
-        )
-    if tol is None:
-        tol = TOLERANCE.get(hessian.reference.dtype, 1e-5)
+    both = which == "both"
+    why = f" (the model has {n:,} trainable parameters{', and both ends take 2k' if both else ''})"
+    k = whole_number("k", k, 1, n // (1 + both), why)
+    seed = whole_number("seed", seed)
+    tol = default_tol(hessian) if tol is None else tol
+    if not isinstance(tol, float) or not 0 < tol < 1:
+        raise CrumpleError(f"tol must be a float between 0 and 1, got {tol!r}")
     return each_block(hessian, by, lambda h: eigenpairs(h, k, which, tol, seed))
+
+
+def default_tol(hessian: Hessian) -> float:
+    return TOLERANCE.get(hessian.reference.dtype, 1e-4)
 
 
 def eigenpairs(hessian: Hessian, k: int, which: str, tol: float, seed: int) -> Eigen:
@@ -116,33 +121,41 @@ def _dense(hessian: Hessian) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.eigh((matrix + matrix.T) / 2)
 
 
-def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int):
-    """Eigenpairs by ``eigsh``, sorted as :class:`Eigen` says; ``"both"`` is two runs (one
+def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int, shift=None):
+    """Eigenpairs by ``eigsh``, sorted as :class:`Eigen` says. ``"both"`` is two runs (one
     for each end converges where ARPACK's mode for both ends stalls on clustered
-    eigenvalues)."""
+    eigenvalues). The smallest are the largest of ``shift - H``, ``shift`` about the top
+    eigenvalue: the same Krylov space, but ARPACK's accuracy is then relative to the
+    spectrum's width, not to eigenvalues near 0 that it could never meet."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     if which == "both":
         top = _lanczos(hessian, count - count // 2, "largest", tol, seed)
-        bottom = _lanczos(hessian, count // 2, "smallest", tol, seed)
+        bottom = _lanczos(hessian, count // 2, "smallest", tol, seed, top[0][0])
         return np.r_[top[0], bottom[0][::-1]], np.c_[top[1], bottom[1][:, ::-1]]
-    n, reference = len(hessian), hessian.reference
+    if which == "smallest" and shift is None:
+        shift = _lanczos(hessian, 1, "largest", 1e-2, seed)[0][0]
+    n, reference, sign = len(hessian), hessian.reference, -1.0 if which == "smallest" else 1.0
 
     def apply(v: np.ndarray) -> np.ndarray:
-        t = torch.as_tensor(np.asarray(v).reshape(-1), dtype=reference.dtype)
-        return (hessian @ t.to(reference.device)).double().cpu().numpy()
+        v = np.asarray(v).reshape(-1)
+        t = torch.as_tensor(v, dtype=reference.dtype).to(reference.device)
+        product = (hessian @ t).double().cpu().numpy()
+        return product if shift is None else shift * v - product
 
     operator = LinearOperator((n, n), matvec=apply, dtype=np.float64)
     start = np.random.default_rng(seed).standard_normal(n)
     try:
-        values, vectors = eigsh(operator, k=count, which=which[0].upper() + "A", tol=tol, v0=start)
+        values, vectors = eigsh(operator, k=count, which="LA", tol=tol, v0=start)
     except ArpackNoConvergence as error:
         raise CrumpleError(
             f"Lanczos did not find the {count} {which} eigenvalues to tol={tol:g} within "
             f"{hessian.products:,} Hessian-vector products ({len(error.eigenvalues)} converged); "
             "pass a looser tol (1e-6 is plenty for most uses) or a smaller k"
         ) from None
-    order = np.argsort(values if which == "smallest" else -values)
+    if shift is not None:
+        values = shift - values
+    order = np.argsort(sign * -values)
     return values[order], vectors[:, order]
 
 
@@ -152,6 +165,11 @@ def hessian_plane(
     """The work of :meth:`Plane.hessian <crumple.plane.Plane.hessian>` (see there)."""
     if not (isinstance(k, tuple) and len(k) == 2 and all(isinstance(j, int) for j in k)):
         raise CrumpleError(f"k must be two eigenvector indices such as (0, 1), got {k!r}")
+    if "which" in options:
+        raise CrumpleError(
+            "Plane.hessian spans the top eigenvectors (k=(0, 1): the two largest "
+            "eigenvalues'); it takes no which="
+        )
     if k[0] == k[1] or min(k) < 0:
         raise CrumpleError(f"k must name two different eigenvectors (0 = the top), got {k!r}")
     found = eigen(model, loss_fn, data, k=max(k) + 1, **options)
