@@ -10,7 +10,9 @@ The results are one ``xarray.Dataset`` (:func:`results`): ``eigenvalues`` and
 (``density_nodes``, ``density_weights`` over ``probe`` and ``node``; ``density_*``
 attrs), the sharpness measures in ``sharpness_*`` attrs, and with ``--by`` the same per
 block along ``block`` (``block_eigenvalues``, ``block_trace``, ``block_density`` over
-``bin`` at ``block_eigenvalue``: each block's density on its own eigenvalues). The
+``bin`` at ``block_eigenvalue``: each block's density on its own eigenvalues, smoothed
+by the whole model's kernel width, with ``block_density_width`` and
+``block_n_parameters``; ``eigen_tol``: ``--tol``). The
 eigenvectors are not stored (``crumple surface --plane hessian`` draws along them).
 """
 
@@ -58,6 +60,13 @@ def add(commands) -> None:
         metavar="K",
         help="also the K smallest (negative ones: directions in which the loss falls)",
     )
+    add(
+        "--tol",
+        type=types.positive_float("--tol"),
+        metavar="TOL",
+        help="Lanczos's relative accuracy for --top and --bottom (default 1e-10 in float64, "
+        "1e-5 in lower precision; 1e-6 is plenty for most uses)",
+    )
     add("--trace", action="store_true", help="Hutchinson's estimate of the trace, with its error")
     add(
         "--probes",
@@ -68,7 +77,8 @@ def add(commands) -> None:
     add(
         "--density",
         action="store_true",
-        help="the eigenvalue density by stochastic Lanczos quadrature (10 probes x 40 steps)",
+        help="the eigenvalue density by stochastic Lanczos quadrature (10 probes x 40 steps; "
+        "with --by, each block's smoothed by the whole model's kernel width)",
     )
     add(
         "--sharpness",
@@ -123,6 +133,7 @@ def run(args: argparse.Namespace) -> None:
         "dtype": args.dtype or str(weight.dtype).removeprefix("torch."),
         "device": args.device or str(weight.device),
         "seed": args.seed,
+        "eigen_tol": args.tol,
         "by": args.by,
         "seconds": time.perf_counter() - start,
         "crumple_version": __version__,
@@ -148,6 +159,10 @@ def _check_options(args: argparse.Namespace) -> None:
         )
     if args.probes is not None and not (args.trace or args.sharpness):
         raise CrumpleError("--probes is for --trace and --sharpness: add one, or drop --probes")
+    if args.tol is not None and not (args.top or args.bottom):
+        raise CrumpleError("--tol is for --top and --bottom: add one, or drop --tol")
+    if args.tol is not None and args.tol >= 1:
+        raise CrumpleError(f"--tol is a relative accuracy below 1 (such as 1e-6), got {args.tol:g}")
     if args.by and not (args.top or args.bottom or args.trace or args.density):
         raise CrumpleError(
             "--by splits --top, --bottom, --trace and --density into blocks (--sharpness is "
@@ -213,11 +228,13 @@ def _fingerprint(model, batches) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _option(text: str):
-    """A library error with the option that asked for the work in front."""
+    """A library error with the option that asked for the work in front, its advice in the
+    command's words (the library's ``tol`` is ``--tol``)."""
     try:
         yield
     except CrumpleError as e:
-        raise CrumpleError(f"{text}: {e}") from e
+        advice = str(e).replace("looser tol", "looser --tol")
+        raise CrumpleError(f"{text}: {advice}") from e
 
 
 def _compute(args: argparse.Namespace, model, loss_fn, batches) -> dict[str, Any]:
@@ -233,7 +250,7 @@ def _compute(args: argparse.Namespace, model, loss_fn, batches) -> dict[str, Any
     }
     probes = PROBES if args.probes is None else args.probes
     jobs = [
-        (which, f"--{flag} {k}", hessian.eigen, {"k": k, "which": which})
+        (which, f"--{flag} {k}", hessian.eigen, {"k": k, "which": which, "tol": args.tol})
         for which, flag, k in (("largest", "top", args.top), ("smallest", "bottom", args.bottom))
         if k
     ]
@@ -245,6 +262,8 @@ def _compute(args: argparse.Namespace, model, loss_fn, batches) -> dict[str, Any
     for name, text, compute, kwargs in jobs:
         with _option(text):
             found[name] = compute(model, loss_fn, batches, **kwargs, **options)
+            if args.by and name == "density":  # the whole model's kernel, to compare
+                kwargs = {**kwargs, "width": found["density"].attrs["width"]}
             if args.by:
                 found[f"block_{name}"] = compute(
                     model, loss_fn, batches, **kwargs, by=args.by, **options
@@ -328,6 +347,7 @@ def results(found: dict[str, Any], attrs: dict, top: int, bottom: int | None):
             block_eigenvalue=(("block", "bin"), np.stack([e.eigenvalue.values for e in each]))
         )
         ds["block_density_width"] = ("block", [e.attrs["width"] for e in each])
+        ds["block_n_parameters"] = ("block", [e.attrs["n_parameters"] for e in each])
     if "sharpness" in found:
         ds.attrs |= {f"sharpness_{k}": float(v) for k, v in found["sharpness"].as_dict().items()}
     return ds

@@ -39,7 +39,7 @@ def curvature_map(
     hover = "(%{x:.3f}, %{y:.3f})<br>lambda_max %{customdata[0]:.4g}"
     hover += "<br>lambda_min %{customdata[1]:.4g}<extra></extra>"
     for col, (name, scale, limits) in enumerate(
-        (("lambda_max", "Viridis", {}), ("lambda_ratio", "Cividis", {"zmin": 0, "zmax": 1})), 1
+        (("lambda_max", "Viridis", {}), ("lambda_ratio", "Plasma", {"zmin": 0, "zmax": 1})), 1
     ):
         fig.add_trace(
             go.Heatmap(
@@ -51,7 +51,12 @@ def curvature_map(
                 name=name,
                 hovertemplate=hover,
                 colorbar=dict(
-                    orientation="h", x=0.21 if col == 1 else 0.79, y=-0.32, len=0.4, thickness=12
+                    title=dict(text=name, side="top"),
+                    orientation="h",
+                    x=0.21 if col == 1 else 0.79,
+                    y=-0.32,
+                    len=0.4,
+                    thickness=12,
                 ),
                 **limits,
             ),
