@@ -32,7 +32,7 @@ one `backward(create_graph=True)` and each product is one backward through it).
 One thread (`--threads`): on this shared 2-core machine, two threads under a load of ~3
 made OpenMP stall (a warm MLP product: 822 ms with two threads, 123 ms with one). Timings:
 the best of `--repeats` (3), the tools in turn; on the CNN (products of ~2 s) the
-eigenvalue, trace and eight-vector timings are single runs. A full run takes ~25 minutes
+eigenvalue, trace and eight-vector timings are single runs. A full run takes ~28 minutes
 here (the CNN's 100-probe traces and PyHessian's ~300 power iterations); `--quick` (512 MLP
 inputs, 128 CNN inputs, 20 probes, single runs) ~3; `--models mlp` the MLP only (~2).
 """

@@ -153,7 +153,7 @@ def test_products_of_several_vectors_equal_one_at_a_time(case):
     model, data, H, _, _ = case
     op = cr.hessian.Hessian(model, F.cross_entropy, data)
     V = torch.randn(len(op), 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    np.testing.assert_allclose(op @ V, H @ V, rtol=1e-9, atol=1e-12)  # timed: 1 + 8, then 3
+    np.testing.assert_allclose(op @ V, H @ V, rtol=1e-9, atol=1e-12)  # 1, then 1 + 8 timed, then 2
     np.testing.assert_allclose(op @ V[:, :3], H @ V[:, :3], rtol=1e-9, atol=1e-12)
     assert op.products == 15
 

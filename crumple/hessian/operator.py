@@ -27,7 +27,9 @@ from crumple.inputs import check_model, named_functions
 from crumple.losses import Objective
 from crumple.params import Params, buffers_of, cast, evaluation_mode
 
-GRAPH_FACTOR = 4  # a kept pullback holds about this many copies of the activations
+# kept pullbacks hold at most about this many copies of the module outputs (measured on
+# the CNN of benchmarks/general.py: 160 MiB kept for 256 MiB of outputs)
+GRAPH_FACTOR = 1
 VECTORS_PER_CALL = 8  # probe vectors one vmapped product takes, where that is faster
 
 
@@ -187,25 +189,26 @@ class Hessian:
         if vectors.dim() == 1:
             return self._products(vectors[None])[0]
         columns, parts = vectors.T, []
-        if self._per_call is None and len(columns) > VECTORS_PER_CALL:
-            parts = self._timed(columns[: 1 + VECTORS_PER_CALL])
+        if self._per_call is None and len(columns) > VECTORS_PER_CALL + 1:
+            parts = self._timed(columns[: 2 + VECTORS_PER_CALL])
         per_call = self._per_call or 1
         for start in range(sum(len(p) for p in parts), len(columns), per_call):
             parts.append(self._products(columns[start : start + per_call]))
         return torch.cat(parts).T
 
     def _timed(self, columns: Tensor) -> list[Tensor]:
-        """The products of one vector alone and of the rest under one vmap, timed: later
-        calls take the faster way (vmap wins on small models, loses on convolutions on
-        the CPU)."""
+        """The products of the first vector (which may keep the pullbacks), of the second
+        alone and of the rest under one vmap, the last two timed: later calls take the
+        faster way (vmap wins on small models, loses on convolutions on the CPU)."""
+        first = self._products(columns[:1])
         began = time.perf_counter()
-        single = self._products(columns[:1])
+        single = self._products(columns[1:2])
         alone = time.perf_counter() - began
         began = time.perf_counter()
-        batched = self._products(columns[1:])
-        together = (time.perf_counter() - began) / (len(columns) - 1)
-        self._per_call = len(columns) - 1 if together < alone else 1
-        return [single, batched]
+        batched = self._products(columns[2:])
+        together = (time.perf_counter() - began) / (len(columns) - 2)
+        self._per_call = len(columns) - 2 if together < alone else 1
+        return [first, single, batched]
 
     def _products(self, rows: Tensor) -> Tensor:
         """``H v`` for each row ``v`` of ``rows``, one vmapped pullback per batch."""
