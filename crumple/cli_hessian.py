@@ -64,8 +64,8 @@ def add(commands) -> None:
         "--tol",
         type=types.positive_float("--tol"),
         metavar="TOL",
-        help="Lanczos's relative accuracy for --top and --bottom (default 1e-10 in float64, "
-        "1e-5 in lower precision; 1e-6 is plenty for most uses)",
+        help="Lanczos's relative residual for --top and --bottom (default 1e-6 in float64, "
+        "1e-4 in lower precision)",
     )
     add("--trace", action="store_true", help="Hutchinson's estimate of the trace, with its error")
     add(

@@ -95,6 +95,7 @@ class Hessian:
             )
         self._set(weights, names)
         self._check_twice_differentiable()
+        self.keep_graphs = self._graphs_fit()  # the same at any weights: decided once
         self.products = 0
 
     @contextmanager
@@ -231,18 +232,19 @@ class Hessian:
         if self._pulls is not None:
             yield from self._pulls
             return
-        keep = self._graphs_fit()
         kept = []
         for batch, share in self._batches():
             gradient = grad(lambda p, b=batch: self._loss(p, b))
             _, pull = vjp(gradient, self.params)
-            if keep:
+            if self.keep_graphs:
                 kept.append((share, pull))
             yield share, pull
-        if keep:
+        if self.keep_graphs:
             self._pulls = kept
 
     def _graphs_fit(self) -> bool:
+        """Whether every batch's pullback may be kept: held data whose graphs take at most
+        a quarter of ``max_memory``."""
         if self.data.streamed:
             return False
         first = next(iter(self.data))

@@ -151,7 +151,7 @@ def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int, sh
         raise CrumpleError(
             f"Lanczos did not find the {count} {which} eigenvalues to tol={tol:g} within "
             f"{hessian.products:,} Hessian-vector products ({len(error.eigenvalues)} converged); "
-            "pass a looser tol (1e-6 is plenty for most uses) or a smaller k"
+            "pass a looser tol (1e-4 is plenty to three digits) or a smaller k"
         ) from None
     if shift is not None:
         values = shift - values
