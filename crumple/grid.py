@@ -27,6 +27,31 @@ class Grid:
     def __init__(self, alpha, beta=None) -> None:
         axes = [alpha] if beta is None else [alpha, beta]
         self.axes = tuple(_checked_axis(a, dim) for a, dim in zip(axes, DIMS))
+        self.chosen = ""  # how Grid.auto chose the extent
+
+    @classmethod
+    def auto(cls, model, loss_fn, data, plane, rise: float = 2.0, num: int = 51, **options):
+        """A grid whose edges lie where the loss has risen to ``rise`` times its value at
+        the plane's origin, on each side of each axis (:mod:`crumple.auto_range`: a few
+        line evaluations, ``options`` as for :func:`crumple.line`); ``grid.chosen`` says
+        what it found. ``num`` points per axis.
+
+        Example:
+            >>> import torch
+            >>> from crumple.plane import Plane
+            >>> net = torch.nn.Linear(1, 1, bias=False)
+            >>> x = torch.ones(4, 1)
+            >>> grid = Grid.auto(net, torch.nn.functional.mse_loss, (x, x),
+            ...                  Plane.axes(net, "weight"), rise=4.0, num=3)
+            >>> [round(float(a), 2) for a in grid.axes[0]]  # (w - 1)^2 = 4 at w = -1, 3
+            [-1.0, 1.0, 3.0]
+        """
+        from crumple.auto_range import auto_extents
+
+        extents, sentence = auto_extents(model, loss_fn, data, plane, rise, **options)
+        grid = cls(*(np.linspace(low, high, num) for low, high in extents))
+        grid.chosen = sentence
+        return grid
 
     @property
     def dims(self) -> tuple[str, ...]:

@@ -1,0 +1,72 @@
+"""``Grid.auto``: the extent of each axis at which the loss has risen by a chosen factor over
+the centre, found by a few line evaluations along each direction of the plane (a doubling
+search outwards, then bisection)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from crumple.errors import CrumpleError
+
+START = 0.05  # the first step along a direction, in plane coordinates
+DOUBLINGS = 12  # the farthest look is START * 2**DOUBLINGS
+BISECTIONS = 8  # then the crossing is within (1/2)**8 of its bracket
+
+
+def auto_extents(model, loss_fn, data, plane, rise: float, **options: Any):
+    """``[(low, high), ...]`` per direction of ``plane``: where the loss first reaches
+    ``rise`` times its value at the centre on each side (or the farthest look, if never),
+    with a sentence saying what was chosen."""
+    from crumple.plane import Plane
+    from crumple.surface import line
+
+    if not (isinstance(rise, (int, float)) and not isinstance(rise, bool) and rise > 1):
+        raise CrumpleError(
+            f"rise must be a number > 1 (the loss's factor at the edges), got {rise!r}"
+        )
+    options = {"progress": False, **options}
+    extents, said = [], []
+    for k, direction in enumerate(plane.directions):
+        along = Plane(plane.origin, (direction,), dict(plane.attrs))
+
+        def loss_at(ts, along=along):
+            ts = np.asarray(ts, dtype=float)
+            order = np.argsort(ts)  # a line's coordinates come back sorted
+            values = np.empty(len(ts))
+            values[order] = line(model, loss_fn, data, along, ts[order], **options).loss.values
+            return values
+
+        centre = float(loss_at([0.0])[0])
+        if not centre > 0:
+            raise CrumpleError(
+                f"the loss at the centre is {centre:g}; a rise by a factor needs a positive loss "
+                "there. Give the grid's extent yourself, e.g. cr.Grid(np.linspace(-1, 1, 51), ...)"
+            )
+        target = rise * centre
+        sides = [_crossing(loss_at, sign, target) for sign in (-1.0, 1.0)]
+        extents.append((-sides[0][0], sides[1][0]))
+        notes = [f"{t:.3g}" + ("" if reached else " (not reached)") for t, reached in sides]
+        said.append(f"axis {k + 1}: {notes[0]} and {notes[1]} out")
+    sentence = f"the loss rises to {rise:g} x its centre value ({centre:.4g}) at " + "; ".join(said)
+    return extents, sentence
+
+
+def _crossing(loss_at, sign: float, target: float) -> tuple[float, bool]:
+    """The distance along ``sign`` at which the loss first reaches ``target``: doubling
+    until it does (all steps in one line call), then bisection."""
+    steps = START * 2.0 ** np.arange(DOUBLINGS + 1)
+    values = loss_at(sign * steps)
+    above = np.flatnonzero(~(values < target))  # nan counts as past the target
+    if not len(above):
+        return float(steps[-1]), False
+    j = int(above[0])
+    low, high = (0.0 if j == 0 else steps[j - 1]), steps[j]
+    for _ in range(BISECTIONS):
+        middle = (low + high) / 2
+        if loss_at([sign * middle])[0] < target:
+            low = middle
+        else:
+            high = middle
+    return float((low + high) / 2), True

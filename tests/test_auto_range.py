@@ -1,0 +1,48 @@
+"""Grid.auto: the loss at each edge of each axis is within 10% of the asked rise over the
+centre, on the article's network and on an MLP on digits."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import crumple as cr
+from crumple.examples import seed
+from tests.cases import assert_untouched, digits, snapshot
+
+
+def article():
+    (_, test) = seed.split(*seed.make_data(2_000))
+    torch.manual_seed(0)
+    model = seed.SeedNet()
+    return model, F.mse_loss, test, cr.Plane.random(model, seed=0, normalize=None, ignore=None)
+
+
+def mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)).double()
+    return model, F.cross_entropy, digits(200), cr.Plane.random(model, seed=0)
+
+
+@pytest.mark.parametrize("case", [article, mlp], ids=["article", "mlp"])
+@pytest.mark.parametrize("rise", [1.5, 3.0])
+def test_the_edges_are_where_the_loss_has_risen_by_the_factor(case, rise):
+    model, loss_fn, data, plane = case()
+    before = snapshot(model)
+    grid = cr.Grid.auto(model, loss_fn, data, plane, rise=rise, num=5)
+    assert_untouched(model, before)
+    assert "rises to" in grid.chosen and "not reached" not in grid.chosen
+    centre = float(cr.line(model, loss_fn, data, plane, np.array([0.0])).loss[0])
+    for k, axis in enumerate(grid.axes):
+        along = cr.Plane(plane.origin, (plane.directions[k],), {})
+        edges = cr.line(model, loss_fn, data, along, np.array([axis[0], axis[-1]]))
+        ratios = edges.loss.values / centre
+        assert np.all(np.abs(ratios - rise) <= 0.1 * rise), (k, ratios)
+        assert axis[0] < 0 < axis[-1]
+
+
+def test_bad_rise_is_refused():
+    model, loss_fn, data, plane = mlp()
+    with pytest.raises(cr.CrumpleError, match="rise must be a number > 1"):
+        cr.Grid.auto(model, loss_fn, data, plane, rise=0.5)
