@@ -4,9 +4,7 @@ and bad input is refused before any folder is made."""
 
 import base64
 import json
-import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from crumple.cli_info import describe
 from crumple.plot.spectra import ONE_EIGENVALUE, bump
 from tests import cli_fixtures
 from tests.cases import assert_close
+from tests.test_browser import browser  # noqa: F401  (the fixture)
 
 MODEL = "tests.cli_fixtures:make_tiny64"
 DATA = "tests.cli_fixtures:digits_pair"
@@ -270,30 +269,19 @@ def test_tol_reaches_lanczos_and_the_advice_names_it(tmp_path, monkeypatch, caps
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_the_page_draws_its_density_in_chromium(run):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_browser import FLAGS
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto((run / "hessian.html").as_uri())
-        page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=60_000)
-        drawn = page.evaluate(
-            "() => Array.from(document.querySelectorAll('#figure-0 .scatterlayer .trace'))"
-            ".map((t) => (t.querySelector('path.js-line') || {getAttribute: () => ''})"
-            ".getAttribute('d').length)"
-        )
-        markers = page.locator("#figure-0 .scatterlayer .point").count()
-        browser.close()
+def test_the_page_draws_its_density_in_chromium(run, browser):  # noqa: F811 (the fixture)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((run / "hessian.html").as_uri())
+    page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=60_000)
+    drawn = page.evaluate(
+        "() => Array.from(document.querySelectorAll('#figure-0 .scatterlayer .trace'))"
+        ".map((t) => (t.querySelector('path.js-line') || {getAttribute: () => ''})"
+        ".getAttribute('d').length)"
+    )
+    markers = page.locator("#figure-0 .scatterlayer .point").count()
+    page.close()
     assert drawn[0] > 1000, drawn  # the density's line: a long SVG path
     assert markers == 5  # the eigenvalues marked on it
     assert errors == []
