@@ -213,17 +213,11 @@ def _check_surface_run(out: Path, model, batches) -> bool:
 
 
 def _fingerprint(model, batches) -> dict[str, str]:
-    """The fingerprint a surface run of this model and data has (its weights and data
-    parts; the line and grid given are placeholders)."""
-    import torch
+    """The weights and data parts of the fingerprint a surface run of this model and data
+    has."""
+    from crumple.tiles import samples_digest, weights_digest
 
-    from crumple.grid import Grid
-    from crumple.plane import Plane
-    from crumple.tiles import fingerprint
-
-    origin = {n: p.detach() for n, p in model.named_parameters()}
-    line = Plane(origin, ({n: torch.ones_like(t) for n, t in origin.items()},))
-    return fingerprint(model, line, Grid([0.0, 1.0]), batches, {}, "")
+    return {"weights": weights_digest(model), "data": samples_digest(batches)}
 
 
 @contextlib.contextmanager

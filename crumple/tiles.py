@@ -305,19 +305,23 @@ def fingerprint(
         >>> sorted(fp)
         ['data', 'dtype', 'grid', 'loss', 'plane', 'weights']
     """
-    weights = [*model.named_parameters(), *model.named_buffers()]
     plane_tensors = [(f"origin.{n}", t) for n, t in plane.origin.items()]
     for k, d in enumerate(plane.directions):
         plane_tensors += [(f"d{k}.{n}", t) for n, t in d.items()]
     data = data_id if data_id is not None else samples_digest(batches)
     return {
-        "weights": _digest(weights),
+        "weights": weights_digest(model),
         "plane": _digest(plane_tensors),
         "grid": _digest((f"axis{k}", torch.from_numpy(a)) for k, a in enumerate(grid.axes)),
         "data": str(data),
         "loss": ", ".join(f"{name}={_qualified(fn)}" for name, fn in fns.items()),
         "dtype": str(dtype).removeprefix("torch."),
     }
+
+
+def weights_digest(model) -> str:
+    """The digest of a model's parameters and buffers, the fingerprint's ``weights``."""
+    return _digest([*model.named_parameters(), *model.named_buffers()])
 
 
 def samples_digest(batches) -> str:
