@@ -13,6 +13,7 @@ from crumple.errors import CrumpleError
 START = 0.05  # the first step along a direction, in plane coordinates
 DOUBLINGS = 12  # the farthest look is START * 2**DOUBLINGS
 BISECTIONS = 8  # then the crossing is within (1/2)**8 of its bracket
+MARGIN = 0.05  # room left around a covered path, as a share of the axis's span
 
 
 def auto_extents(model, loss_fn, data, plane, rise: float, **options: Any):
@@ -70,3 +71,31 @@ def _crossing(loss_at, sign: float, target: float) -> tuple[float, bool]:
         else:
             high = middle
     return float((low + high) / 2), True
+
+
+def covering(extents, cover) -> tuple[list[tuple[float, float]], str]:
+    """``extents`` widened to hold every point of the paths in ``cover`` (a dataset from
+    :func:`crumple.project` or a dict of them, or None), with a margin of ``MARGIN`` of each
+    axis's span; and a sentence saying where it widened them ("" if nowhere).
+
+    Example:
+        >>> import xarray as xr
+        >>> path = xr.Dataset({"alpha": ("step", [0.0, 3.0])})
+        >>> covering([(-1.0, 1.0)], path)
+        ([(-1.0, 3.2)], '; widened to hold the path: axis 1 to -1 .. 3.2')
+    """
+    import xarray as xr
+
+    paths = [] if cover is None else [cover] if isinstance(cover, xr.Dataset) else cover.values()
+    out, said = [], []
+    for k, (low, high) in enumerate(extents):
+        dim = ("alpha", "beta")[k]
+        values = np.concatenate([np.asarray(p[dim], dtype=float).ravel() for p in paths] or [[]])
+        values = values[np.isfinite(values)]
+        if len(values) and (values.min() < low or values.max() > high):
+            span = max(high, values.max()) - min(low, values.min())
+            low = min(low, values.min() - MARGIN * span)
+            high = max(high, values.max() + MARGIN * span)
+            said.append(f"axis {k + 1} to {low:.3g} .. {high:.3g}")
+        out.append((float(low), float(high)))
+    return out, ("; widened to hold the path: " + ", ".join(said)) if said else ""

@@ -55,6 +55,8 @@ def grid_dataset(
         for name, values in results.items()
     }
     attrs = {"plane_kind": plane.attrs.get("kind", "custom")}
+    if grid.chosen:
+        attrs["grid_chosen"] = grid.chosen
     for key, value in plane.attrs.items():
         if key not in ("kind", "axis_names"):
             attrs[f"plane_{key}"] = list(value) if isinstance(value, (list, tuple)) else value

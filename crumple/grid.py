@@ -30,11 +30,14 @@ class Grid:
         self.chosen = ""  # how Grid.auto chose the extent
 
     @classmethod
-    def auto(cls, model, loss_fn, data, plane, rise: float = 2.0, num: int = 51, **options):
+    def auto(
+        cls, model, loss_fn, data, plane, rise: float = 2.0, num: int = 51, cover=None, **options
+    ):
         """A grid whose edges lie where the loss has risen to ``rise`` times its value at
         the plane's origin, on each side of each axis (:mod:`crumple.auto_range`: a few
         line evaluations, ``options`` as for :func:`crumple.line`); ``grid.chosen`` says
-        what it found. ``num`` points per axis.
+        what it found. ``num`` points per axis. ``cover``: paths on the plane (datasets from
+        :func:`crumple.project`, or a dict of them) that the grid is widened to hold.
 
         Example:
             >>> import torch
@@ -46,11 +49,12 @@ class Grid:
             >>> [round(float(a), 2) for a in grid.axes[0]]  # (w - 1)^2 = 4 at w = -1, 3
             [-1.0, 1.0, 3.0]
         """
-        from crumple.auto_range import auto_extents
+        from crumple.auto_range import auto_extents, covering
 
         extents, sentence = auto_extents(model, loss_fn, data, plane, rise, **options)
+        extents, widened = covering(extents, cover)
         grid = cls(*(np.linspace(low, high, num) for low, high in extents))
-        grid.chosen = sentence
+        grid.chosen = sentence + widened
         return grid
 
     @property

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import xarray as xr
 from torch import nn
 
 import crumple as cr
@@ -46,3 +47,18 @@ def test_bad_rise_is_refused():
     model, loss_fn, data, plane = mlp()
     with pytest.raises(cr.CrumpleError, match="rise must be a number > 1"):
         cr.Grid.auto(model, loss_fn, data, plane, rise=0.5)
+
+
+def test_the_grid_widens_to_hold_a_path_and_the_surface_says_what_was_chosen():
+    model, loss_fn, data, plane = mlp()
+    plain = cr.Grid.auto(model, loss_fn, data, plane, rise=1.5, num=5)
+    far = float(plain.axes[0][-1]) * 3
+    path = xr.Dataset({"alpha": ("step", [0.0, far]), "beta": ("step", [0.0, -0.01])})
+    grid = cr.Grid.auto(model, loss_fn, data, plane, rise=1.5, num=5, cover={"SGD": path})
+    assert grid.axes[0][-1] > far and grid.axes[0][0] == plain.axes[0][0]
+    np.testing.assert_array_equal(grid.axes[1], plain.axes[1])  # the path fits on beta
+    assert grid.chosen.split("; widened to hold the path: ")[1].startswith("axis 1 to")
+    assert "axis 2 to" not in grid.chosen
+    ds = cr.surface(model, loss_fn, data, plane, grid)
+    assert ds.attrs["grid_chosen"] == grid.chosen
+    assert cr.plot.facts(ds)["grid range"] == grid.chosen

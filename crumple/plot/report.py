@@ -41,6 +41,8 @@ def facts(
     """
     paths = check_paths(paths, needs=("loss",))
     out = {"grid": " x ".join(str(n) for n in ds.loss.shape)}
+    if "grid_chosen" in ds.attrs:
+        out["grid range"] = str(ds.attrs["grid_chosen"])
     scale = Scale(ds.loss.values, log, zmax)
     if scale.note():
         out["drawn"] = scale.note()
