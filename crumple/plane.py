@@ -75,6 +75,23 @@ class Plane:
         """1 for a line, 2 for a plane."""
         return len(self.directions)
 
+    def __repr__(self) -> str:
+        """One line, not the tensors (a model's plane holds millions of numbers).
+
+        Example:
+            >>> Plane.axes(torch.nn.Linear(2, 1, bias=False), "weight[0, 1]")
+            Plane(axes; 1 direction over 1 tensor, 2 weights)
+        """
+        from crumple.planes import describe
+
+        n = len(self.origin)
+        size = sum(t.numel() for t in self.origin.values())
+        lines = "direction" if self.ndim == 1 else "directions"
+        return (
+            f"Plane({describe(self.attrs)}; {self.ndim} {lines} over {n} "
+            f"tensor{'s' * (n != 1)}, {size:,} weight{'s' * (size != 1)})"
+        )
+
     @classmethod
     def axes(cls, model: nn.Module, name_a: str, name_b: str | None = None) -> Plane:
         """The plane whose coordinates are two weights of the model themselves.

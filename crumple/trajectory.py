@@ -73,6 +73,17 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def __repr__(self) -> str:
+        """One line: how many snapshots, their steps, and where they live.
+
+        Example:
+            >>> Trajectory([0, 5], [{"w": torch.zeros(2)}] * 2, [1.0, 0.5])
+            Trajectory(2 snapshots, steps 0 .. 5, in memory)
+        """
+        where = "in memory" if self.folder is None else f"in {str(self.folder)!r}"
+        steps = f", steps {self.steps[0]} .. {self.steps[-1]}" if self.steps else ""
+        return f"Trajectory({len(self)} snapshot{'s' * (len(self) != 1)}{steps}, {where})"
+
     def names(self) -> list[str]:
         """The parameter names of the snapshots.
 
