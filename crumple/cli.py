@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from crumple import cli_hessian, cli_lm
+from crumple import cli_export, cli_hessian, cli_lm
 from crumple import cli_types as types
 from crumple.errors import CrumpleError
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"crumple {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_surface, cli_hessian.add, _add_plot, _add_info):
+    for add in (_add_demo, _add_surface, cli_hessian.add, _add_plot, cli_export.add, _add_info):
         add(commands)
     return parser
 

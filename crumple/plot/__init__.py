@@ -5,6 +5,8 @@ labels come from the datasets' ``long_name`` attributes.
 """
 
 from crumple.plot.figures import animate, contour, fit, line, losses, surface
+from crumple.plot.mesh_files import save_mesh
+from crumple.plot.meshes import mesh
 from crumple.plot.page import page, write_page
 from crumple.plot.report import facts, report
 from crumple.plot.spectra import hessian_report, spectrum
@@ -24,4 +26,6 @@ __all__ = [
     "spectrum",
     "hessian_report",
     "save_static",
+    "mesh",
+    "save_mesh",
 ]
