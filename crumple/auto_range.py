@@ -13,6 +13,7 @@ from crumple.errors import CrumpleError
 START = 0.05  # the first step along a direction, in plane coordinates
 DOUBLINGS = 12  # the farthest look is START * 2**DOUBLINGS
 BISECTIONS = 8  # then the crossing is within (1/2)**8 of its bracket
+DIMS = ("alpha", "beta")
 MARGIN = 0.05  # room left around a covered path, as a share of the axis's span
 
 
@@ -48,9 +49,12 @@ def auto_extents(model, loss_fn, data, plane, rise: float, **options: Any):
         target = rise * centre
         sides = [_crossing(loss_at, sign, target) for sign in (-1.0, 1.0)]
         extents.append((-sides[0][0], sides[1][0]))
-        notes = [f"{t:.3g}" + ("" if reached else " (not reached)") for t, reached in sides]
-        said.append(f"axis {k + 1}: {notes[0]} and {notes[1]} out")
-    sentence = f"the loss rises to {rise:g} x its centre value ({centre:.4g}) at " + "; ".join(said)
+        notes = [
+            f"{sign * t:.3g}" + ("" if reached else " (not reached)")
+            for sign, (t, reached) in zip((-1, 1), sides)
+        ]
+        said.append(f"{DIMS[k]} = {notes[0]} and {notes[1]}")
+    sentence = f"the loss reaches {rise:g} x its centre value ({centre:.4g}) at " + ", ".join(said)
     return extents, sentence
 
 
@@ -82,20 +86,20 @@ def covering(extents, cover) -> tuple[list[tuple[float, float]], str]:
         >>> import xarray as xr
         >>> path = xr.Dataset({"alpha": ("step", [0.0, 3.0])})
         >>> covering([(-1.0, 1.0)], path)
-        ([(-1.0, 3.2)], '; widened to hold the path: axis 1 to -1 .. 3.2')
+        ([(-1.0, 3.2)], '; widened to hold the path: alpha to -1 .. 3.2')
     """
     import xarray as xr
 
     paths = [] if cover is None else [cover] if isinstance(cover, xr.Dataset) else cover.values()
     out, said = [], []
     for k, (low, high) in enumerate(extents):
-        dim = ("alpha", "beta")[k]
+        dim = DIMS[k]
         values = np.concatenate([np.asarray(p[dim], dtype=float).ravel() for p in paths] or [[]])
         values = values[np.isfinite(values)]
         if len(values) and (values.min() < low or values.max() > high):
             span = max(high, values.max()) - min(low, values.min())
             low = min(low, values.min() - MARGIN * span)
             high = max(high, values.max() + MARGIN * span)
-            said.append(f"axis {k + 1} to {low:.3g} .. {high:.3g}")
+            said.append(f"{dim} to {low:.3g} .. {high:.3g}")
         out.append((float(low), float(high)))
     return out, ("; widened to hold the path: " + ", ".join(said)) if said else ""

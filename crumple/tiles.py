@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from crumple.batches import Batch, Data, inputs_only
 from crumple.errors import CrumpleError
 from crumple.evaluation import Choice, Points, Settings, build
 from crumple.grid import Grid
 from crumple.plane import Plane
+from crumple.progress import tqdm
 from crumple.store import PLANE, RunStore, damaged, open_run
 
 TILE_SECONDS = 0.25

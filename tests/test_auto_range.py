@@ -33,7 +33,7 @@ def test_the_edges_are_where_the_loss_has_risen_by_the_factor(case, rise):
     before = snapshot(model)
     grid = cr.Grid.auto(model, loss_fn, data, plane, rise=rise, num=5)
     assert_untouched(model, before)
-    assert "rises to" in grid.chosen and "not reached" not in grid.chosen
+    assert "reaches" in grid.chosen and "not reached" not in grid.chosen
     centre = float(cr.line(model, loss_fn, data, plane, np.array([0.0])).loss[0])
     for k, axis in enumerate(grid.axes):
         along = cr.Plane(plane.origin, (plane.directions[k],), {})
@@ -57,8 +57,8 @@ def test_the_grid_widens_to_hold_a_path_and_the_surface_says_what_was_chosen():
     grid = cr.Grid.auto(model, loss_fn, data, plane, rise=1.5, num=5, cover={"SGD": path})
     assert grid.axes[0][-1] > far and grid.axes[0][0] == plain.axes[0][0]
     np.testing.assert_array_equal(grid.axes[1], plain.axes[1])  # the path fits on beta
-    assert grid.chosen.split("; widened to hold the path: ")[1].startswith("axis 1 to")
-    assert "axis 2 to" not in grid.chosen
+    assert grid.chosen.split("; widened to hold the path: ")[1].startswith("alpha to")
+    assert "beta to" not in grid.chosen
     ds = cr.surface(model, loss_fn, data, plane, grid)
     assert ds.attrs["grid_chosen"] == grid.chosen
     assert cr.plot.facts(ds)["grid range"] == grid.chosen

@@ -24,10 +24,10 @@ import torch
 import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
 
 from crumple.grid import Grid
 from crumple.plane import Plane
+from crumple.progress import tqdm
 from crumple.store import DATA, save_run
 from crumple.surface import surface
 from crumple.trajectory import Recorder, Trajectory, project

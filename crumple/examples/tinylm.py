@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from crumple.errors import CrumpleError, require_extra
+from crumple.progress import tqdm
 
 if TYPE_CHECKING:
     import transformers

@@ -25,7 +25,7 @@ _TEMPLATE = """<!DOCTYPE html>
 body {{ background: #111; color: #ddd; font-family: system-ui, sans-serif; margin: 1.5rem; }}
 h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
 .facts {{ color: #aaa; margin: 0 0 .5rem; }}
-.facts span {{ margin-right: 1.5rem; white-space: nowrap; display: inline-block; }}
+.facts span {{ margin-right: 1.5rem; display: inline-block; }}
 .note {{ color: #e6c069; margin: 0 0 .5rem; }}
 .panels {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1rem; }}
 .panel {{ min-width: 0; height: {height}px; }}
