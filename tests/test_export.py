@@ -285,3 +285,16 @@ def test_cli_refuses_folders_without_a_surface_and_a_missing_extra(
 def test_export_help_imports_nothing_heavy(argv):
     code = f"from crumple.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     assert heavy_modules_after(code) == []
+
+
+def test_a_falling_axis_still_faces_out_and_an_unsorted_one_is_refused(tmp_path):
+    ds = landscape().isel(alpha=slice(None, None, -1))  # alpha from 1 down to -1
+    stl = trimesh.load(cr.plot.save_mesh(ds, tmp_path / "falling.stl"))
+    assert stl.is_watertight and stl.is_volume and stl.volume > 0
+    top = cr.plot.mesh(ds)
+    assert (top.face_normals[:, 2] > 0).all()  # the surface faces up
+    vtu = meshio.read(cr.plot.save_mesh(ds, tmp_path / "falling.vtu"))
+    np.testing.assert_array_equal(vtu.points[:, :2], nodes(ds))
+    shuffled = landscape().isel(beta=[0, 2, 1, 3, 4])
+    with pytest.raises(CrumpleError, match=r"ds.beta is not sorted.*ds.sortby\('beta'\)"):
+        cr.plot.mesh(shuffled)

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from crumple.errors import CrumpleError, require_extra
-from crumple.plot.meshes import Heights, grid_faces, heights, mesh
+from crumple.plot.meshes import Heights, heights, mesh
 
 SUFFIXES = (".vtu", ".vtk", ".stl", ".obj", ".glb")
 VTK = (".vtu", ".vtk")
@@ -136,7 +136,7 @@ def _vtk_mesh(meshio, ds: xr.Dataset, h: Heights):
     point_data = {
         name: np.asarray(values, dtype=np.float64).reshape(-1) for name, values in data.items()
     }
-    return meshio.Mesh(points, [("quad", grid_faces((na, nb), h.missing))], point_data=point_data)
+    return meshio.Mesh(points, [("quad", h.quads())], point_data=point_data)
 
 
 def _add_field_data(path: Path, h: Heights) -> None:

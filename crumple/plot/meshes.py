@@ -46,6 +46,16 @@ class Heights:
     scale: Scale
     z_scale: float
 
+    @property
+    def flipped(self) -> bool:
+        """Whether one axis runs downwards, so that faces must be turned to face up."""
+        return bool((self.alpha[1] < self.alpha[0]) != (self.beta[1] < self.beta[0]))
+
+    def quads(self) -> np.ndarray:
+        """The grid's quads (:func:`grid_faces`), counter-clockwise seen from above."""
+        quads = grid_faces(self.z.shape, self.missing)
+        return quads[:, ::-1] if self.flipped else quads
+
     def record(self) -> dict[str, float | bool | str]:
         """What the heights mean, for a file's metadata."""
         drawn = "clip(loss, loss_floor, loss_cap)"
@@ -83,7 +93,7 @@ def heights(
             f"ds.loss has nothing to export: {scale.note()}; export a run whose surface "
             "holds finite values (crumple info RUN says how complete it is)"
         )
-    alpha, beta = (np.asarray(ds[d].values, dtype=np.float64) for d in ("alpha", "beta"))
+    alpha, beta = (_axis(ds, d) for d in ("alpha", "beta"))
     drawn = scale(loss.values)
     low, high = scale.range()
     if z_scale is None or z_scale == "auto":
@@ -116,6 +126,18 @@ def _surface_loss(ds: object) -> xr.DataArray:
             "alpha and beta; make the surface on a grid of at least 2 x 2"
         )
     return loss
+
+
+def _axis(ds: xr.Dataset, name: str) -> np.ndarray:
+    """A coordinate, rising or falling throughout (a mesh of an unsorted one folds)."""
+    axis = np.asarray(ds[name].values, dtype=np.float64)
+    steps = np.diff(axis)
+    if not (np.isfinite(axis).all() and ((steps > 0).all() or (steps < 0).all())):
+        raise CrumpleError(
+            f"ds.{name} is not sorted without repeats ({axis[:5].tolist()!r}...): a mesh over "
+            f"it would fold; sort it with ds.sortby({name!r}) and drop repeated values"
+        )
+    return axis
 
 
 def _positive(name: str, value: object, allowed: str) -> float:
@@ -189,6 +211,7 @@ def mesh(
         _refuse_gaps(h)
         nodes, faces, colours = _close(nodes, faces, colours, shape, h.z.min() - depth)
         record["base"] = depth
+    faces = faces[:, ::-1] if h.flipped else faces  # built facing up for rising axes
     out = trimesh.Trimesh(nodes, faces, vertex_colors=colours, process=False)
     out.metadata["crumple"] = record
     return out
