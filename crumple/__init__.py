@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from crumple import hessian, plot, reference
     from crumple.grid import Grid
     from crumple.plane import Plane
+    from crumple.spread import spread
     from crumple.store import open_run
     from crumple.store import open_run as open  # noqa: A001
     from crumple.surface import line, surface
@@ -35,6 +36,7 @@ __all__ = [
     # evaluation
     "surface",
     "line",
+    "spread",
     "reference",
     # curvature
     "hessian",
@@ -58,6 +60,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Grid": ("crumple.grid", "Grid"),
     "surface": ("crumple.surface", "surface"),
     "line": ("crumple.surface", "line"),
+    "spread": ("crumple.spread", "spread"),
     "reference": ("crumple.reference", None),
     "hessian": ("crumple.hessian", None),
     "Recorder": ("crumple.trajectory", "Recorder"),

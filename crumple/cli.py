@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from crumple import cli_export, cli_hessian, cli_lm
+from crumple import cli_export, cli_hessian, cli_lm, cli_spread
 from crumple import cli_types as types
 from crumple.errors import CrumpleError
 
@@ -125,6 +125,7 @@ def _add_surface(commands) -> None:
     add("--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable")
     add("--curvature", action="store_true", help="also the extreme Hessian eigenvalues per point")
     _add_plane_options(surface)
+    cli_spread.add(surface)
     add(
         "--grid",
         type=types.grid_axis,
@@ -316,8 +317,9 @@ def _surface(args: argparse.Namespace) -> None:
         )
     ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
     store.save_run(args.out, ds, paths, plane)
-    title, hessian = f"crumple: {ds.attrs['loss_name']} landscape", store.open_hessian(args.out)
-    page = plot.report(args.out / "landscape.html", ds, paths, title=title, hessian=hessian)
+    cli_spread.run(args, model, loss_fn, batches, grid, options)
+    title, stored = f"crumple: {ds.attrs['loss_name']} landscape", cli_spread.stored(args.out)
+    page = plot.report(args.out / "landscape.html", ds, paths, title=title, **stored)
     print(
         f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
         f"wrote {page} and {args.out / cr.store.DATA}"
@@ -347,7 +349,7 @@ def _plot(args: argparse.Namespace) -> None:
     run = store.open_run(args.folder)
     ds = run.pop("surface")
     if args.html:
-        options = dict(log=args.log, zmax=args.zmax, hessian=store.open_hessian(args.folder))
+        options = dict(log=args.log, zmax=args.zmax, **cli_spread.stored(args.folder))
         page = plot.report(args.html, ds, run, title=f"crumple: {args.folder}", **options)
         print(f"wrote {page}")
     for target in static:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +116,11 @@ class Plane:
         *,
         normalize: str | None = "filter",
         ignore: str | None = "biasbn",
-        seed: int = 0,
+        seed: int | Iterable[int] = 0,
         ndim: int = 2,
         orthogonalize: bool = False,
         trainable_only: bool = False,
-    ) -> Plane:
+    ) -> Plane | list[Plane]:
         """Random Gaussian directions through the model's weights (Li et al. 2018).
 
         Args:
@@ -131,7 +132,11 @@ class Plane:
             ignore: ``"biasbn"`` zeroes the directions of 1-D parameters (biases, norm-layer
                 affine weights); with ``None`` they are a copy of the weight, as in Li et al.
                 (or Gaussian when ``normalize`` is ``None``).
-            seed: seed of the Gaussian draws; the same seed gives the same plane.
+            seed: seed of the Gaussian draws; the same seed gives the same plane. A list
+                (or ``range``) of distinct seeds gives a list of planes, one per seed, that
+                share one origin tensor per parameter: the directions of
+                :func:`crumple.spread`. Seed ``s``'s first direction is the same for
+                ``ndim=1`` and ``ndim=2``.
             ndim: 2 for a plane, 1 for a line.
             orthogonalize: make direction 2 orthogonal to direction 1 (Gram-Schmidt), keeping
                 its overall norm.
@@ -148,13 +153,18 @@ class Plane:
             >>> plane = Plane.random(net, seed=1)
             >>> float(plane.directions[0]["0.bias"].abs().sum())
             0.0
+            >>> [p.attrs["seed"] for p in Plane.random(net, seed=range(3), ndim=1)]
+            [0, 1, 2]
             >>> _ = net[0].requires_grad_(False)
             >>> Plane.random(net, trainable_only=True).attrs["frozen"]
             ['0.weight', '0.bias']
         """
-        from crumple.planes import random_plane  # the builders import this module
+        from crumple.planes import random_plane, random_planes  # they import this module
 
-        return random_plane(model, normalize, ignore, seed, ndim, orthogonalize, trainable_only)
+        options = (normalize, ignore, ndim, orthogonalize, trainable_only)
+        if isinstance(seed, Integral) and not isinstance(seed, bool):
+            return random_plane(model, normalize, ignore, int(seed), *options[2:])
+        return random_planes(model, seed, *options)
 
     @classmethod
     def between(

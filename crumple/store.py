@@ -1,8 +1,9 @@
 """A run on disk: one folder whose ``landscape.zarr`` holds the surface (written tile by tile
 as tiles finish), the recorded paths and a fingerprint of everything that determines the
-numbers; the plane sits beside it as ``plane.safetensors``, and the curvature at the
-model's weights (``crumple hessian``) as ``hessian.zarr``, a store of its own, so that
-either can be written, replaced or resumed without touching the other.
+numbers; the plane sits beside it as ``plane.safetensors``, the curvature at the
+model's weights (``crumple hessian``) as ``hessian.zarr`` and the loss along several random
+directions (:func:`crumple.spread`) as ``spread.zarr``, stores of their own, so that each
+can be written, replaced or resumed without touching the others.
 
 Running the same surface into the same folder again resumes: finished tiles are read, not
 recomputed. A folder made for other inputs is refused, never mixed or overwritten.
@@ -25,6 +26,7 @@ DATA = "landscape.zarr"
 PLANE = "plane.safetensors"
 DONE = "tile_done"
 HESSIAN = "hessian.zarr"
+SPREAD = "spread.zarr"
 
 
 class RunStore:
@@ -175,7 +177,9 @@ def same_folder(a: str | Path | None, b: str | Path) -> bool:
 
 def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
     """The datasets of a run: ``"surface"`` and one entry per path name. A run that is not
-    complete has nan at the points not yet computed, and ``attrs["tiles_done"]``.
+    complete has nan at the points not yet computed, and ``attrs["tiles_done"]``. The
+    stores beside the surface are opened by their own functions (:func:`open_hessian`,
+    :func:`open_spread`), so that a path's name never clashes with theirs.
 
     Example:
         >>> open_run("no/such/run")
@@ -237,6 +241,49 @@ def open_hessian(folder: str | Path) -> xr.Dataset | None:
         True
     """
     path = Path(folder) / HESSIAN
+    if not path.is_dir():
+        return None
+    try:
+        return xr.open_zarr(path, consolidated=False).load()
+    except Exception as e:
+        raise damaged(folder, e) from e
+
+
+def save_spread(folder: str | Path, spread: xr.Dataset) -> Path:
+    """Write a :func:`crumple.spread` result to ``folder/spread.zarr``, replacing any written
+    before; the folder is made if missing. The run's page draws it as a band
+    (``crumple surface --spread N`` writes it).
+
+    Example:
+        >>> import tempfile
+        >>> ds = xr.Dataset({"loss": (("direction", "alpha"), np.ones((2, 3)))},
+        ...                 coords={"alpha": [-1.0, 0.0, 1.0], "seed": ("direction", [0, 1])},
+        ...                 attrs={"seeds": [0, 1]})
+        >>> folder = tempfile.mkdtemp()
+        >>> save_spread(folder, ds).name
+        'spread.zarr'
+        >>> open_spread(folder).attrs["seeds"]
+        [0, 1]
+    """
+    if not isinstance(spread, xr.Dataset) or "direction" not in spread.dims:
+        raise CrumpleError(
+            f"save_spread needs the dataset of crumple.spread (with a 'direction' dimension), "
+            f"got {type(spread).__name__}; e.g. save_spread(folder, cr.spread(...))"
+        )
+    path = Path(folder) / SPREAD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spread.to_zarr(path, mode="w", consolidated=False)
+    return path
+
+
+def open_spread(folder: str | Path) -> xr.Dataset | None:
+    """The spread over random directions in a run folder, or ``None`` if it holds none.
+
+    Example:
+        >>> open_spread("no/such/run") is None
+        True
+    """
+    path = Path(folder) / SPREAD
     if not path.is_dir():
         return None
     try:

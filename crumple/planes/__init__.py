@@ -47,7 +47,13 @@ from crumple.planes.registry import (
 )
 
 if TYPE_CHECKING:
-    from crumple.planes.builders import axes_plane, between_plane, pca_plane, random_plane
+    from crumple.planes.builders import (
+        axes_plane,
+        between_plane,
+        pca_plane,
+        random_plane,
+        random_planes,
+    )
 
 __all__ = [
     # the registry
@@ -62,9 +68,10 @@ __all__ = [
     "build",
     "comparable",
     "describe",
-    # the builders behind Plane.axes, .random, .between, .pca
+    # the builders behind Plane.axes, .random (one seed, or several), .between, .pca
     "axes_plane",
     "random_plane",
+    "random_planes",
     "between_plane",
     "pca_plane",
 ]
@@ -73,7 +80,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """The builders, imported on first use: the registry and its options load without torch
     (``crumple surface --help`` reads them)."""
-    if name in ("axes_plane", "random_plane", "between_plane", "pca_plane"):
+    if name in ("axes_plane", "random_plane", "random_planes", "between_plane", "pca_plane"):
         from crumple.planes import builders
 
         return getattr(builders, name)

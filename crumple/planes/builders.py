@@ -3,7 +3,8 @@ model, the weights of other models or a recorded path, and return a :class:`Plan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from numbers import Integral
 
 import torch
 from torch import Tensor, nn
@@ -37,12 +38,20 @@ def axes_plane(model: nn.Module, names: tuple[str, ...]) -> Plane:
 
 
 def random_plane(
-    model: nn.Module, normalize, ignore, seed: int, ndim: int, orthogonalize, trainable_only
+    model: nn.Module,
+    normalize,
+    ignore,
+    seed: int,
+    ndim: int,
+    orthogonalize,
+    trainable_only,
+    origin: Params | None = None,
 ) -> Plane:
     """The work of :meth:`Plane.random <crumple.plane.Plane.random>` (see there).
 
     Every parameter gets its Gaussian draw, so the same seed gives the same directions
-    on the parameters that move, whichever are left out.
+    on the parameters that move, whichever are left out. ``origin``: the model's weights
+    as :func:`~crumple.params.parameters_of` copies them, when the caller has them already.
 
     Example:
         >>> random_plane(torch.nn.Linear(2, 2), "filter", "biasbn", 0, 1, False, False).ndim
@@ -57,7 +66,7 @@ def random_plane(
         raise CrumpleError(f"ignore must be 'biasbn' or None, got {ignore!r}")
     if ndim not in (1, 2):
         raise CrumpleError(f"ndim must be 1 (a line) or 2 (a plane), got {ndim!r}")
-    origin = parameters_of(model)
+    origin = parameters_of(model) if origin is None else origin
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     frozen = frozen if trainable_only else []
     if frozen and len(frozen) == len(origin):
@@ -91,6 +100,56 @@ def random_plane(
     if trainable_only:
         attrs["frozen"] = frozen  # left out: zero in every direction
     return _with_cosine(Plane(origin, tuple(directions), attrs))
+
+
+def random_planes(
+    model: nn.Module, seeds, normalize, ignore, ndim: int, orthogonalize, trainable_only
+) -> list[Plane]:
+    """One random plane per seed (:meth:`Plane.random <crumple.plane.Plane.random>` given a
+    list of seeds), all through one copy of the model's weights.
+
+    Example:
+        >>> planes = random_planes(torch.nn.Linear(2, 2), [3, 5], "filter", None, 1, False, False)
+        >>> [p.attrs["seed"] for p in planes], planes[0].origin is planes[1].origin
+        ([3, 5], True)
+    """
+    seeds = check_seeds(seeds)
+    origin = parameters_of(model)
+    options = (normalize, ignore)
+    return [
+        random_plane(model, *options, s, ndim, orthogonalize, trainable_only, origin) for s in seeds
+    ]
+
+
+def check_seeds(seeds) -> list[int]:
+    """``seeds`` as a list of distinct integers, or a :class:`CrumpleError` saying why not.
+
+    Example:
+        >>> check_seeds(range(3))
+        [0, 1, 2]
+        >>> check_seeds([1, 1])
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleError: seed=[1, 1] repeats 1: equal seeds give equal directions, ...
+    """
+    fix = "give an integer, or a list of distinct integers such as seed=range(10)"
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise CrumpleError(f"seed={seeds!r} is not an integer or a list of integers; {fix}")
+    given = list(seeds)
+    wrong = [s for s in given if isinstance(s, bool) or not isinstance(s, Integral)]
+    if wrong:
+        raise CrumpleError(f"seed={given!r} holds {wrong[0]!r}, not an integer; {fix}")
+    if not given:
+        raise CrumpleError(f"seed={given!r} is an empty list, so there is no plane to make; {fix}")
+    values = [int(s) for s in given]
+    repeated = sorted({s for s in values if values.count(s) > 1})
+    if repeated:
+        raise CrumpleError(
+            f"seed={given!r} repeats {', '.join(map(str, repeated))}: equal seeds give equal "
+            "directions, so a spread over them would look narrower than it is; give distinct "
+            "seeds, e.g. seed=range(10)"
+        )
+    return values
 
 
 def between_plane(points: Mapping[str, nn.Module | Params], model: nn.Module | None) -> Plane:

@@ -4,6 +4,7 @@ Every figure function returns a ``plotly.graph_objects.Figure`` and never calls 
 labels come from the datasets' ``long_name`` attributes.
 """
 
+from crumple.plot.bands import spread
 from crumple.plot.figures import animate, contour, fit, line, losses, surface
 from crumple.plot.mesh_files import save_mesh
 from crumple.plot.meshes import mesh
@@ -16,6 +17,7 @@ __all__ = [
     "surface",
     "contour",
     "line",
+    "spread",
     "losses",
     "animate",
     "fit",

@@ -11,6 +11,8 @@ import xarray as xr
 
 from crumple import planes
 from crumple.analysis import critical_points
+from crumple.plot.bands import spread as band
+from crumple.plot.bands import spread_facts
 from crumple.plot.figures import animate, contour, losses, surface
 from crumple.plot.maps import curvature_facts, curvature_map
 from crumple.plot.page import write_page
@@ -133,12 +135,15 @@ def report(
     log: bool = False,
     zmax: float | None = None,
     hessian: xr.Dataset | None = None,
+    spread: xr.Dataset | None = None,
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
-    curves, the curvature map (of ``curvature=True``), any ``more_figures``, and the facts
+    curves, the curvature map (of ``curvature=True``), the band of ``spread`` (a
+    :func:`crumple.spread` result, ``crumple.store.open_spread(folder)``: how the loss
+    along random directions varies with the draw), any ``more_figures``, and the facts
     (:func:`facts`: what was clipped, or that there is nothing to draw; the curvature from
-    ``hessian``, the Hessian results of the run's folder). ``log`` and ``zmax`` are
-    :func:`crumple.plot.surface`'s.
+    ``hessian``, the Hessian results of the run's folder; the spread's widest point).
+    ``log`` and ``zmax`` are :func:`crumple.plot.surface`'s (``log`` also the band's).
 
     Example:
         >>> import tempfile
@@ -159,6 +164,9 @@ def report(
         figures.append(losses(paths))
     if "lambda_max" in ds and ds.lambda_max.ndim == 2:
         figures.append(curvature_map(ds))
+    if spread is not None:
+        figures.append(band(spread, log=log))
+        drawn |= spread_facts(spread)
     figures.extend(more_figures)
     _, note = display_grid(ds)
     return write_page(
