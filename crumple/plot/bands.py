@@ -1,7 +1,8 @@
 """The band of a spread over random directions (:func:`crumple.spread`): each direction's
 curve thin and faint, the mean bold, the min-max range and mean +- one standard deviation
-shaded, on a y range that :class:`~crumple.plot.scale.Scale` sets from the curves (so one
-diverging direction does not flatten the others)."""
+shaded, on a y range set from the curves' tops with the far fence of
+:mod:`crumple.plot.scale` (so one diverging direction does not flatten the others, and no
+ordinary curve is cut)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import plotly.graph_objects as go
 import xarray as xr
 
 from crumple.errors import CrumpleError
-from crumple.plot.scale import Scale
+from crumple.plot.scale import Scale, fences
 from crumple.plot.style import label
 from crumple.spread import summary
 
@@ -43,9 +44,12 @@ def spread(
             ``"std"`` or ``"minmax"``; the legend says which is which.
         curves: draw each direction's curve (thin, faint; its seed on hover).
         log: a log y axis.
-        ymax: end the y axis here (default: the largest value within the curves' spread,
-            :class:`~crumple.plot.scale.Scale`); the values above run off the top, and the
-            subtitle counts them. The bottom is the smallest value.
+        ymax: end the y axis here. By default it ends at the highest curve's top, unless
+            that curve's top lies beyond the far fence of all the curves' tops
+            (:func:`~crumple.plot.scale.fences`): then at the highest top within it, so one
+            direction whose loss runs off by orders of magnitude does not flatten the
+            others. The values above run off the top, and the subtitle counts them; the
+            bottom is the smallest value (:class:`~crumple.plot.scale.Scale`).
         title, template: the figure's title and plotly template.
         fig: an existing figure to draw into.
 
@@ -64,7 +68,7 @@ def spread(
     x, values = ds[curves_da.dims[1]].values, curves_da.values
     stats = summary(ds, var)
     n = values.shape[0]
-    scale = Scale(values, log, ymax)
+    scale = Scale(values, log, ymax if ymax is not None else _cap(values, log))
     for which in ("minmax", "std") if band == "both" else (band,):
         _add_band(fig, x, stats, var, which, n)
     if curves:
@@ -171,6 +175,17 @@ def _one_dimension(ds: object, var: str) -> tuple[xr.Dataset, str | None]:
             "or ('direction', 'alpha', 'beta')"
         )
     return ds, None
+
+
+def _cap(values: np.ndarray, log: bool) -> float | None:
+    """The highest top of a curve (its largest finite value, positive with ``log``) within
+    the far fence of all the curves' tops; ``None`` when no curve has one."""
+    usable = np.isfinite(values) & (values > 0 if log else True)
+    tops = np.array([row[ok].max() for row, ok in zip(values, usable) if ok.any()])
+    if not tops.size:
+        return None
+    drawn = np.log10(tops) if log else tops
+    return float(tops[drawn <= fences(drawn)[1]].max())
 
 
 def _yaxis(scale: Scale, title: str) -> dict:
