@@ -280,7 +280,7 @@ def _plane(args: argparse.Namespace, kind, model, loss_fn, batches, trajectory):
 def _surface(args: argparse.Namespace) -> None:
     kind = _plane_kind(args)
     import crumple as cr
-    from crumple import plot, specs, store
+    from crumple import runs, specs
 
     model, loss_fn, batches = types.load_inputs(args)
     metrics = {
@@ -296,12 +296,14 @@ def _surface(args: argparse.Namespace) -> None:
         f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
     )
-    ds = cr.surface(
+    ds, paths = runs.save_surface(
+        args.out,
         model,
         loss_fn,
         batches,
         plane,
         grid,
+        trajectory=trajectory,
         store=args.out,
         metrics=metrics,
         dtype=args.dtype,
@@ -310,16 +312,8 @@ def _surface(args: argparse.Namespace) -> None:
         curvature=args.curvature,
         **options,
     )
-    paths = {}
-    if trajectory is not None:
-        paths["path"] = cr.project(
-            trajectory, plane, model, loss_fn, batches, device=args.device, dtype=args.dtype
-        )
-    ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
-    store.save_run(args.out, ds, paths, plane)
     cli_spread.run(args, model, loss_fn, batches, grid, options)
-    title, stored = f"crumple: {ds.attrs['loss_name']} landscape", cli_spread.stored(args.out)
-    page = plot.report(args.out / "landscape.html", ds, paths, title=title, **stored)
+    page = runs.write_page(args.out, ds, paths, **cli_spread.stored(args.out))
     print(
         f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
         f"wrote {page} and {args.out / cr.store.DATA}"

@@ -4,6 +4,9 @@ loss functions. Each failure says what was given and how to fix it."""
 from __future__ import annotations
 
 import importlib
+import json
+import pickle
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,9 +77,18 @@ def load_object(spec: str, what: str) -> Any:
 
 
 def load_model(spec: str, weights: str | None = None) -> nn.Module:
-    """Call the factory ``spec`` names, and load ``weights`` into the model it returns."""
-    factory = load_object(spec, "--model")
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    """Call the factory ``spec`` names (or, for ``hf:FOLDER``, build the Hugging Face model
+    saved there: :func:`hf_model`), and load ``weights`` into the model.
+
+    Example:
+        >>> load_model("torch.nn:Identity")
+        Identity()
+    """
+    if spec.startswith("hf:"):
+        model = hf_model(spec[3:])
+    else:
+        factory = load_object(spec, "--model")
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
     if not isinstance(model, nn.Module):
         raise CrumpleError(
             f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module; "
@@ -87,12 +99,21 @@ def load_model(spec: str, weights: str | None = None) -> nn.Module:
     return model
 
 
-def read_state_dict(path: str, option: str) -> dict[str, Tensor]:
-    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (read with
-    ``weights_only=True``: no code is unpickled)."""
+def read_state_dict(path: str | Path, option: str) -> dict[str, Tensor]:
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file, such as a
+    Lightning ``.ckpt`` (its ``"state_dict"``), read with ``weights_only=True``: no code is
+    unpickled, and a file that needs it is refused with what to do.
+
+    Example:
+        >>> import tempfile
+        >>> file = tempfile.mkdtemp() + "/x.ckpt"
+        >>> torch.save({"state_dict": {"w": torch.ones(1)}, "epoch": 3}, file)
+        >>> read_state_dict(file, "--weights")
+        {'w': tensor([1.])}
+    """
     file = Path(path)
     if not file.is_file():
-        raise CrumpleError(f"{option} {path!r}: no such file")
+        raise CrumpleError(f"{option} {str(path)!r}: no such file")
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -100,25 +121,48 @@ def read_state_dict(path: str, option: str) -> dict[str, Tensor]:
             state = load_file(str(file))
         else:
             state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"such as {found.group(1)}" if found else str(e).strip()[:200]
+        raise CrumpleError(
+            f"{option} {str(path)!r} holds objects that only unpickling code can rebuild "
+            f"({what}), and crumple never unpickles code. Save the weights alone, in a "
+            "Python you trust: torch.save(torch.load(path, weights_only=False)['state_dict'], "
+            "'weights.pt') (or model.state_dict()), and pass that file"
+        ) from e
     except Exception as e:
         raise CrumpleError(
-            f"{option} {path!r} cannot be read as weights ({type(e).__name__}: {e}); save them "
-            "with torch.save(model.state_dict(), path) or safetensors"
+            f"{option} {str(path)!r} cannot be read as weights ({type(e).__name__}: {e}); "
+            "save them with torch.save(model.state_dict(), path) or safetensors"
         ) from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CrumpleError(
-            f"{option} {path!r} holds {type(state).__name__}, not a state dict of tensors; "
-            "save model.state_dict()"
+            f"{option} {str(path)!r} holds {type(state).__name__}, not a state dict of "
+            "tensors; save model.state_dict()"
         )
     return state
 
 
 def load_weights(model: nn.Module, path: str, option: str) -> None:
+    """Load the state dict in ``path`` into ``model``, all of it. Keys that carry one more
+    prefix than the model's, as a LightningModule's checkpoint holds the network that
+    ``self.model = ...`` made (``model.0.weight`` for ``0.weight``), are read without it;
+    the keys outside that prefix (the module's other attributes) are left out.
+
+    Example:
+        >>> import tempfile
+        >>> file = tempfile.mkdtemp() + "/lit.ckpt"
+        >>> torch.save({"state_dict": {"net.weight": torch.ones(1, 1)}}, file)
+        >>> net = torch.nn.Linear(1, 1, bias=False)
+        >>> load_weights(net, file, "--weights"); net.weight.item()
+        1.0
+    """
     state = read_state_dict(path, option)
     expected = model.state_dict()
+    state = _without_prefix(state, expected)
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     resized = sorted(
@@ -129,10 +173,112 @@ def load_weights(model: nn.Module, path: str, option: str) -> None:
     if missing or unexpected or resized:
         raise CrumpleError(
             f"{option} {path!r} does not fit the model: missing {missing[:8]}, unexpected "
-            f"{unexpected[:8]}, other shapes {resized[:8]}; use the weights saved from the "
-            "model the --model factory builds"
+            f"{unexpected[:8]}, other shapes {resized[:8]}; the file's keys are like "
+            f"{sorted(state)[:4]}, the model's like {sorted(expected)[:4]}. Use the weights "
+            "saved from the model the --model factory builds (for a Lightning checkpoint, "
+            "the LightningModule itself, or the network it holds as one attribute)"
         )
     model.load_state_dict(state)
+
+
+def _without_prefix(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the one key prefix (``"model."``, ``"net.backbone."``) whose removal
+    gives exactly the model's keys; ``state`` itself when none does, or when it fits."""
+    if state.keys() == expected.keys() or not expected:
+        return state
+    some = next(iter(expected))
+    prefixes = {k[: -len(some)] for k in state if k.endswith(f".{some}")}
+    for prefix in sorted(prefixes, key=len):
+        inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if inner.keys() == expected.keys():
+            return inner
+    return state
+
+
+def hf_model(folder: str | Path, option: str = "--model") -> nn.Module:
+    """The Hugging Face model saved in ``folder`` (``save_pretrained``): its config
+    (``AutoConfig``, local files only: nothing is downloaded), the class its
+    ``architectures`` names, and its weights from ``model.safetensors`` or
+    ``pytorch_model.bin`` (sharded too), read without unpickling code. Weights tied to
+    others (an output layer sharing the embedding) may be absent from the files.
+
+    Example:
+        >>> hf_model("no/such/folder")
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleError: --model 'hf:no/such/folder': 'no/such/folder' is not a ...
+    """
+    spec = f"hf:{folder}"
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise CrumpleError(
+            f"{option} {spec!r}: {str(folder)!r} is not a Hugging Face model folder (it holds no "
+            "config.json); give the folder model.save_pretrained(FOLDER) wrote, or a factory "
+            "as MODULE:FUNCTION"
+        )
+    try:
+        transformers = importlib.import_module("transformers")
+    except ImportError as e:
+        raise CrumpleError(
+            f"{option} {spec!r} needs transformers, which is not installed; install it with: "
+            "pip install 'crumple[hf]'"
+        ) from e
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise CrumpleError(
+            f"{option} {spec!r}: its config.json cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); crumple runs no code from "
+            "the folder: save the model with a transformers class"
+        ) from e
+    names = list(getattr(config, "architectures", None) or [])
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        raise CrumpleError(
+            f"{option} {spec!r}: config.json names no model class of transformers "
+            f"(architectures={names!r}); save the model with save_pretrained, which writes it"
+        )
+    model = cls(config)
+    _load_hf_weights(model, path, spec, option)
+    return model.eval()
+
+
+def _load_hf_weights(model: nn.Module, path: Path, spec: str, option: str) -> None:
+    """Read the weight files of a ``save_pretrained`` folder into ``model``."""
+    files = []
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        index = path / f"{name}.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = [path / shard for shard in shards]
+        elif (path / name).is_file():
+            files = [path / name]
+        if files:
+            break
+    if not files:
+        raise CrumpleError(
+            f"{option} {spec!r}: the folder holds no model.safetensors or pytorch_model.bin; "
+            "save the model with model.save_pretrained(FOLDER)"
+        )
+    state: dict[str, Tensor] = {}
+    for file in files:
+        state |= read_state_dict(file, option)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise CrumpleError(
+            f"{option} {spec!r}: the weights do not fit the model its config builds "
+            f"({str(e).splitlines()[-1].strip()[:300]}); save them again with save_pretrained"
+        ) from e
+    now = model.state_dict()
+    loaded = {now[k].data_ptr() for k in state if k in now}
+    missing = [k for k in result.missing_keys if now[k].data_ptr() not in loaded]  # not tied
+    if missing or result.unexpected_keys:
+        raise CrumpleError(
+            f"{option} {spec!r}: the weights do not fit the model its config builds: missing "
+            f"{missing[:8]}, unexpected {list(result.unexpected_keys)[:8]}; save them again "
+            "with save_pretrained of this transformers version"
+        )
 
 
 def load_data(spec: str) -> Any:

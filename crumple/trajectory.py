@@ -170,8 +170,14 @@ class Recorder:
             (folder / INDEX).touch()
         self.trajectory = Trajectory(folder=to)
 
-    def record(self, loss: float | Tensor | None = None) -> None:
+    def record(self, loss: float | Tensor | None = None, step: int | None = None) -> None:
         """Count one step; keep a snapshot (on the CPU) if it is one to keep.
+
+        Args:
+            loss: the step's training loss, kept beside the snapshot.
+            step: the number of this step, e.g. a training framework's global step, instead
+                of the count of calls; the count goes on from it. It must come after the
+                steps recorded before.
 
         Example:
             >>> rec = Recorder(torch.nn.Linear(1, 1), every=2)
@@ -179,7 +185,17 @@ class Recorder:
             ...     rec.record(loss=step)
             >>> rec.trajectory.steps
             [0, 2, 4]
+            >>> rec.record(step=10); rec.trajectory.steps
+            [0, 2, 4, 10]
         """
+        if step is not None:
+            last = self.trajectory.steps[-1] if self.trajectory.steps else -1
+            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step <= last:
+                raise CrumpleError(
+                    f"step must be an integer after the last recorded step ({last}), got "
+                    f"{step!r}; pass the training loop's own step count"
+                )
+            self.step = int(step)
         if self.step % self.every == 0:
             weights = {n: p.cpu() for n, p in parameters_of(self.model).items()}
             value = float("nan") if loss is None else float(torch.as_tensor(loss).detach())

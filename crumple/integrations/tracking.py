@@ -1,0 +1,285 @@
+"""What the training callbacks share, whatever the framework: when to record (every n
+optimizer steps, by the framework's global step, on the main process only), the
+:class:`crumple.Recorder` that keeps the snapshots, taking up a trajectory again when
+training resumes, and the landscape written when training ends."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from crumple.errors import CrumpleError, CrumpleTypeError
+
+PLANES = ("pca", "random")
+# the keywords of crumple.surface a callback passes on (store: the callback writes the folder)
+RUN_OPTIONS = ("metrics", "check", "progress", "data_id", "dask", "recalibrate", "curvature")
+
+
+class Tracker:
+    """The recording and the landscape of one training callback.
+
+    Args: those of the callbacks (:class:`crumple.integrations.lightning.LandscapeCallback`).
+
+    Example:
+        >>> import torch
+        >>> tracker = Tracker(every=2)
+        >>> net = torch.nn.Linear(1, 1)
+        >>> tracker.start(net, step=0, main=True)
+        >>> for step in range(1, 6):
+        ...     tracker.after_step(step, loss=1.0 / step)
+        >>> tracker.finish(5)
+        >>> tracker.trajectory.steps
+        [0, 2, 4, 5]
+    """
+
+    def __init__(
+        self,
+        every: int = 1,
+        to: str | Path | None = None,
+        landscape: bool | str | Path = False,
+        *,
+        loss_fn: Callable | str | None = None,
+        data: Any = None,
+        plane: str | Callable = "pca",
+        grid: Any = None,
+        num: int = 25,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        _check_arguments(every, to, landscape, loss_fn, plane, grid, num, dict(options or {}))
+        self.every, self.to, self.landscape = every, to, landscape
+        self.loss_fn, self.data, self.plane, self.grid, self.num = loss_fn, data, plane, grid, num
+        self.options = dict(options or {})
+        self.recorder = None  # a crumple.Recorder, made when training starts on the main process
+        self.saved: dict | None = None  # the state a checkpoint gave back, used at the start
+        self.active = False
+        self.last: tuple[int, float] | None = None  # the latest step seen, and its loss
+        self.run = None  # the crumple.runs.Run written when training ended
+
+    @property
+    def trajectory(self):
+        """The recorded :class:`crumple.Trajectory` (``None`` before training and on the
+        processes other than the main one)."""
+        return None if self.recorder is None else self.recorder.trajectory
+
+    def check_start(self, folder: Path | None, has_data: bool) -> None:
+        """Refuse, before any training, a landscape that could not be written at its end."""
+        if folder is None:
+            return
+        if not has_data:
+            raise CrumpleError(
+                "landscape=... needs data to evaluate the loss on, and data=None while the "
+                "trainer has no validation (evaluation) loader; pass data=your_loader"
+            )
+        from crumple.store import RunStore
+
+        run = RunStore.open(folder)
+        if run is not None and "fingerprint" in run.attrs:
+            raise CrumpleError(
+                f"landscape={str(folder)!r} holds a resumable crumple surface run, which a "
+                "callback never overwrites; give the callback another folder"
+            )
+
+    def start(self, model, step: int, main: bool) -> None:
+        """Training (re)starts at ``step``: on the main process, open the recorder (taking up
+        a trajectory that a checkpoint or the ``to`` folder holds, without the steps after
+        ``step``) and record the weights at ``step`` if they are due and not recorded."""
+        self.active = bool(main)
+        if not self.active:
+            return
+        if self.recorder is None:
+            self.recorder = self._open(model, step)
+        self.recorder.model = model
+        truncate(self.recorder.trajectory, step)
+        if step % self.every == 0 and not self._recorded(step):
+            self.recorder.record(step=step)
+        self.last = (step, math.nan)
+
+    def after_step(self, step: int, loss: Any = None) -> None:
+        """After an optimizer step: the global step is now ``step``. Records the weights when
+        ``step`` is a multiple of ``every`` (once per step, however often it is called)."""
+        if not self.active or self.last is not None and step <= self.last[0]:
+            return
+        value = math.nan if loss is None else float(loss)
+        self.last = (step, value)
+        if step % self.every == 0 and not self._recorded(step):
+            self.recorder.record(loss=value, step=step)
+
+    def finish(self, step: int) -> None:
+        """Training ended at ``step``: record the final weights if they are not recorded."""
+        if self.active and not self._recorded(step):
+            loss = self.last[1] if self.last is not None and self.last[0] == step else None
+            self.recorder.record(loss=loss, step=step)
+
+    def _recorded(self, step: int) -> bool:
+        steps = self.recorder.trajectory.steps
+        return bool(steps) and steps[-1] >= step
+
+    def _open(self, model, step: int):
+        from crumple.trajectory import INDEX, Recorder, Trajectory
+
+        saved = self.saved or {}
+        if self.to is not None and (Path(self.to) / INDEX).is_file() and (step > 0 or saved):
+            recorder = Recorder(model)  # resumed: the folder's trajectory goes on
+            recorder.trajectory = Trajectory.load(self.to)
+            return recorder
+        if self.to is None and saved.get("weights") is not None:
+            recorder = Recorder(model)  # resumed from a checkpoint that holds the snapshots
+            recorder.trajectory = Trajectory(saved["steps"], saved["weights"], saved["losses"])
+            return recorder
+        return Recorder(model, to=self.to)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the steps and losses recorded, and the snapshots
+        themselves when they are kept in memory (tensors, lists and numbers only, so a
+        checkpoint is read with ``weights_only=True``)."""
+        t = self.trajectory
+        if t is None:
+            return {}
+        weights = None if t.weights is None else [dict(w) for w in t.weights]
+        folder = None if t.folder is None else str(t.folder)
+        return {"steps": list(t.steps), "losses": list(t.losses), "weights": weights, "to": folder}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Keep a checkpoint's :meth:`state` for the start of training."""
+        self.saved = dict(state) if state else None
+
+    def write_landscape(self, model, data, folder: Path):
+        """The landscape at the end of training: the plane (PCA of the trajectory by
+        default), the path projected onto it, a grid that holds it, and the run folder and
+        page (:func:`crumple.runs.write_run`). ``None`` (with a warning) when the trajectory
+        is too short for a PCA plane."""
+        if not self.active:
+            return None
+        import crumple as cr
+        from crumple import runs
+
+        trajectory = self.trajectory
+        if self.plane == "pca" and len(trajectory) < 3:
+            warnings.warn(
+                f"crumple: no landscape: a PCA plane needs 3 recorded steps, the trajectory "
+                f"has {len(trajectory)} (steps {trajectory.steps}); record more often "
+                "(every=...) or train longer",
+                stacklevel=2,
+            )
+            return None
+        options = {"progress": False, **self.options}
+        weight = next(model.parameters(), None)
+        if weight is not None:
+            options.setdefault("device", str(weight.device))
+        plane = _plane(self.plane, model, trajectory)
+        evaluation = {k: v for k, v in options.items() if k not in RUN_OPTIONS}
+        evaluation["recalibrate"] = options.get("recalibrate")
+        path = cr.project(trajectory, plane, model, self.loss_fn, data, **evaluation)
+        grid = self._grid(model, data, plane, path, evaluation)
+        self.run = runs.write_run(
+            folder, model, self.loss_fn, data, plane, grid, paths={"path": path}, **options
+        )
+        return self.run
+
+    def _grid(self, model, data, plane, path, evaluation):
+        import crumple as cr
+        from crumple import runs
+
+        if isinstance(self.grid, cr.Grid):
+            away = runs.outside({"path": path}, self.grid)
+            if away:
+                warnings.warn(
+                    f"crumple: {away} of the path's {path.sizes['step']} points lie outside "
+                    "grid=...; widen it, or leave grid=None to fit the grid to the path",
+                    stacklevel=3,
+                )
+            return self.grid
+        base = None
+        if self.grid == "auto":
+            options = {k: v for k, v in evaluation.items() if k != "recalibrate"}
+            base = cr.Grid.auto(model, self.loss_fn, data, plane, num=self.num, **options)
+        return runs.covering_grid(path, base, num=self.num)
+
+
+def _plane(kind: str | Callable, model, trajectory):
+    import crumple as cr
+
+    if kind == "pca":
+        return cr.Plane.pca(trajectory)
+    if kind == "random":
+        return cr.Plane.random(model, normalize="filter", ignore="biasbn", seed=0)
+    plane = kind(model, trajectory)
+    if not isinstance(plane, cr.Plane):
+        raise CrumpleTypeError(
+            f"plane={kind!r} returned {type(plane).__name__}, not a crumple.Plane; return "
+            "e.g. cr.Plane.random(model)"
+        )
+    return plane
+
+
+def truncate(trajectory, step: int) -> None:
+    """Drop the snapshots after ``step`` (a run taken up again from an earlier checkpoint
+    redoes them), from memory or from the trajectory's folder.
+
+    Example:
+        >>> import torch
+        >>> from crumple.trajectory import Trajectory
+        >>> t = Trajectory([0, 2, 4], [{"w": torch.zeros(1)}] * 3, [1.0, 0.5, 0.2])
+        >>> truncate(t, 3); t.steps, t.losses
+        ([0, 2], [1.0, 0.5])
+    """
+    from crumple.trajectory import INDEX
+
+    keep = sum(1 for s in trajectory.steps if s <= step)
+    dropped = trajectory.steps[keep:]
+    if not dropped:
+        return
+    del trajectory.steps[keep:], trajectory.losses[keep:]
+    if trajectory.weights is not None:
+        del trajectory.weights[keep:]
+        return
+    rows = (json.dumps({"step": s, "loss": v}) for s, v in zip(trajectory.steps, trajectory.losses))
+    (trajectory.folder / INDEX).write_text("".join(f"{row}\n" for row in rows))
+    for s in dropped:
+        trajectory._file(s).unlink(missing_ok=True)
+
+
+def _check_arguments(every, to, landscape, loss_fn, plane, grid, num, options) -> None:
+    """Refuse, when the callback is made, what would fail later in training."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise CrumpleError(f"every must be a positive number of optimizer steps, got {every!r}")
+    if to is not None and not isinstance(to, (str, Path)):
+        raise CrumpleTypeError(f"to must be a folder (str or Path) or None, got {to!r}")
+    if not isinstance(landscape, (bool, str, Path)):
+        raise CrumpleTypeError(
+            f"landscape must be True, False or a folder to write the run to, got {landscape!r}"
+        )
+    if landscape is not False and not (callable(loss_fn) or loss_fn == "model"):
+        raise CrumpleError(
+            f"loss_fn={loss_fn!r}: the landscape needs the loss, as loss_fn(pred, y) returning "
+            "the batch mean (e.g. torch.nn.functional.cross_entropy) or 'model' (the loss the "
+            "model computes, e.g. a Hugging Face model given labels)"
+        )
+    if not (plane in PLANES or callable(plane)):
+        raise CrumpleError(
+            f"plane must be one of {', '.join(PLANES)} or a function (model, trajectory) -> "
+            f"crumple.Plane, got {plane!r}"
+        )
+    from crumple.grid import Grid
+
+    if not (grid is None or grid == "auto" or isinstance(grid, Grid)):
+        raise CrumpleError(
+            f"grid must be None (around the path), 'auto' (Grid.auto, widened to the path) or "
+            f"a crumple.Grid, got {grid!r}"
+        )
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise CrumpleError(f"num must be a number of grid points per axis >= 2, got {num!r}")
+    if "store" in options:
+        raise CrumpleError(
+            "store= is not an option of the callback: the landscape is written to the folder "
+            "landscape=... names"
+        )
+    from crumple.evaluation import Settings
+
+    Settings.from_options(
+        **{k: v for k, v in options.items() if k not in RUN_OPTIONS}, also=RUN_OPTIONS
+    )

@@ -1,0 +1,178 @@
+"""A landscape run written to a folder, the one way ``crumple surface`` and the training
+callbacks (:mod:`crumple.integrations`) both write theirs: the surface, each path projected
+onto the plane, the data (``landscape.zarr``, ``plane.safetensors``) and the page
+(``landscape.html``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from crumple.grid import Grid
+
+PAGE = "landscape.html"
+MARGIN = 0.2  # room left around a path, as a fraction of its extent, on each side
+
+
+class Run(NamedTuple):
+    """What :func:`write_run` computed and wrote."""
+
+    surface: xr.Dataset
+    paths: dict[str, xr.Dataset]
+    page: Path
+
+
+def write_run(
+    folder: str | Path,
+    model,
+    loss_fn,
+    data,
+    plane,
+    grid: Grid,
+    *,
+    trajectory=None,
+    paths: Mapping[str, xr.Dataset] | None = None,
+    title: str | None = None,
+    **options: Any,
+) -> Run:
+    """:func:`save_surface`, then :func:`write_page`: the whole run folder of
+    ``crumple surface``.
+
+    Example:
+        >>> import tempfile, torch, crumple as cr
+        >>> net = torch.nn.Linear(2, 1)
+        >>> x = torch.randn(8, 2)
+        >>> run = write_run(tempfile.mkdtemp(), net, torch.nn.functional.mse_loss, (x, x[:, :1]),
+        ...                 cr.Plane.random(net, seed=0), cr.Grid([-1.0, 0.0, 1.0], [0.0, 1.0]))
+        >>> run.surface.loss.shape, run.page.name
+        ((3, 2), 'landscape.html')
+    """
+    ds, paths = save_surface(
+        folder, model, loss_fn, data, plane, grid, trajectory=trajectory, paths=paths, **options
+    )
+    return Run(ds, paths, write_page(folder, ds, paths, title=title))
+
+
+def save_surface(
+    folder: str | Path,
+    model,
+    loss_fn,
+    data,
+    plane,
+    grid: Grid,
+    *,
+    trajectory=None,
+    paths: Mapping[str, xr.Dataset] | None = None,
+    **options: Any,
+) -> tuple[xr.Dataset, dict[str, xr.Dataset]]:
+    """Compute the surface (:func:`crumple.surface`; ``options`` are its keywords), project
+    ``trajectory`` onto the plane as the path ``"path"`` (with the surface's evaluation
+    settings and ``recalibrate``), add the ``paths`` already projected, and write them and
+    the plane to ``folder`` (:func:`crumple.store.save_run`).
+
+    Example:
+        >>> import tempfile, torch, crumple as cr
+        >>> net = torch.nn.Linear(2, 1)
+        >>> x = torch.randn(8, 2)
+        >>> ds, paths = save_surface(tempfile.mkdtemp(), net, torch.nn.functional.mse_loss,
+        ...                          (x, x[:, :1]), cr.Plane.random(net, seed=0),
+        ...                          cr.Grid([0.0, 1.0], [0.0]))
+        >>> ds.attrs["n_parameters"], paths
+        (3, {})
+    """
+    from crumple import store
+    from crumple.evaluation import Settings
+    from crumple.surface import surface
+    from crumple.trajectory import project
+
+    ds = surface(model, loss_fn, data, plane, grid, **options)
+    paths = dict(paths or {})
+    if trajectory is not None:
+        settings = {f.name for f in dataclasses.fields(Settings)} | {"chunk_size"}
+        evaluation = {k: v for k, v in options.items() if k in settings | {"recalibrate"}}
+        paths["path"] = project(trajectory, plane, model, loss_fn, data, **evaluation)
+    ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
+    store.save_run(folder, ds, paths, plane)
+    return ds, paths
+
+
+def write_page(
+    folder: str | Path,
+    surface: xr.Dataset,
+    paths: Mapping[str, xr.Dataset] | None = None,
+    *,
+    title: str | None = None,
+    **stores: xr.Dataset | None,
+) -> Path:
+    """The run's page, ``folder/landscape.html`` (:func:`crumple.plot.report`). ``stores``
+    are the results kept beside the surface that the page draws, as ``report``'s keywords
+    (``hessian=``, ...); without any, the folder's Hessian results where it holds them.
+
+    Example:
+        >>> import tempfile
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.ones((2, 2)))},
+        ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0]})
+        >>> write_page(tempfile.mkdtemp(), ds).name
+        'landscape.html'
+    """
+    from crumple import plot, store
+
+    folder = Path(folder)
+    stores = stores or {"hessian": store.open_hessian(folder)}
+    title = title or f"crumple: {surface.attrs.get('loss_name', 'loss')} landscape"
+    return plot.report(folder / PAGE, surface, paths, title=title, **stores)
+
+
+def covering_grid(
+    paths: Mapping[str, xr.Dataset] | xr.Dataset,
+    base: Grid | None = None,
+    *,
+    num: int = 25,
+    margin: float = MARGIN,
+) -> Grid:
+    """A grid of ``num`` points per axis that holds every point of the paths and the
+    plane's origin, with ``margin`` times their extent of room on each side; with ``base``,
+    it also spans ``base``'s extent (e.g. a :meth:`Grid.auto <crumple.grid.Grid.auto>`).
+
+    Example:
+        >>> path = xr.Dataset({"alpha": ("step", [-1.0, 3.0]), "beta": ("step", [0.5, 1.0])})
+        >>> grid = covering_grid(path, num=5)
+        >>> [(float(a[0]), float(a[-1])) for a in grid.axes]
+        [(-1.8, 3.8), (-0.2, 1.2)]
+    """
+    paths = {"path": paths} if isinstance(paths, xr.Dataset) else dict(paths)
+    dims = ("alpha", "beta") if all("beta" in p for p in paths.values()) else ("alpha",)
+    axes = []
+    for k, dim in enumerate(dims):
+        values = np.concatenate([[0.0], *(np.asarray(p[dim], float) for p in paths.values())])
+        values = values[np.isfinite(values)]
+        low, high = float(values.min()), float(values.max())
+        room = margin * (high - low) if high > low else 1.0
+        low, high = low - room, high + room
+        if base is not None and k < len(base.axes):
+            low, high = min(low, float(base.axes[k][0])), max(high, float(base.axes[k][-1]))
+        axes.append(np.linspace(low, high, num))
+    return Grid(*axes)
+
+
+def outside(paths: Mapping[str, xr.Dataset], grid: Grid) -> int:
+    """How many path points lie outside the grid's extent.
+
+    Example:
+        >>> path = xr.Dataset({"alpha": ("step", [0.0, 2.0]), "beta": ("step", [0.0, 0.0])})
+        >>> outside({"path": path}, Grid([-1.0, 1.0], [-1.0, 1.0]))
+        1
+    """
+    count = 0
+    for path in paths.values():
+        inside = np.ones(path.sizes["step"], dtype=bool)
+        for dim, axis in zip(grid.dims, grid.axes):
+            values = path[dim].values
+            inside &= (values >= axis[0]) & (values <= axis[-1])
+        count += int((~inside).sum())
+    return count
