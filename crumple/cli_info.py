@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from crumple import planes
-from crumple.store import HESSIAN, PLANE, open_run
+from crumple.store import HESSIAN, PLANE, SPREAD, open_run, open_spread
 
 
 def describe(folder: str | Path) -> str:
@@ -64,4 +64,11 @@ def describe(folder: str | Path) -> str:
         lines.append(f"plane: {PLANE}")
     if (Path(folder) / HESSIAN).is_dir():
         lines.append(f"hessian: {HESSIAN} (crumple hessian; its page is hessian.html)")
+    spread = open_spread(folder)
+    if spread is not None:
+        seeds = spread.attrs.get("seeds", [])
+        lines.append(
+            f"spread: {SPREAD}, {spread.sizes['direction']} random directions (seeds {seeds}) "
+            f"over {' x '.join(f'{d} {spread.sizes[d]}' for d in spread.loss.dims[1:])}"
+        )
     return "\n".join(lines)

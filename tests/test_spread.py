@@ -281,6 +281,11 @@ def test_the_command_stores_the_spread_and_the_page_draws_it(run, tmp_path, caps
     ]
     assert "min–max of 4 directions" in again
     assert spread_facts(sp)["random directions"] == "4 (seeds 2–5)"
+    capsys.readouterr()
+    main(["info", str(run)])
+    assert "spread: spread.zarr, 4 random directions (seeds [2, 3, 4, 5]) over alpha 5" in (
+        capsys.readouterr().out
+    )
 
 
 def test_the_command_refuses_a_spread_of_one(capsys):
