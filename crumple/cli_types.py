@@ -198,9 +198,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         metavar="MODULE:FACTORY",
-        help="function or class that builds the model, e.g. mymodels:make_net",
+        help="function or class that builds the model, e.g. mymodels:make_net, or "
+        "hf:FOLDER, a Hugging Face model saved with save_pretrained",
     )
-    add("--weights", metavar="FILE", help="state dict to load (torch.save or .safetensors)")
+    add(
+        "--weights",
+        metavar="FILE",
+        help="state dict to load (torch.save, .safetensors or a Lightning .ckpt)",
+    )
     add(
         "--data",
         required=True,

@@ -17,6 +17,7 @@ import crumple as cr
 from crumple import runs
 from crumple.cli import main
 from crumple.errors import CrumpleError
+from crumple.integrations.tracking import Tracker
 from crumple.specs import load_weights, read_state_dict
 from tests.cases import MLP, digits
 
@@ -292,3 +293,42 @@ def test_import_crumple_imports_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def tracked(every=1, calls_per_step=1, **options):
+    """A hand-written loop that tells a Tracker (the callbacks' shared part) each step."""
+    net, tracker = make_net(), Tracker(every=every, **options)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    tracker.start(net, 0, main=True)
+    for step, (x, y) in enumerate(train_loader(), 1):
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for _ in range(calls_per_step):  # as under gradient accumulation
+            tracker.after_step(step, loss.detach())
+    tracker.finish(step)
+    return net, tracker
+
+
+def test_grid_auto_spans_the_rise_and_the_path(tmp_path):
+    options = dict(landscape=True, loss_fn=F.cross_entropy, grid="auto", num=7)
+    net, tracker = tracked(every=3, calls_per_step=2, **options)
+    assert tracker.trajectory.steps == [0, 3, 6, 8]  # once per step; the last one too
+    run = tracker.write_landscape(net, val_loader(), tmp_path / "auto")
+    plane = cr.Plane.load(tmp_path / "auto" / "plane.safetensors")
+    auto = cr.Grid.auto(net, F.cross_entropy, val_loader(), plane, num=7)
+    ds = run.surface
+    assert runs.outside(run.paths, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
+    for dim, axis in zip(("alpha", "beta"), auto.axes):
+        assert ds[dim].values[0] <= axis[0] and axis[-1] <= ds[dim].values[-1]
+
+
+def test_a_grid_the_path_leaves_is_warned_and_a_short_path_skipped(tmp_path):
+    small = cr.Grid([-1e-3, 1e-3], [-1e-3, 1e-3])
+    net, tracker = tracked(landscape=True, loss_fn=F.cross_entropy, grid=small)
+    with pytest.warns(UserWarning, match="lie outside grid="):
+        tracker.write_landscape(net, val_loader(), tmp_path / "small")
+    net, tracker = tracked(every=100, landscape=True, loss_fn=F.cross_entropy)
+    with pytest.warns(UserWarning, match="needs 3 recorded steps"):
+        assert tracker.write_landscape(net, val_loader(), tmp_path / "short") is None
