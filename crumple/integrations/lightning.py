@@ -20,6 +20,9 @@ class LandscapeCallback(LightningHooks, pl.Callback):
     spare, and writes the run folder and page that ``crumple surface`` writes
     (``landscape.zarr``, ``plane.safetensors``, ``landscape.html``; the other ranks wait).
     The module's weights, ``training`` and ``requires_grad`` flags are left as they were.
+    Under ``strategy="ddp_spawn"`` rank 0 is a child process, whose copy of the callback
+    holds the trajectory: stream it with ``to`` (checked on 2 CPU processes: rank 1
+    records nothing, rank 0 writes the folder and the landscape).
 
     Checkpoints (``ModelCheckpoint``) keep the steps recorded, and the snapshots themselves
     when they are kept in memory, so ``trainer.fit(..., ckpt_path=...)`` goes on recording
