@@ -4,6 +4,7 @@ search outwards, then bisection)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -77,10 +78,10 @@ def _crossing(loss_at, sign: float, target: float) -> tuple[float, bool]:
     return float((low + high) / 2), True
 
 
-def covering(extents, cover) -> tuple[list[tuple[float, float]], str]:
+def covering(extents, cover, margin: float = MARGIN) -> tuple[list[tuple[float, float]], str]:
     """``extents`` widened to hold every point of the paths in ``cover`` (a dataset from
-    :func:`crumple.project` or a dict of them, or None), with a margin of ``MARGIN`` of each
-    axis's span; and a sentence saying where it widened them ("" if nowhere).
+    :func:`crumple.project`, a dict or list of them, or None), with ``margin`` times each widened
+    axis's span as room; and a sentence saying where it widened them ("" if nowhere).
 
     Example:
         >>> import xarray as xr
@@ -90,7 +91,10 @@ def covering(extents, cover) -> tuple[list[tuple[float, float]], str]:
     """
     import xarray as xr
 
-    paths = [] if cover is None else [cover] if isinstance(cover, xr.Dataset) else cover.values()
+    if cover is None or isinstance(cover, xr.Dataset):
+        paths = [] if cover is None else [cover]
+    else:
+        paths = list(cover.values()) if isinstance(cover, Mapping) else list(cover)
     out, said = [], []
     for k, (low, high) in enumerate(extents):
         dim = DIMS[k]
@@ -98,8 +102,8 @@ def covering(extents, cover) -> tuple[list[tuple[float, float]], str]:
         values = values[np.isfinite(values)]
         if len(values) and (values.min() < low or values.max() > high):
             span = max(high, values.max()) - min(low, values.min())
-            low = min(low, values.min() - MARGIN * span)
-            high = max(high, values.max() + MARGIN * span)
+            low = min(low, values.min() - margin * span)
+            high = max(high, values.max() + margin * span)
             said.append(f"{dim} to {low:.3g} .. {high:.3g}")
         out.append((float(low), float(high)))
     return out, ("; widened to hold the path: " + ", ".join(said)) if said else ""

@@ -129,15 +129,11 @@ def write_page(
 
 
 def covering_grid(
-    paths: Mapping[str, xr.Dataset] | xr.Dataset,
-    base: Grid | None = None,
-    *,
-    num: int = 25,
-    margin: float = MARGIN,
+    paths: Mapping[str, xr.Dataset] | xr.Dataset, *, num: int = 25, margin: float = MARGIN
 ) -> Grid:
     """A grid of ``num`` points per axis that holds every point of the paths and the
-    plane's origin, with ``margin`` times their extent of room on each side; with ``base``,
-    it also spans ``base``'s extent (e.g. a :meth:`Grid.auto <crumple.grid.Grid.auto>`).
+    plane's origin, with ``margin`` times their extent of room on each side
+    (:func:`crumple.auto_range.covering`).
 
     Example:
         >>> path = xr.Dataset({"alpha": ("step", [-1.0, 3.0]), "beta": ("step", [0.5, 1.0])})
@@ -145,19 +141,17 @@ def covering_grid(
         >>> [(float(a[0]), float(a[-1])) for a in grid.axes]
         [(-1.8, 3.8), (-0.2, 1.2)]
     """
+    from crumple.auto_range import covering
+
     paths = {"path": paths} if isinstance(paths, xr.Dataset) else dict(paths)
     dims = ("alpha", "beta") if all("beta" in p for p in paths.values()) else ("alpha",)
-    axes = []
-    for k, dim in enumerate(dims):
-        values = np.concatenate([[0.0], *(np.asarray(p[dim], float) for p in paths.values())])
-        values = values[np.isfinite(values)]
-        low, high = float(values.min()), float(values.max())
-        room = margin * (high - low) if high > low else 1.0
-        low, high = low - room, high + room
-        if base is not None and k < len(base.axes):
-            low, high = min(low, float(base.axes[k][0])), max(high, float(base.axes[k][-1]))
-        axes.append(np.linspace(low, high, num))
-    return Grid(*axes)
+    origin = xr.Dataset({dim: ("step", [0.0]) for dim in dims})
+    extents, _ = covering([(0.0, 0.0)] * len(dims), [origin, *paths.values()], margin)
+    # a path that never leaves the origin: one unit each way
+    extents = [(low, high) if high > low else (low - 1.0, high + 1.0) for low, high in extents]
+    grid = Grid(*(np.linspace(low, high, num) for low, high in extents))
+    grid.chosen = f"the path's extent and the origin, with {margin:.0%} of it as room each side"
+    return grid
 
 
 def outside(paths: Mapping[str, xr.Dataset], grid: Grid) -> int:

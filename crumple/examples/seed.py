@@ -246,14 +246,11 @@ def fit_figure(result: SeedRun):
 def points_outside(result: SeedRun) -> int:
     """How many path points (over all paths) lie beyond the grid's range (drawn, but off
     the surface)."""
-    count = 0
-    for path in result.paths.values():
-        inside = True
-        for dim in ("alpha", "beta"):
-            axis, coord = result.surface[dim].values, path[dim].values
-            inside = inside & (coord >= axis.min()) & (coord <= axis.max())
-        count += int((~inside).sum())
-    return count
+    from crumple.grid import Grid
+    from crumple.runs import outside
+
+    ds = result.surface
+    return outside(result.paths, Grid(ds.alpha.values, ds.beta.values))
 
 
 def write(result: SeedRun, folder) -> tuple[Path, Path]:

@@ -193,11 +193,12 @@ class Tracker:
                     stacklevel=3,
                 )
             return self.grid
-        base = None
         if self.grid == "auto":
             options = {k: v for k, v in evaluation.items() if k != "recalibrate"}
-            base = cr.Grid.auto(model, self.loss_fn, data, plane, num=self.num, **options)
-        return runs.covering_grid(path, base, num=self.num)
+            return cr.Grid.auto(
+                model, self.loss_fn, data, plane, num=self.num, cover=path, **options
+            )
+        return runs.covering_grid(path, num=self.num)
 
 
 def _plane(kind: str | Callable, model, trajectory):
