@@ -313,7 +313,7 @@ def _surface(args: argparse.Namespace) -> None:
         **options,
     )
     cli_spread.run(args, model, loss_fn, batches, grid, options)
-    page = runs.write_page(args.out, ds, paths, **cli_spread.stored(args.out))
+    page = runs.write_page(args.out, ds, paths)
     print(
         f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
         f"wrote {page} and {args.out / cr.store.DATA}"
@@ -343,7 +343,7 @@ def _plot(args: argparse.Namespace) -> None:
     run = store.open_run(args.folder)
     ds = run.pop("surface")
     if args.html:
-        options = dict(log=args.log, zmax=args.zmax, **cli_spread.stored(args.folder))
+        options = dict(log=args.log, zmax=args.zmax, **store.beside(args.folder))
         page = plot.report(args.html, ds, run, title=f"crumple: {args.folder}", **options)
         print(f"wrote {page}")
     for target in static:

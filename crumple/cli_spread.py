@@ -1,6 +1,6 @@
 """``crumple surface --spread N``: the loss along N random directions at the grid's alpha
 coordinates (:func:`crumple.spread`), kept as ``spread.zarr`` in the run folder and drawn
-as a band on the run's page; and the stores beside a surface that the page draws.
+as a band on the run's page.
 
 Apart from :mod:`crumple.cli` so that the command's module stays short; nothing heavy is
 imported before the option is used.
@@ -9,7 +9,6 @@ imported before the option is used.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from crumple.cli_types import int_at_least
@@ -67,17 +66,3 @@ def run(args: argparse.Namespace, model, loss_fn, batches, grid, options: dict[s
     path = store.save_spread(args.out, ds)
     print(f"spread: {ds.attrs['seconds']:.1f} s; wrote {path}")
     return ds
-
-
-def stored(folder: Path) -> dict[str, Any]:
-    """The stores beside a run's surface that its page draws, as
-    :func:`crumple.plot.report`'s keywords: ``hessian`` and ``spread`` (``None`` when the
-    folder holds none).
-
-    Example:
-        >>> stored(Path("no/such/run"))
-        {'hessian': None, 'spread': None}
-    """
-    from crumple import store
-
-    return {"hessian": store.open_hessian(folder), "spread": store.open_spread(folder)}

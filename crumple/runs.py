@@ -6,6 +6,7 @@ onto the plane, the data (``landscape.zarr``, ``plane.safetensors``) and the pag
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -86,19 +87,59 @@ def save_surface(
         (3, {})
     """
     from crumple import store
-    from crumple.evaluation import Settings
     from crumple.surface import surface
     from crumple.trajectory import project
 
     ds = surface(model, loss_fn, data, plane, grid, **options)
     paths = dict(paths or {})
     if trajectory is not None:
-        settings = {f.name for f in dataclasses.fields(Settings)} | {"chunk_size"}
-        evaluation = {k: v for k, v in options.items() if k in settings | {"recalibrate"}}
-        paths["path"] = project(trajectory, plane, model, loss_fn, data, **evaluation)
+        paths["path"] = project(trajectory, plane, model, loss_fn, data, **path_options(options))
     ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
     store.save_run(folder, ds, paths, plane)
     return ds, paths
+
+
+def path_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Of :func:`crumple.surface`'s keywords, those :func:`crumple.project` takes too: how
+    evaluation runs (device, dtype, strategy, ...) and ``recalibrate``, so that a path is
+    evaluated as its surface is.
+
+    Example:
+        >>> path_options({"dtype": "float64", "metrics": {}, "progress": True})
+        {'dtype': 'float64'}
+    """
+    from crumple.evaluation import Settings
+
+    taken = {f.name for f in dataclasses.fields(Settings)} | {"chunk_size", "recalibrate"}
+    return {k: v for k, v in options.items() if k in taken}
+
+
+def choose_grid(
+    grid, model, loss_fn, data, plane, paths, *, num: int = 25, rise: float = 2.0, **options
+) -> Grid:
+    """The grid of a run: ``grid`` itself if it is a :class:`~crumple.grid.Grid` (with a
+    warning if a path leaves it), ``"auto"`` for :meth:`Grid.auto
+    <crumple.grid.Grid.auto>` (``rise``; ``options`` as for :func:`crumple.line`) widened
+    to hold the ``paths`` (a dict of projected paths), or ``None`` for one around the paths
+    (:func:`covering_grid`).
+
+    Example:
+        >>> path = xr.Dataset({"alpha": ("step", [0.0, 2.0]), "beta": ("step", [0.0, 1.0])})
+        >>> choose_grid(None, None, None, None, None, {"path": path}, num=3)
+        Grid(alpha=[-0.4 .. 2.4] (3), beta=[-0.2 .. 1.2] (3))
+    """
+    if isinstance(grid, Grid):
+        away = outside(paths, grid)
+        if away:
+            warnings.warn(
+                f"crumple: {away} path points lie outside the grid; widen it, or let the "
+                "grid hold the path ('auto', or None: around the path)",
+                stacklevel=3,
+            )
+        return grid
+    if grid == "auto":
+        return Grid.auto(model, loss_fn, data, plane, rise=rise, num=num, cover=paths, **options)
+    return covering_grid(paths, num=num)
 
 
 def write_page(
@@ -111,7 +152,8 @@ def write_page(
 ) -> Path:
     """The run's page, ``folder/landscape.html`` (:func:`crumple.plot.report`). ``stores``
     are the results kept beside the surface that the page draws, as ``report``'s keywords
-    (``hessian=``, ...); without any, the folder's Hessian results where it holds them.
+    (``hessian=``, ``spread=``); without any, those the folder holds
+    (:func:`crumple.store.beside`).
 
     Example:
         >>> import tempfile
@@ -123,7 +165,7 @@ def write_page(
     from crumple import plot, store
 
     folder = Path(folder)
-    stores = stores or {"hessian": store.open_hessian(folder)}
+    stores = stores or store.beside(folder)
     title = title or f"crumple: {surface.attrs.get('loss_name', 'loss')} landscape"
     return plot.report(folder / PAGE, surface, paths, title=title, **stores)
 

@@ -292,6 +292,18 @@ def open_spread(folder: str | Path) -> xr.Dataset | None:
         raise damaged(folder, e) from e
 
 
+def beside(folder: str | Path) -> dict[str, xr.Dataset | None]:
+    """The results kept beside a run's surface that its page draws, as
+    :func:`crumple.plot.report`'s keywords: ``hessian`` and ``spread`` (``None`` for one the
+    folder does not hold).
+
+    Example:
+        >>> beside("no/such/run")
+        {'hessian': None, 'spread': None}
+    """
+    return {"hessian": open_hessian(folder), "spread": open_spread(folder)}
+
+
 def export_netcdf(folder: str | Path, file: str | Path) -> Path:
     """One netCDF file with the surface and every path (``path{k}_*`` variables along
     ``step{k}``, the path's name in their ``path_name`` attribute), for sharing.

@@ -327,7 +327,7 @@ def test_grid_auto_spans_the_rise_and_the_path(tmp_path):
 def test_a_grid_the_path_leaves_is_warned_and_a_short_path_skipped(tmp_path):
     small = cr.Grid([-1e-3, 1e-3], [-1e-3, 1e-3])
     net, tracker = tracked(landscape=True, loss_fn=F.cross_entropy, grid=small)
-    with pytest.warns(UserWarning, match="lie outside grid="):
+    with pytest.warns(UserWarning, match="path points lie outside the grid"):
         tracker.write_landscape(net, val_loader(), tmp_path / "small")
     net, tracker = tracked(every=100, landscape=True, loss_fn=F.cross_entropy)
     with pytest.warns(UserWarning, match="needs 3 recorded steps"):

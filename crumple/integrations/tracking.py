@@ -171,34 +171,15 @@ class Tracker:
         if weight is not None:
             options.setdefault("device", str(weight.device))
         plane = _plane(self.plane, model, trajectory)
-        evaluation = {k: v for k, v in options.items() if k not in RUN_OPTIONS}
-        evaluation["recalibrate"] = options.get("recalibrate")
+        evaluation = runs.path_options(options)
         path = cr.project(trajectory, plane, model, self.loss_fn, data, **evaluation)
-        grid = self._grid(model, data, plane, path, evaluation)
+        grid = runs.choose_grid(
+            self.grid, model, self.loss_fn, data, plane, {"path": path}, num=self.num, **evaluation
+        )
         self.run = runs.write_run(
             folder, model, self.loss_fn, data, plane, grid, paths={"path": path}, **options
         )
         return self.run
-
-    def _grid(self, model, data, plane, path, evaluation):
-        import crumple as cr
-        from crumple import runs
-
-        if isinstance(self.grid, cr.Grid):
-            away = runs.outside({"path": path}, self.grid)
-            if away:
-                warnings.warn(
-                    f"crumple: {away} of the path's {path.sizes['step']} points lie outside "
-                    "grid=...; widen it, or leave grid=None to fit the grid to the path",
-                    stacklevel=3,
-                )
-            return self.grid
-        if self.grid == "auto":
-            options = {k: v for k, v in evaluation.items() if k != "recalibrate"}
-            return cr.Grid.auto(
-                model, self.loss_fn, data, plane, num=self.num, cover=path, **options
-            )
-        return runs.covering_grid(path, num=self.num)
 
 
 def _plane(kind: str | Callable, model, trajectory):
