@@ -130,9 +130,11 @@ def _add_surface(commands) -> None:
         "--grid",
         type=types.grid_axis,
         default="-1:1:51",  # argparse passes a default given as text through type=
-        metavar="START:STOP:NUM",
-        help="alpha axis (default -1:1:51)",
+        metavar="START:STOP:NUM|auto[:NUM]",
+        help="alpha axis (default -1:1:51); auto: both axes reach where the loss has risen "
+        "--rise times over the centre, widened to hold the --trajectory's path",
     )
+    add("--rise", type=types.positive_float("--rise"), default=2.0, help="for --grid auto")
     add(
         "--grid-beta",
         type=types.grid_axis,
@@ -288,10 +290,12 @@ def _surface(args: argparse.Namespace) -> None:
     }
     trajectory = cr.Trajectory.load(args.trajectory) if args.trajectory else None
     plane = _plane(args, kind, model, loss_fn, batches, trajectory)
-    grid = cr.Grid(args.grid, args.grid if args.grid_beta is None else args.grid_beta)
     # how evaluation runs: the options as cr.surface names them (unset ones left to it)
     names = ("data_id", "dask", "chunk_size", "device", "strategy", "max_memory")
     options = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    recalibrate = specs.load_data(args.recalibrate) if args.recalibrate else None
+    options |= {"dtype": args.dtype, "recalibrate": recalibrate}
+    grid, paths = types.surface_grid(args, model, loss_fn, batches, plane, trajectory, options)
     print(
         f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
@@ -303,12 +307,11 @@ def _surface(args: argparse.Namespace) -> None:
         batches,
         plane,
         grid,
-        trajectory=trajectory,
+        trajectory=None if paths else trajectory,
+        paths=paths,
         store=args.out,
         metrics=metrics,
-        dtype=args.dtype,
         progress=True,
-        recalibrate=specs.load_data(args.recalibrate) if args.recalibrate else None,
         curvature=args.curvature,
         **options,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crumple.errors import CrumpleError
 
@@ -104,13 +104,29 @@ def optimizers(text: str) -> tuple[str, ...]:
     return names
 
 
-def grid_axis(text: str) -> np.ndarray:
-    """``START:STOP:NUM``: ``NUM`` evenly spaced coordinates from ``START`` to ``STOP``.
+class AutoGrid(NamedTuple):
+    """``--grid auto[:NUM]``: let :meth:`crumple.Grid.auto` choose both axes' extent."""
+
+    num: int
+
+
+def grid_axis(text: str) -> np.ndarray | AutoGrid:
+    """``START:STOP:NUM``: ``NUM`` evenly spaced coordinates from ``START`` to ``STOP``; or
+    ``auto`` / ``auto:NUM``.
 
     Example:
         >>> grid_axis("-1:1:5")
         array([-1. , -0.5,  0. ,  0.5,  1. ])
+        >>> grid_axis("auto:41")
+        AutoGrid(num=41)
     """
+    if text == "auto" or text.startswith("auto:"):
+        num = text.partition(":")[2] or "51"
+        if not num.isdigit() or not 2 <= int(num) <= MAX_POINTS_PER_AXIS:
+            raise argparse.ArgumentTypeError(
+                f"grid {text!r}: auto:NUM needs NUM from 2 to {MAX_POINTS_PER_AXIS}, e.g. auto:51"
+            )
+        return AutoGrid(int(num))
     parts = text.split(":")
     try:
         start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
@@ -234,6 +250,41 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     batches = load(specs.load_data(args.data))
     specs.check_fit(model, loss_fn, batches)
     return model, loss_fn, batches
+
+
+def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict):
+    """The grid ``--grid`` and ``--grid-beta`` give; for ``--grid auto``, the one
+    :meth:`crumple.Grid.auto` chooses, widened to hold the trajectory's path (so projected
+    first, and returned as the run's paths)."""
+    import crumple as cr
+    from crumple import runs
+
+    if isinstance(args.grid_beta, AutoGrid) and not isinstance(args.grid, AutoGrid):
+        raise CrumpleError("--grid-beta auto: give --grid auto, which chooses both axes")
+    if not isinstance(args.grid, AutoGrid):
+        return cr.Grid(args.grid, args.grid if args.grid_beta is None else args.grid_beta), {}
+    if args.grid_beta is not None:
+        raise CrumpleError(
+            "--grid-beta does not go with --grid auto, which chooses both axes: drop "
+            "--grid-beta, or give --grid START:STOP:NUM too"
+        )
+    evaluation = runs.path_options(options)
+    paths = {}
+    if trajectory is not None:
+        paths["path"] = cr.project(trajectory, plane, model, loss_fn, batches, **evaluation)
+    grid = runs.choose_grid(
+        "auto",
+        model,
+        loss_fn,
+        batches,
+        plane,
+        paths,
+        num=args.grid.num,
+        rise=args.rise,
+        **evaluation,
+    )
+    print(f"grid: {grid.chosen}")
+    return grid, paths
 
 
 def demo_grid_size(w_min: float, w_max: float, step: float) -> int:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import crumple as cr
-from crumple import planes
+from crumple import planes, runs
 from crumple.cli import main
 from crumple.specs import accuracy
 from tests import cli_fixtures
@@ -241,3 +241,46 @@ def test_trainable_only_on_the_command_line(tmp_path, capsys):
     ds = cr.open_run(out)["surface"]
     assert ds.attrs["plane_trainable_only"] and list(ds.attrs["plane_frozen"]) == []
     assert ds.attrs["plane_seed"] == 2
+
+
+def test_grid_auto_holds_the_path_and_says_what_it_chose(tmp_path, capsys):
+    model = cli_fixtures.make_mlp()
+    rec = cr.Recorder(model, to=tmp_path / "traj")
+    x, y = next(iter(cli_fixtures.digits_loader()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(6):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec.record()
+    out, trajectory = tmp_path / "auto", str(tmp_path / "traj")
+    weights = saved(tmp_path, model, "final.pt")
+    args = ["--weights", weights, "--plane", "pca", "--trajectory", trajectory, "--out", str(out)]
+    text = run(capsys, *args, "--grid", "auto:7", "--rise", "1.5")
+    result = cr.open_run(out)
+    ds, path = result["surface"], result["path"]
+    assert f"grid: {ds.attrs['grid_chosen']}" in text and ds.loss.shape == (7, 7)
+    assert runs.outside({"path": path}, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
+    assert "grid range" in (out / "landscape.html").read_text()
+    # the same grid as in Python
+    loader = cli_fixtures.digits_loader()
+    plane = cr.Plane.pca(cr.Trajectory.load(trajectory))
+    again = cr.project(cr.Trajectory.load(trajectory), plane, model, F.cross_entropy, loader)
+    grid = cr.Grid.auto(model, F.cross_entropy, loader, plane, rise=1.5, num=7, cover=again)
+    assert_close(ds.alpha.values, grid.axes[0], rtol=1e-6, label="alpha")
+    assert_close(ds.beta.values, grid.axes[1], rtol=1e-6, label="beta")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "auto:1"], "auto:NUM needs NUM from 2"),
+        (["--grid", "auto", "--grid-beta", "-1:1:5"], "--grid-beta does not go with --grid auto"),
+        (["--grid-beta", "auto"], "give --grid auto, which chooses both axes"),
+        (["--grid", "auto", "--rise", "0.5"], "rise must be a number > 1"),
+    ],
+)
+def test_grid_auto_refusals(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        run(capsys, *args, "--out", str(tmp_path / "run"))
+    assert message in capsys.readouterr().err
