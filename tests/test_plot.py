@@ -199,6 +199,10 @@ def test_animation_frames_grow_the_paths():
         assert [len(t.x) for t in frame.data] == [n, min(n, 2)]
     assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["play", "pause"]
     assert len(fig.layout.sliders[0].steps) == 3
+    # the slider reads the steps the loop recorded, not the snapshots' positions
+    recorded = {name: p.assign_coords(step=p.step * 5) for name, p in paths.items()}
+    fig = cr.plot.animate(ds, recorded)
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["0", "5", "10"]
 
 
 def test_line_and_contour_read_labels_from_attributes():

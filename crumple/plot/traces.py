@@ -189,22 +189,24 @@ def add_animation(fig: go.Figure, paths: Paths, scale: Scale) -> None:
 
     Example:
         >>> p = xr.Dataset({"alpha": ("step", [0.0, 1.0]), "beta": ("step", [0.0, 1.0]),
-        ...                 "loss": ("step", [2.0, 1.0])}, coords={"step": [0, 1]})
+        ...                 "loss": ("step", [2.0, 1.0])}, coords={"step": [0, 5]})
         >>> fig = go.Figure(go.Scatter3d(name="p"))
         >>> add_animation(fig, {"p": p}, Scale(np.ones(2)))
-        >>> len(fig.frames)
-        2
+        >>> [f.name for f in fig.frames]
+        ['0', '5']
     """
     names = list(paths)
     indices = [i for i, t in enumerate(fig.data) if t.name in names]
-    longest = max(p.sizes["step"] for p in paths.values())
+    longest = max(paths.values(), key=lambda p: p.sizes["step"])
+    # each frame is named by the step the training loop recorded (every=3: 0, 3, 6, ...)
+    steps = longest["step"].values if "step" in longest.coords else range(longest.sizes["step"])
     frames = []
-    for n in range(1, longest + 1):
+    for n, step in enumerate(steps, start=1):
         data = []
         for name in names:
             p = paths[name].isel(step=slice(0, n))
             data.append(go.Scatter3d(x=p.alpha.values, y=p.beta.values, z=scale(p.loss.values)))
-        frames.append(go.Frame(data=data, traces=indices, name=str(n - 1)))
+        frames.append(go.Frame(data=data, traces=indices, name=str(step)))
     fig.frames = frames
     play = dict(
         frame=dict(duration=150, redraw=True), fromcurrent=True, transition=dict(duration=0)
@@ -231,7 +233,7 @@ def add_animation(fig: go.Figure, paths: Paths, scale: Scale) -> None:
         ],
         sliders=[
             dict(
-                active=longest - 1,
+                active=len(frames) - 1,
                 x=0.15,
                 len=0.8,
                 y=0.02,
