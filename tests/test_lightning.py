@@ -207,7 +207,7 @@ def test_a_landscape_without_data_is_refused_before_training(tmp_path):
             epoch_loop=SimpleNamespace(val_loop=SimpleNamespace(_data_source=source))
         ),
     )
-    with pytest.raises(CrumpleError, match="data=your_loader"):
+    with pytest.raises(CrumpleError, match="data=your_loader, or give trainer.fit"):
         callback.on_train_start(trainer, make_lit())
 
 

@@ -75,7 +75,11 @@ class LightningHooks:
     def on_train_start(self, trainer, pl_module) -> None:
         model = self._model(pl_module)
         if trainer.is_global_zero:
-            self.tracker.check_start(self._folder(trainer), self._has_data(trainer))
+            self.tracker.check_start(
+                self._folder(trainer),
+                self._has_data(trainer),
+                "give trainer.fit(..., val_dataloaders=...) or a datamodule with val_dataloader",
+            )
         self.tracker.start(model, trainer.global_step, trainer.is_global_zero)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

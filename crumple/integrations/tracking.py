@@ -65,14 +65,16 @@ class Tracker:
         processes other than the main one)."""
         return None if self.recorder is None else self.recorder.trajectory
 
-    def check_start(self, folder: Path | None, has_data: bool) -> None:
-        """Refuse, before any training, a landscape that could not be written at its end."""
+    def check_start(self, folder: Path | None, has_data: bool, other_way: str) -> None:
+        """Refuse, before any training, a landscape that could not be written at its end;
+        ``other_way`` says how the framework's own loader would reach the callback."""
         if folder is None:
             return
         if not has_data:
             raise CrumpleError(
                 "landscape=... needs data to evaluate the loss on, and data=None while the "
-                "trainer has no validation (evaluation) loader; pass data=your_loader"
+                f"trainer has no validation (evaluation) loader; pass data=your_loader, or "
+                f"{other_way}"
             )
         from crumple.store import RunStore
 

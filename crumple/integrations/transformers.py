@@ -104,7 +104,12 @@ class LandscapeCallback(transformers.TrainerCallback):
         self.pending = None
         if state.is_world_process_zero:
             has_data = self.tracker.data is not None or args.eval_strategy != "no"
-            self.tracker.check_start(self._folder(args), has_data)
+            self.tracker.check_start(
+                self._folder(args),
+                has_data,
+                "give the Trainer an eval_dataset and TrainingArguments(eval_strategy='steps' or "
+                "'epoch'): it hands callbacks its eval loader only once it has evaluated",
+            )
         self.tracker.start(model, state.global_step, state.is_world_process_zero)
 
     def on_step_begin(self, args, state, control, **kwargs):
