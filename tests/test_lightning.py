@@ -220,6 +220,7 @@ def test_a_landscape_without_data_is_refused_before_training(tmp_path):
         ({"plane": "hessian"}, "plane must be one of"),
         ({"store": "x"}, "store= is not an option"),
         ({"chunks": 4}, "unknown option 'chunks'"),
+        ({"strategy": "fast"}, "strategy must be 'auto' or one of"),
         ({"module": 3}, "module must be the name"),
     ],
 )

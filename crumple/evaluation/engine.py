@@ -368,10 +368,6 @@ def build(
     """The one factory of evaluators, for ``surface``, ``line``, ``project`` and Dask
     workers: ``prepare`` then an :class:`Evaluator` with the filled-in settings."""
     settings = settings or Settings()
-    if settings.strategy not in ("auto", *STRATEGIES):
-        raise CrumpleError(
-            f"strategy must be 'auto' or one of {', '.join(STRATEGIES)}, got {settings.strategy!r}"
-        )
     if recalibrate is not None and settings.strategy == "expanded":
         raise CrumpleError(
             "strategy='expanded' cannot recalibrate BatchNorm statistics (it leaves some "

@@ -65,6 +65,12 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("batch_size", "points_per_call", "tile_size", "max_memory"):
             _check_count(name, getattr(self, name))
+        from crumple.evaluation.strategies import STRATEGIES  # the registry imports torch.func
+
+        if self.strategy not in ("auto", *STRATEGIES):
+            raise CrumpleError(
+                f"strategy must be 'auto' or one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
         if self.batching not in BATCHINGS:
             raise CrumpleError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
         if self.stream not in (None, True, False):
