@@ -227,10 +227,7 @@ def save_hessian(folder: str | Path, results: xr.Dataset) -> Path:
         >>> open_hessian(folder).eigenvalues.values.tolist()
         [4.0, 1.0]
     """
-    path = Path(folder) / HESSIAN
-    path.parent.mkdir(parents=True, exist_ok=True)
-    results.to_zarr(path, mode="w", consolidated=False)
-    return path
+    return _save_beside(folder, HESSIAN, results)
 
 
 def open_hessian(folder: str | Path) -> xr.Dataset | None:
@@ -240,13 +237,7 @@ def open_hessian(folder: str | Path) -> xr.Dataset | None:
         >>> open_hessian("no/such/run") is None
         True
     """
-    path = Path(folder) / HESSIAN
-    if not path.is_dir():
-        return None
-    try:
-        return xr.open_zarr(path, consolidated=False).load()
-    except Exception as e:
-        raise damaged(folder, e) from e
+    return _open_beside(folder, HESSIAN)
 
 
 def save_spread(folder: str | Path, spread: xr.Dataset) -> Path:
@@ -270,10 +261,7 @@ def save_spread(folder: str | Path, spread: xr.Dataset) -> Path:
             f"save_spread needs the dataset of crumple.spread (with a 'direction' dimension), "
             f"got {type(spread).__name__}; e.g. save_spread(folder, cr.spread(...))"
         )
-    path = Path(folder) / SPREAD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    spread.to_zarr(path, mode="w", consolidated=False)
-    return path
+    return _save_beside(folder, SPREAD, spread)
 
 
 def open_spread(folder: str | Path) -> xr.Dataset | None:
@@ -283,7 +271,21 @@ def open_spread(folder: str | Path) -> xr.Dataset | None:
         >>> open_spread("no/such/run") is None
         True
     """
-    path = Path(folder) / SPREAD
+    return _open_beside(folder, SPREAD)
+
+
+def _save_beside(folder: str | Path, name: str, results: xr.Dataset) -> Path:
+    """Write ``results`` as ``folder/name`` (a zarr store beside the surface), replacing any
+    written before."""
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results.to_zarr(path, mode="w", consolidated=False)
+    return path
+
+
+def _open_beside(folder: str | Path, name: str) -> xr.Dataset | None:
+    """The store ``folder/name`` read whole, or ``None`` if there is none."""
+    path = Path(folder) / name
     if not path.is_dir():
         return None
     try:
