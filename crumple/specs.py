@@ -315,7 +315,7 @@ def check_fit(model: nn.Module, loss_fn: Callable | str, data: Data) -> None:
     weight = next(model.parameters(), None)
     batch = data.first.rows(slice(0, 2))
     if weight is not None:  # only the two samples, not the whole data
-        batch = batch.map(lambda t: cast(t, dtype=weight.dtype))
+        batch = batch.map(lambda t: cast(t, device=weight.device, dtype=weight.dtype))
     objective = Objective(model, {"loss": loss_fn})
     try:
         with torch.no_grad(), evaluation_mode(model):

@@ -184,7 +184,9 @@ def test_only_rank_zero_records(tmp_path):
     callback = LandscapeCallback(
         every=1, to=tmp_path / "path", landscape=tmp_path / "land", loss_fn=F.cross_entropy
     )
-    trainer = SimpleNamespace(is_global_zero=False, global_step=0, default_root_dir=tmp_path)
+    trainer = SimpleNamespace(
+        is_global_zero=False, global_step=0, default_root_dir=tmp_path, accumulate_grad_batches=1
+    )
     model = make_lit()
     callback.on_train_start(trainer, model)
     for step in (1, 2, 3):
@@ -333,3 +335,76 @@ def test_a_grid_the_path_leaves_is_warned_and_a_short_path_skipped(tmp_path):
     net, tracker = tracked(every=100, landscape=True, loss_fn=F.cross_entropy)
     with pytest.warns(UserWarning, match="needs 3 recorded steps"):
         assert tracker.write_landscape(net, val_loader(), tmp_path / "short") is None
+
+
+class Accumulating(Lit):
+    """Keeps what training_step returned, by the global step it was returned at."""
+
+    def __init__(self):
+        super().__init__()
+        self.returned = {}
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.returned.setdefault(self.trainer.global_step + 1, []).append(float(loss))
+        return loss
+
+
+@pytest.mark.slow
+def test_under_gradient_accumulation_a_step_keeps_the_mean_of_its_micro_batches():
+    pl.seed_everything(0, verbose=False)
+    model, callback = Accumulating(), LandscapeCallback(every=1)
+    trainer = pl.Trainer(
+        max_steps=3,
+        accumulate_grad_batches=2,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, train_loader())
+    t = callback.trajectory
+    assert t.steps == [0, 1, 2, 3]
+    for step, loss in zip(t.steps[1:], t.losses[1:]):
+        assert len(model.returned[step]) == 2
+        assert loss == pytest.approx(np.mean(model.returned[step]), rel=1e-6), step
+
+
+def test_a_second_run_from_step_0_starts_a_new_trajectory_or_is_refused(tmp_path):
+    net = make_net()
+    tracker = Tracker(every=1)
+    tracker.start(net, 0, main=True)
+    tracker.after_step(1, torch.tensor(0.5))
+    first = tracker.trajectory
+    tracker.start(net, 0, main=True)  # the same callback, training again from the start
+    assert tracker.trajectory is not first and tracker.trajectory.steps == [0]
+    assert first.steps == [0, 1]  # the first run's trajectory is left as it was
+    tracker = Tracker(every=1, to=tmp_path / "traj")
+    tracker.start(net, 0, main=True)
+    tracker.after_step(1)
+    with pytest.raises(CrumpleError, match="with another to= folder"):
+        tracker.start(net, 0, main=True)
+    assert cr.Trajectory.load(tmp_path / "traj").steps == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"metrics": 3}, "metrics"),
+        ({"check": -1}, "check must be a number of points"),
+        ({"num": 10**6}, "num must be a number of grid points per axis from 2 to"),
+        ({"grid": cr.Grid([0.0, 1.0])}, "has one axis"),
+        ({"grid": np.linspace(-1, 1, 5)}, "grid must be None"),
+    ],
+)
+def test_what_would_fail_at_the_end_is_refused_when_the_callback_is_made(options, match):
+    with pytest.raises((CrumpleError, TypeError), match=match):
+        LandscapeCallback(landscape=True, loss_fn=F.cross_entropy, **options)
+
+
+def test_a_loss_that_does_not_fit_the_data_is_refused_before_training(tmp_path):
+    callback = LandscapeCallback(landscape=tmp_path / "land", loss_fn=F.mse_loss, data=val_loader())
+    with pytest.raises(CrumpleError, match="the model or the loss fails on them"):
+        fit(make_lit(), [callback], root=tmp_path)
+    assert callback.trajectory is None or callback.trajectory.steps == []

@@ -150,7 +150,9 @@ def test_a_resumed_run_goes_on_in_its_folder(runs_by_hand_and_callback, tmp_path
 
 def test_only_the_main_process_records(tmp_path):
     callback = LandscapeCallback(every=1, to=tmp_path / "path", landscape=tmp_path / "land")
-    args = SimpleNamespace(output_dir=str(tmp_path), eval_strategy="no")
+    args = SimpleNamespace(
+        output_dir=str(tmp_path), eval_strategy="no", load_best_model_at_end=False
+    )
     state = SimpleNamespace(is_world_process_zero=False, global_step=0)
     control = SimpleNamespace(should_log=True)
     callback.on_train_begin(args, state, control, model=tiny_lm())
@@ -161,6 +163,23 @@ def test_only_the_main_process_records(tmp_path):
     callback.on_train_end(args, state, control, model=tiny_lm())
     assert callback.trajectory is None
     assert not (tmp_path / "path").exists() and not (tmp_path / "land").exists()
+
+
+@pytest.mark.parametrize("best_at_end", [False, True])
+def test_the_best_model_loaded_at_the_end_is_not_recorded_as_the_last_step(tmp_path, best_at_end):
+    callback = LandscapeCallback(every=2)
+    args = SimpleNamespace(
+        output_dir=str(tmp_path), eval_strategy="no", load_best_model_at_end=best_at_end
+    )
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0)
+    control = SimpleNamespace(should_log=False)
+    model = tiny_lm()
+    callback.on_train_begin(args, state, control, model=model)
+    for step in range(1, 6):
+        state.global_step = step
+        callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control, model=model)
+    assert callback.trajectory.steps == ([0, 2, 4] if best_at_end else [0, 2, 4, 5])
 
 
 def test_a_landscape_without_eval_data_is_refused_before_training(tmp_path):

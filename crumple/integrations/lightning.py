@@ -14,11 +14,13 @@ class LandscapeCallback(LightningHooks, pl.Callback):
 
     The weights are recorded when training starts, after every ``every``-th optimizer step
     and when training ends, each under the trainer's ``global_step``, with the loss that
-    ``training_step`` returned for that step; on rank 0 only (``trainer.is_global_zero``).
+    ``training_step`` returned for that step (under gradient accumulation, the mean over
+    the step's micro-batches); on rank 0 only (``trainer.is_global_zero``).
     With ``landscape``, rank 0 then evaluates the loss on a PCA plane of the path (the
     final weights at its origin), on a grid that holds the projected path with room to
     spare, and writes the run folder and page that ``crumple surface`` writes
-    (``landscape.zarr``, ``plane.safetensors``, ``landscape.html``; the other ranks wait).
+    (``landscape.zarr``, ``plane.safetensors``, ``landscape.html``; the other ranks go on
+    to the end of ``fit`` without waiting for it).
     The module's weights, ``training`` and ``requires_grad`` flags are left as they were.
     Under ``strategy="ddp_spawn"`` rank 0 is a child process, whose copy of the callback
     holds the trajectory: stream it with ``to`` (checked on 2 CPU processes: rank 1

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
@@ -56,6 +57,7 @@ class LightningHooks:
             options=options,
         )
         self.every, self.to, self.module = every, to, module
+        self.window: list[Tensor] = []  # the losses of the micro-batches of one optimizer step
 
     @property
     def trajectory(self):
@@ -77,6 +79,8 @@ class LightningHooks:
         if trainer.is_global_zero:
             self.tracker.check_start(
                 self._folder(trainer),
+                model,
+                self.tracker.data,
                 self._has_data(trainer),
                 "give trainer.fit(..., val_dataloaders=...) or a datamodule with val_dataloader",
             )
@@ -85,8 +89,13 @@ class LightningHooks:
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if isinstance(outputs, Mapping):
             outputs = outputs.get("loss")
-        loss = outputs.detach() if isinstance(outputs, Tensor) else None
-        self.tracker.after_step(trainer.global_step, loss)
+        if isinstance(outputs, Tensor):  # Lightning divides it by accumulate_grad_batches
+            self.window.append(outputs.detach() * trainer.accumulate_grad_batches)
+        last = self.tracker.last
+        if last is None or trainer.global_step > last[0]:  # this micro-batch ended a step
+            loss = torch.stack(self.window).mean() if self.window else None
+            self.window = []
+            self.tracker.after_step(trainer.global_step, loss)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.tracker.finish(trainer.global_step)

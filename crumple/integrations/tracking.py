@@ -6,7 +6,6 @@ training resumes, and the landscape written when training ends."""
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from crumple.errors import CrumpleError, CrumpleTypeError
 
 PLANES = ("pca", "random")
+MAX_NUM = 2000  # grid points per axis, as crumple surface allows
 # the keywords of crumple.surface a callback passes on (store: the callback writes the folder)
 RUN_OPTIONS = ("metrics", "check", "progress", "data_id", "dask", "recalibrate", "curvature")
 
@@ -56,7 +56,7 @@ class Tracker:
         self.recorder = None  # a crumple.Recorder, made when training starts on the main process
         self.saved: dict | None = None  # the state a checkpoint gave back, used at the start
         self.active = False
-        self.last: tuple[int, float] | None = None  # the latest step seen, and its loss
+        self.last: tuple[int, Any] | None = None  # the latest step seen, and its loss
         self.run = None  # the crumple.runs.Run written when training ended
 
     @property
@@ -65,9 +65,13 @@ class Tracker:
         processes other than the main one)."""
         return None if self.recorder is None else self.recorder.trajectory
 
-    def check_start(self, folder: Path | None, has_data: bool, other_way: str) -> None:
-        """Refuse, before any training, a landscape that could not be written at its end;
-        ``other_way`` says how the framework's own loader would reach the callback."""
+    def check_start(
+        self, folder: Path | None, model, data: Any, has_data: bool, other_way: str
+    ) -> None:
+        """Refuse, before any training, a landscape that could not be written at its end:
+        no data (``other_way`` says how the framework's own loader would reach the callback),
+        a folder holding a resumable run, or a model and loss that fail on the first two
+        samples of ``data`` (the data known now, read again only where it can be)."""
         if folder is None:
             return
         if not has_data:
@@ -76,6 +80,11 @@ class Tracker:
                 f"trainer has no validation (evaluation) loader; pass data=your_loader, or "
                 f"{other_way}"
             )
+        if data is not None and iter(data) is not data:  # not a one-shot iterator
+            from crumple.batches import load
+            from crumple.specs import check_fit
+
+            check_fit(model, self.loss_fn, load(data, stream=True))
         from crumple.store import RunStore
 
         run = RunStore.open(folder)
@@ -92,23 +101,30 @@ class Tracker:
         self.active = bool(main)
         if not self.active:
             return
+        if self.recorder is not None and step == 0 and self.recorder.trajectory.steps:
+            if self.to is not None:  # training again from the start, with the same callback
+                raise CrumpleError(
+                    f"this callback recorded a run into to={str(self.to)!r} already, and "
+                    "training starts again from step 0: give this run a new LandscapeCallback "
+                    "with another to= folder"
+                )
+            self.recorder = None  # a new run in memory: a new trajectory
         if self.recorder is None:
             self.recorder = self._open(model, step)
         self.recorder.model = model
         truncate(self.recorder.trajectory, step)
         if step % self.every == 0 and not self._recorded(step):
             self.recorder.record(step=step)
-        self.last = (step, math.nan)
+        self.last = (step, None)
 
     def after_step(self, step: int, loss: Any = None) -> None:
         """After an optimizer step: the global step is now ``step``. Records the weights when
         ``step`` is a multiple of ``every`` (once per step, however often it is called)."""
         if not self.active or self.last is not None and step <= self.last[0]:
             return
-        value = math.nan if loss is None else float(loss)
-        self.last = (step, value)
+        self.last = (step, loss)  # read as a float only when recorded: no sync per step
         if step % self.every == 0 and not self._recorded(step):
-            self.recorder.record(loss=value, step=step)
+            self.recorder.record(loss=loss, step=step)
 
     def finish(self, step: int) -> None:
         """Training ended at ``step``: record the final weights if they are not recorded."""
@@ -250,13 +266,26 @@ def _check_arguments(every, to, landscape, loss_fn, plane, grid, num, options) -
         )
     from crumple.grid import Grid
 
-    if not (grid is None or grid == "auto" or isinstance(grid, Grid)):
+    if not (grid is None or isinstance(grid, Grid) or isinstance(grid, str) and grid == "auto"):
         raise CrumpleError(
             f"grid must be None (around the path), 'auto' (Grid.auto, widened to the path) or "
             f"a crumple.Grid, got {grid!r}"
         )
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-        raise CrumpleError(f"num must be a number of grid points per axis >= 2, got {num!r}")
+    if isinstance(grid, Grid) and len(grid.axes) != 2 and plane in PLANES:
+        raise CrumpleError(
+            f"grid={grid!r} has one axis, and the {plane} plane two: give crumple.Grid(alpha, beta)"
+        )
+    if isinstance(num, bool) or not isinstance(num, int) or not 2 <= num <= MAX_NUM:
+        raise CrumpleError(
+            f"num must be a number of grid points per axis from 2 to {MAX_NUM}, got {num!r}"
+        )
+    if landscape is not False:
+        from crumple.inputs import named_functions
+
+        named_functions(loss_fn, options.get("metrics"))
+        check = options.get("check", 0)
+        if not isinstance(check, int) or isinstance(check, bool) or check < 0:
+            raise CrumpleError(f"check must be a number of points >= 0, got {check!r}")
     if "store" in options:
         raise CrumpleError(
             "store= is not an option of the callback: the landscape is written to the folder "

@@ -26,7 +26,8 @@ class LandscapeCallback(transformers.TrainerCallback):
     model) on a PCA plane of the path (the final weights at its origin), on a grid that
     holds the projected path with room to spare, and writes the run folder and page that
     ``crumple surface`` writes. The model's weights, ``training`` and ``requires_grad``
-    flags are left as they were.
+    flags are left as they were. With ``load_best_model_at_end``, the weights at the end
+    are the best checkpoint's, not the last step's, so they are not recorded then.
 
     Resuming (``trainer.train(resume_from_checkpoint=...)``) goes on recording from the
     checkpoint's step: into the ``to`` folder (dropping the steps recorded after the
@@ -106,6 +107,8 @@ class LandscapeCallback(transformers.TrainerCallback):
             has_data = self.tracker.data is not None or args.eval_strategy != "no"
             self.tracker.check_start(
                 self._folder(args),
+                model,
+                self.tracker.data,
                 has_data,
                 "give the Trainer an eval_dataset and TrainingArguments(eval_strategy='steps' or "
                 "'epoch'): it hands callbacks its eval loader only once it has evaluated",
@@ -131,7 +134,8 @@ class LandscapeCallback(transformers.TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, eval_dataloader=None, **kwargs):
         self._flush()
-        self.tracker.finish(state.global_step)
+        if not args.load_best_model_at_end:  # else the model holds the best checkpoint's
+            self.tracker.finish(state.global_step)  # weights, not the last step's
         folder = self._folder(args)
         if folder is None or not state.is_world_process_zero:
             return
