@@ -14,7 +14,7 @@ from typing import Any
 from crumple.cli_types import int_at_least
 
 # the evaluation options of `crumple surface` that the spread's lines take too
-PASSED = ("dask", "chunk_size", "device", "strategy", "max_memory")
+PASSED = ("dask", "chunk_size", "device", "strategy", "max_memory", "dtype", "recalibrate")
 
 
 def add(parser: argparse.ArgumentParser) -> None:
@@ -40,29 +40,23 @@ def add(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, model, loss_fn, batches, grid, options: dict[str, Any]):
     """Evaluate and store the spread that ``--spread`` asks for (``None`` without it): one
     line per direction along ``grid``'s alpha axis, with the surface's evaluation
-    ``options`` and ``--dtype``; the random options ``--normalize``, ``--ignore``,
-    ``--seed`` and ``--trainable-only`` as given (their defaults when ``--plane`` is another
-    kind, which takes none of them)."""
+    ``options`` (``--dtype``, ``--recalibrate``, ...); the random options ``--normalize``,
+    ``--ignore``, ``--seed`` and ``--trainable-only`` as given (their defaults when
+    ``--plane`` is another kind, which takes none of them)."""
     if not getattr(args, "spread", None):
         return None
     import crumple as cr
     from crumple import planes, store
-    from crumple.planes.kinds import IGNORE, NORMALIZE, SEED, TRAINABLE_ONLY
+    from crumple.planes.kinds import random_options
 
-    sources = planes.Sources(model, options=vars(args))
-    normalize, ignore = (sources.option(o) for o in (NORMALIZE, IGNORE))
-    first = int(sources.option(SEED))
-    directions = cr.Plane.random(
-        model,
-        normalize=None if normalize == "none" else normalize,
-        ignore=None if ignore == "none" else ignore,
-        seed=range(first, first + args.spread),
-        ndim=1,
-        trainable_only=bool(sources.option(TRAINABLE_ONLY)),
-    )
+    chosen = random_options(planes.Sources(model, options=vars(args)))
+    first = int(chosen.pop("seed"))
+    chosen.pop("orthogonalize")  # one direction each
+    seeds = range(first, first + args.spread)
+    directions = cr.Plane.random(model, seed=seeds, ndim=1, **chosen)
     passed = {k: v for k, v in options.items() if k in PASSED}
     print(f"spread: {args.spread} random directions, {len(grid.axes[0])} points each")
-    ds = cr.spread(model, loss_fn, batches, directions, grid.axes[0], dtype=args.dtype, **passed)
+    ds = cr.spread(model, loss_fn, batches, directions, grid.axes[0], **passed)
     path = store.save_spread(args.out, ds)
     print(f"spread: {ds.attrs['seconds']:.1f} s; wrote {path}")
     return ds

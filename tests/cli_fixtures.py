@@ -69,3 +69,16 @@ def make_tiny64():
 def digits_pair():
     """64 digits as one (x, y) pair of tensors."""
     return digits(64, dtype=torch.float64)
+
+
+def make_cnn():
+    """A CNN with BatchNorm, for --recalibrate."""
+    from tests.cases import SmallCNN
+
+    torch.manual_seed(0)
+    return SmallCNN()
+
+
+def digit_images():
+    x, y = digits(200, dtype=torch.float32)
+    return DataLoader(TensorDataset(x.reshape(-1, 1, 8, 8), y), batch_size=64)

@@ -323,3 +323,17 @@ def test_the_page_draws_the_band_in_chromium(run, browser):  # noqa: F811 (the f
         "min–max of 4 directions", "mean ± 1 std (4 directions)", "each direction (4)",
         "mean of 4 directions",
     ]  # fmt: skip
+
+
+def test_the_command_s_spread_is_evaluated_as_its_surface_is(tmp_path, capsys):
+    """With --recalibrate, every direction passes through the surface's origin value."""
+    out = tmp_path / "recalibrated"
+    images = "tests.cli_fixtures:digit_images"
+    main(
+        ["surface", "--model", "tests.cli_fixtures:make_cnn", "--data", images]
+        + ["--recalibrate", images, "--grid", "-1:1:3", "--spread", "2", "--out", str(out)]
+    )
+    capsys.readouterr()
+    origin = float(cr.open_run(out)["surface"].loss.sel(alpha=0.0, beta=0.0))
+    spread = cr.store.open_spread(out).loss.sel(alpha=0.0).values
+    assert_close(spread, np.full(2, origin), 1e-9, "the spread at the origin")

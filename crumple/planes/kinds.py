@@ -44,22 +44,27 @@ EIGENVECTORS = Option(
 )
 
 
-def _random_from(sources: Sources) -> Plane:
-    from crumple.planes.builders import random_plane
+def random_options(sources: Sources) -> dict[str, Any]:
+    """The random plane's options as :meth:`Plane.random <crumple.plane.Plane.random>`'s
+    keywords ("none" read as None), for ``--plane random`` and ``--spread``."""
 
     def chosen(option: Option) -> str | None:
         value = sources.option(option)
         return None if value == "none" else value
 
-    return random_plane(
-        sources.model,
-        chosen(NORMALIZE),
-        chosen(IGNORE),
-        sources.option(SEED),
-        2,
-        bool(sources.option(ORTHOGONALIZE)),
-        bool(sources.option(TRAINABLE_ONLY)),
-    )
+    return {
+        "normalize": chosen(NORMALIZE),
+        "ignore": chosen(IGNORE),
+        "seed": sources.option(SEED),
+        "orthogonalize": bool(sources.option(ORTHOGONALIZE)),
+        "trainable_only": bool(sources.option(TRAINABLE_ONLY)),
+    }
+
+
+def _random_from(sources: Sources) -> Plane:
+    from crumple.planes.builders import random_plane
+
+    return random_plane(sources.model, ndim=2, **random_options(sources))
 
 
 def _axes_from(sources: Sources) -> Plane:
