@@ -188,11 +188,18 @@ def _without_prefix(state: dict[str, Tensor], expected: dict[str, Tensor]) -> di
         return state
     some = next(iter(expected))
     prefixes = {k[: -len(some)] for k in state if k.endswith(f".{some}")}
-    for prefix in sorted(prefixes, key=len):
+    fits = {}
+    for prefix in sorted(prefixes):
         inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if inner.keys() == expected.keys():
-            return inner
-    return state
+            fits[prefix] = inner
+    if len(fits) > 1:
+        raise CrumpleError(
+            f"the file holds the model's weights under {len(fits)} prefixes, {sorted(fits)}, "
+            "and crumple will not guess which: save the one you want alone, e.g. "
+            "{k.removeprefix('net.'): v for k, v in state_dict.items() if k.startswith('net.')}"
+        )
+    return next(iter(fits.values()), state)
 
 
 def hf_model(folder: str | Path, option: str = "--model") -> nn.Module:

@@ -281,6 +281,15 @@ def test_keys_that_fit_no_prefix_are_listed(tmp_path):
     assert "model.encoder.net.1.bias" in str(e.value) and "net.1.bias" in str(e.value)
 
 
+def test_weights_under_two_fitting_prefixes_are_refused_not_guessed(tmp_path):
+    file = tmp_path / "distill.ckpt"
+    weights = make_net().state_dict()
+    state = {f"{who}.{k}": v for who in ("student", "teacher") for k, v in weights.items()}
+    torch.save({"state_dict": state}, file)
+    with pytest.raises(CrumpleError, match=r"2 prefixes, \['student\.', 'teacher\.'\]"):
+        load_weights(make_net(), str(file), "--weights")
+
+
 def test_a_missing_extra_says_what_to_install(monkeypatch):
     for name in ("lightning", "lightning.pytorch"):
         monkeypatch.setitem(sys.modules, name, None)
