@@ -89,12 +89,7 @@ def covering(extents, cover, margin: float = MARGIN) -> tuple[list[tuple[float, 
         >>> covering([(-1.0, 1.0)], path)
         ([(-1.0, 3.2)], '; widened to hold the path: alpha to -1 .. 3.2')
     """
-    import xarray as xr
-
-    if cover is None or isinstance(cover, xr.Dataset):
-        paths = [] if cover is None else [cover]
-    else:
-        paths = list(cover.values()) if isinstance(cover, Mapping) else list(cover)
+    paths = paths_of(cover, len(extents))
     out, said = [], []
     for k, (low, high) in enumerate(extents):
         dim = DIMS[k]
@@ -107,3 +102,35 @@ def covering(extents, cover, margin: float = MARGIN) -> tuple[list[tuple[float, 
             said.append(f"{dim} to {low:.3g} .. {high:.3g}")
         out.append((float(low), float(high)))
     return out, ("; widened to hold the path: " + ", ".join(said)) if said else ""
+
+
+def paths_of(cover, ndim: int) -> list:
+    """The paths in ``cover`` (a dataset from :func:`crumple.project`, a dict or list of
+    them, or None) as a list, each with the plane's ``ndim`` coordinates; else a clear error.
+
+    Example:
+        >>> import xarray as xr
+        >>> len(paths_of({"SGD": xr.Dataset({"alpha": ("step", [0.0])})}, 1))
+        1
+    """
+    import xarray as xr
+
+    if cover is None:
+        return []
+    if isinstance(cover, xr.Dataset):
+        items = [cover]
+    elif isinstance(cover, Mapping):
+        items = list(cover.values())
+    elif isinstance(cover, (list, tuple)):
+        items = list(cover)
+    else:
+        items = [cover]
+    dims = DIMS[:ndim]
+    for item in items:
+        if not (isinstance(item, xr.Dataset) and all(d in item for d in dims)):
+            raise CrumpleError(
+                f"cover must hold paths from crumple.project (xarray Datasets with "
+                f"{' and '.join(dims)}), as one, a dict or a list of them, or None; got "
+                f"{type(item).__name__}; e.g. cover=cr.project(trajectory, plane, ...)"
+            )
+    return items

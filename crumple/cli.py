@@ -134,7 +134,7 @@ def _add_surface(commands) -> None:
         help="alpha axis (default -1:1:51); auto: both axes reach where the loss has risen "
         "--rise times over the centre, widened to hold the --trajectory's path",
     )
-    add("--rise", type=types.positive_float("--rise"), default=2.0, help="for --grid auto")
+    add("--rise", type=types.positive_float("--rise"), help="for --grid auto (default 2)")
     add(
         "--grid-beta",
         type=types.grid_axis,

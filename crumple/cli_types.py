@@ -261,12 +261,19 @@ def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict
 
     if isinstance(args.grid_beta, AutoGrid) and not isinstance(args.grid, AutoGrid):
         raise CrumpleError("--grid-beta auto: give --grid auto, which chooses both axes")
+    if args.rise is not None and not isinstance(args.grid, AutoGrid):
+        raise CrumpleError("--rise is for --grid auto: add --grid auto, or drop --rise")
     if not isinstance(args.grid, AutoGrid):
         return cr.Grid(args.grid, args.grid if args.grid_beta is None else args.grid_beta), {}
     if args.grid_beta is not None:
         raise CrumpleError(
             "--grid-beta does not go with --grid auto, which chooses both axes: drop "
             "--grid-beta, or give --grid START:STOP:NUM too"
+        )
+    if plane.ndim != 2:
+        raise CrumpleError(
+            f"--grid auto: the {plane.attrs.get('kind', 'given')} plane has one direction, and "
+            "crumple surface draws two (--plane between needs --weights-c for a plane)"
         )
     evaluation = runs.path_options(options)
     paths = {}
@@ -280,7 +287,7 @@ def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict
         plane,
         paths,
         num=args.grid.num,
-        rise=args.rise,
+        rise=2.0 if args.rise is None else args.rise,
         **evaluation,
     )
     print(f"grid: {grid.chosen}")

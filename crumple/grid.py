@@ -49,8 +49,9 @@ class Grid:
             >>> [round(float(a), 2) for a in grid.axes[0]]  # (w - 1)^2 = 4 at w = -1, 3
             [-1.0, 1.0, 3.0]
         """
-        from crumple.auto_range import auto_extents, covering
+        from crumple.auto_range import auto_extents, covering, paths_of
 
+        paths_of(cover, plane.ndim)  # checked before the line evaluations
         extents, sentence = auto_extents(model, loss_fn, data, plane, rise, **options)
         extents, widened = covering(extents, cover)
         grid = cls(*(np.linspace(low, high, num) for low, high in extents))

@@ -209,7 +209,7 @@ def _grid(coords: Any, planes: list):
     """The grid of each direction: a line's ``alpha``, or a two-axis grid (2-D planes)."""
     from crumple.grid import Grid
 
-    grid = coords if isinstance(coords, Grid) else Grid(np.asarray(coords, dtype=np.float64))
+    grid = coords if isinstance(coords, Grid) else Grid(coords)
     if len(grid.axes) == 2 and planes[0].ndim != 2:
         raise CrumpleError(
             f"coords={grid!r} has alpha and beta, but the planes are {planes[0].ndim}-D; "

@@ -62,3 +62,15 @@ def test_the_grid_widens_to_hold_a_path_and_the_surface_says_what_was_chosen():
     ds = cr.surface(model, loss_fn, data, plane, grid)
     assert ds.attrs["grid_chosen"] == grid.chosen
     assert cr.plot.facts(ds)["grid range"] == grid.chosen
+
+
+@pytest.mark.parametrize(
+    "cover",
+    ["path", 3, {"p": np.zeros(3)}, xr.Dataset({"alpha": ("step", [0.0])})],
+    ids=["text", "number", "array", "no beta"],
+)
+def test_a_cover_that_is_no_path_is_refused_before_any_evaluation(cover, monkeypatch):
+    model, loss_fn, data, plane = mlp()
+    monkeypatch.setattr("crumple.auto_range.auto_extents", None)  # never reached
+    with pytest.raises(cr.CrumpleError, match="cover must hold paths from crumple.project"):
+        cr.Grid.auto(model, loss_fn, data, plane, cover=cover)

@@ -278,9 +278,14 @@ def test_grid_auto_holds_the_path_and_says_what_it_chose(tmp_path, capsys):
         (["--grid", "auto", "--grid-beta", "-1:1:5"], "--grid-beta does not go with --grid auto"),
         (["--grid-beta", "auto"], "give --grid auto, which chooses both axes"),
         (["--grid", "auto", "--rise", "0.5"], "rise must be a number > 1"),
+        (["--rise", "3"], "--rise is for --grid auto"),
+        (["--grid", "auto", "--plane", "between", "--weights-b", "x.pt"], "has one direction"),
     ],
 )
 def test_grid_auto_refusals(tmp_path, capsys, args, message):
+    torch.manual_seed(5)
+    other = saved(tmp_path, MLP(), "x.pt")  # other weights: --plane between has a line
+    args = [other if a == "x.pt" else a for a in args]
     with pytest.raises(SystemExit):
         run(capsys, *args, "--out", str(tmp_path / "run"))
     assert message in capsys.readouterr().err

@@ -179,10 +179,14 @@ def test_nan_leaves_gaps_and_a_solid_is_refused_with_the_count(tmp_path):
         (dict(z_scale=True), r"z_scale=True is not allowed"),
         (dict(base=-1.0), r"base=-1.0 is not above 0"),
         (dict(zmax=0.5), r"zmax=0.5 is below the surface's smallest loss"),
+        (dict(solid="no"), r"solid must be True or False, got 'no'"),
+        (dict(path="x.obj", log="no"), r"log must be True or False, got 'no'"),
+        (dict(path="folder.stl"), r"is a folder; give a file name in it"),
     ],
 )
 def test_bad_requests_are_refused_with_the_fix(tmp_path, call, message):
     path = call.pop("path", "x.stl")
+    (tmp_path / "folder.stl").mkdir()
     path = tmp_path / path if isinstance(path, str) else path
     with pytest.raises(CrumpleError, match=message):
         cr.plot.save_mesh(landscape(), path, **call)

@@ -241,6 +241,10 @@ def test_bad_figure_input_is_refused(stored):
         cr.plot.spread(surface)
     with pytest.raises(CrumpleError, match="band='wide' is not one of"):
         cr.plot.spread(stored, band="wide")
+    with pytest.raises(CrumpleError, match="ymax='top' is not a number"):
+        cr.plot.spread(stored, ymax="top")
+    with pytest.raises(CrumpleError, match="ymax=-5.0 is below the surface's smallest loss"):
+        cr.plot.spread(stored, ymax=-5.0)
     with pytest.raises(CrumpleError, match="save_spread needs the dataset of crumple.spread"):
         cr.store.save_spread("unused", surface)
 

@@ -68,7 +68,7 @@ def spread(
     x, values = ds[curves_da.dims[1]].values, curves_da.values
     stats = summary(ds, var)
     n = values.shape[0]
-    scale = Scale(values, log, ymax if ymax is not None else _cap(values, log))
+    scale = Scale(values, log, ymax if ymax is not None else _cap(values, log), "ymax")
     for which in ("minmax", "std") if band == "both" else (band,):
         _add_band(fig, x, stats, var, which, n)
     if curves:

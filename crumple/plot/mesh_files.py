@@ -1,8 +1,9 @@
 """Mesh files of a landscape for ParaView (VTK), 3-D printing (STL) and Blender (OBJ, GLB),
 written by meshio (VTK) and trimesh (the others); the heights are :mod:`crumple.plot.meshes`'.
 
-- ``.vtu`` (VTK XML) and ``.vtk`` (legacy VTK): the grid nodes in the order of
-  ``ds.loss.values.ravel()`` (node ``i * nb + j`` at ``(alpha[i], beta[j], z)``), one quad
+- ``.vtu`` (VTK XML) and ``.vtk`` (legacy VTK): the grid nodes alpha-major, as
+  ``ds.loss.transpose("alpha", "beta").values.ravel()`` (node ``i * nb + j`` at
+  ``(alpha[i], beta[j], z)``), one quad
   per grid cell, point data ``loss`` (the values as computed, unscaled), ``drawn`` (the
   page's value: clipped, log10 with ``log``; ``z = z_scale * drawn``) and every other
   variable over the grid (metrics, the curvature map's ``lambda_max``...). A ``.vtu``
@@ -26,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from crumple.errors import CrumpleError, require_extra
-from crumple.plot.meshes import Heights, heights, mesh
+from crumple.plot.meshes import Heights, check_flag, heights, mesh
 
 SUFFIXES = (".vtu", ".vtk", ".stl", ".obj", ".glb")
 VTK = (".vtu", ".vtk")
@@ -49,6 +50,8 @@ def mesh_path(path: object, option: str = "path", allowed: tuple[str, ...] = SUF
         raise CrumpleError(f"{option}={path!r} is not a file name; give one such as 'surface.stl'")
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix in allowed and p.is_dir():
+        raise CrumpleError(f"{option}={str(path)!r} is a folder; give a file name in it")
     if suffix in allowed:
         return p
     if suffix == ".vts":
@@ -98,6 +101,8 @@ def save_mesh(
         (25, True)
     """
     path = mesh_path(path)
+    if solid is not None:
+        check_flag("solid", solid)
     suffix = path.suffix.lower()
     scaling = dict(log=log, zmax=zmax, z_scale=z_scale)
     if suffix in VTK:

@@ -87,6 +87,7 @@ def heights(
         (0.5, 1.0)
     """
     loss = _surface_loss(ds)
+    check_flag("log", log)
     scale = Scale(loss.values, log, zmax)
     if scale.empty:
         raise CrumpleError(
@@ -104,6 +105,17 @@ def heights(
     missing = np.isnan(drawn)
     z = z_scale * np.where(missing, low, drawn)
     return Heights(alpha, beta, z, drawn, missing, scale, float(z_scale))
+
+
+def check_flag(name: str, value: object) -> None:
+    """Refuse a ``log=`` or ``solid=`` that is not True or False (``"no"`` would read as
+    True).
+
+    Example:
+        >>> check_flag("log", False)
+    """
+    if not isinstance(value, bool):
+        raise CrumpleError(f"{name} must be True or False, got {value!r}")
 
 
 def _surface_loss(ds: object) -> xr.DataArray:
@@ -196,6 +208,7 @@ def mesh(
         (42, True, True)
     """
     trimesh = require_extra("trimesh", "mesh")
+    check_flag("solid", solid)
     h = heights(ds, log=log, zmax=zmax, z_scale=z_scale)
     shape = h.z.shape
     nodes = np.column_stack(

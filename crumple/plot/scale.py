@@ -25,8 +25,9 @@ FENCE = 3.0  # interquartile ranges beyond the quartiles (Tukey's "far out")
 QUANTILE_PAIRS = ((25, 75), (10, 90), (5, 95))
 
 
-def check_zmax(zmax: object, log: bool) -> float | None:
-    """``zmax`` as a float, or a :class:`CrumpleError` saying why it cannot be drawn.
+def check_zmax(zmax: object, log: bool, option: str = "zmax") -> float | None:
+    """``zmax`` as a float, or a :class:`CrumpleError` saying why it cannot be drawn
+    (naming the caller's ``option``).
 
     Example:
         >>> check_zmax(3, log=False)
@@ -42,15 +43,15 @@ def check_zmax(zmax: object, log: bool) -> float | None:
     fix = "or leave it out (None) for a cap from the finite values' spread"
     if isinstance(zmax, bool) or not isinstance(zmax, Real):
         raise CrumpleError(
-            f"zmax={zmax!r} is not a number; give the loss value to cap the drawing at "
-            f"(e.g. zmax=10.0), {fix}"
+            f"{option}={zmax!r} is not a number; give the loss value to cap the drawing at "
+            f"(e.g. {option}=10.0), {fix}"
         )
     if not math.isfinite(zmax):
-        raise CrumpleError(f"zmax={zmax!r} is not finite; give a finite loss value, {fix}")
+        raise CrumpleError(f"{option}={zmax!r} is not finite; give a finite loss value, {fix}")
     if log and zmax <= 0:
         raise CrumpleError(
-            f"zmax={zmax!r} cannot be drawn on a log scale: log=True needs a zmax above 0; "
-            f"give a positive zmax, {fix}"
+            f"{option}={zmax!r} cannot be drawn on a log scale: log=True needs a {option} above 0; "
+            f"give a positive {option}, {fix}"
         )
     return float(zmax)
 
@@ -86,8 +87,11 @@ class Scale:
         'no finite loss value: nothing to draw (3 nan, 0 inf)'
     """
 
-    def __init__(self, z, log: bool = False, zmax: float | None = None) -> None:
-        zmax = check_zmax(zmax, log)
+    def __init__(
+        self, z, log: bool = False, zmax: float | None = None, option: str = "zmax"
+    ) -> None:
+        zmax = check_zmax(zmax, log, option)
+        self.option = option
         z = np.asarray(z, dtype=np.float64)
         self.log = bool(log)
         self.size = z.size
@@ -114,9 +118,9 @@ class Scale:
     def _below_minimum(self, zmax: float, smallest: float) -> str:
         what = "smallest positive loss" if self.log else "smallest loss"
         return (
-            f"zmax={zmax!r} is below the surface's {what} {smallest:.5g}: nothing would be "
-            f"visible; give a zmax of at least {smallest:.5g}, or leave it out (None) for a "
-            "cap from the finite values' spread"
+            f"{self.option}={zmax!r} is below the surface's {what} {smallest:.5g}: nothing "
+            f"would be visible; give a {self.option} of at least {smallest:.5g}, or leave it "
+            "out (None) for a cap from the finite values' spread"
         )
 
     def clipped(self, z) -> np.ndarray:
