@@ -78,7 +78,7 @@ class LightningHooks:
         model = self._model(pl_module)
         if trainer.is_global_zero:
             self.tracker.check_start(
-                self._folder(trainer),
+                self.tracker.folder(trainer.default_root_dir),
                 model,
                 self.tracker.data,
                 self._has_data(trainer),
@@ -99,7 +99,7 @@ class LightningHooks:
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.tracker.finish(trainer.global_step)
-        folder = self._folder(trainer)
+        folder = self.tracker.folder(trainer.default_root_dir)
         if folder is not None and trainer.is_global_zero:
             data = self.tracker.data if self.tracker.data is not None else _val_loader(trainer)
             self.tracker.write_landscape(self._model(pl_module), data, folder)
@@ -121,12 +121,6 @@ class LightningHooks:
                 f"module={self.module!r}: the LightningModule has no such submodule; its "
                 f"children are {names}"
             ) from e
-
-    def _folder(self, trainer) -> Path | None:
-        landscape = self.tracker.landscape
-        if landscape is False:
-            return None
-        return Path(trainer.default_root_dir, "landscape") if landscape is True else Path(landscape)
 
     def _has_data(self, trainer) -> bool:
         if self.tracker.data is not None or trainer.val_dataloaders is not None:

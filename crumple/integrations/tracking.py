@@ -65,6 +65,13 @@ class Tracker:
         processes other than the main one)."""
         return None if self.recorder is None else self.recorder.trajectory
 
+    def folder(self, root: str | Path) -> Path | None:
+        """Where the landscape is written: ``landscape`` itself, ``root/landscape`` for
+        ``landscape=True`` (``root``: the framework's output folder), or ``None``."""
+        if self.landscape is False:
+            return None
+        return Path(root, "landscape") if self.landscape is True else Path(self.landscape)
+
     def check_start(
         self, folder: Path | None, model, data: Any, has_data: bool, other_way: str
     ) -> None:

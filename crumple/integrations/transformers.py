@@ -106,7 +106,7 @@ class LandscapeCallback(transformers.TrainerCallback):
         if state.is_world_process_zero:
             has_data = self.tracker.data is not None or args.eval_strategy != "no"
             self.tracker.check_start(
-                self._folder(args),
+                self.tracker.folder(args.output_dir),
                 model,
                 self.tracker.data,
                 has_data,
@@ -136,7 +136,7 @@ class LandscapeCallback(transformers.TrainerCallback):
         self._flush()
         if not args.load_best_model_at_end:  # else the model holds the best checkpoint's
             self.tracker.finish(state.global_step)  # weights, not the last step's
-        folder = self._folder(args)
+        folder = self.tracker.folder(args.output_dir)
         if folder is None or not state.is_world_process_zero:
             return
         data = self.tracker.data if self.tracker.data is not None else eval_dataloader
@@ -152,9 +152,3 @@ class LandscapeCallback(transformers.TrainerCallback):
         if self.pending is not None:
             step, self.pending = self.pending, None
             self.tracker.after_step(step, loss)
-
-    def _folder(self, args) -> Path | None:
-        landscape = self.tracker.landscape
-        if landscape is False:
-            return None
-        return Path(args.output_dir, "landscape") if landscape is True else Path(landscape)
