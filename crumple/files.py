@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from crumple.errors import CrumpleError
+
 
 def save_tensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> Path:
     """``safetensors.torch.save_file``, then the file's mode set to ``0o666`` less the
@@ -29,3 +31,31 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def suffixed_path(path: object, option: str, allowed: tuple[str, ...], example: str) -> Path:
+    """``path`` as a Path if it is a file name (not a folder) whose suffix is one of
+    ``allowed`` (any case), else a :class:`CrumpleError` naming ``option`` and the fix.
+
+    Example:
+        >>> suffixed_path("fig.PNG", "--png", (".png",), "surface.png").name
+        'fig.PNG'
+        >>> try:
+        ...     suffixed_path("x.png", "--pdf", (".pdf",), "surface.pdf")
+        ... except CrumpleError as e:
+        ...     print(e)
+        --pdf='x.png' ends in '.png', not .pdf; give a file name ending in .pdf, e.g. 'x.pdf'
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise CrumpleError(f"{option}={path!r} is not a file name; give one such as {example!r}")
+    p = Path(path)
+    if p.suffix.lower() in allowed:
+        if p.is_dir():
+            raise CrumpleError(f"{option}={str(path)!r} is a folder; give a file name in it")
+        return p
+    given = f"ends in {p.suffix!r}, not" if p.suffix else "has no suffix; the format follows it:"
+    choices = " or ".join(allowed)
+    fix = f", e.g. {str(p.with_suffix(allowed[0]))!r}" if p.name else ""
+    raise CrumpleError(
+        f"{option}={str(path)!r} {given} {choices}; give a file name ending in {choices}{fix}"
+    )

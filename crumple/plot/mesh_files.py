@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from crumple.errors import CrumpleError, require_extra
+from crumple.files import suffixed_path
 from crumple.plot.meshes import Heights, check_flag, heights, mesh
 
 SUFFIXES = (".vtu", ".vtk", ".stl", ".obj", ".glb")
@@ -46,26 +47,13 @@ def mesh_path(path: object, option: str = "path", allowed: tuple[str, ...] = SUF
         ...     print(str(e)[:67])
         --vtk='run.vts' is a VTK structured grid, which meshio cannot write
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise CrumpleError(f"{option}={path!r} is not a file name; give one such as 'surface.stl'")
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in allowed and p.is_dir():
-        raise CrumpleError(f"{option}={str(path)!r} is a folder; give a file name in it")
-    if suffix in allowed:
-        return p
-    if suffix == ".vts":
+    if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() == ".vts":
         raise CrumpleError(
             f"{option}={str(path)!r} is a VTK structured grid, which meshio cannot write; give "
             f"a .vtu file (VTK unstructured grid: the same nodes and point data, opened by "
-            f"ParaView alike), e.g. {str(p.with_suffix('.vtu'))!r}"
+            f"ParaView alike), e.g. {str(Path(path).with_suffix('.vtu'))!r}"
         )
-    given = f"ends in {p.suffix!r}, not" if p.suffix else "has no suffix; the format follows it:"
-    example = f", e.g. {str(p.with_suffix(allowed[0]))!r}" if p.name else ""
-    raise CrumpleError(
-        f"{option}={str(path)!r} {given} {' or '.join(allowed)}; give a file name ending "
-        f"in {' or '.join(allowed)}{example}"
-    )
+    return suffixed_path(path, option, allowed, "surface.stl")
 
 
 def save_mesh(

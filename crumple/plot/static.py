@@ -3,7 +3,6 @@ contour view with the paths, critical points and grid minimum, as on the page.""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import numpy as np
 import xarray as xr
 
 from crumple.analysis import critical_points
-from crumple.errors import CrumpleError, require_extra
+from crumple.errors import require_extra
+from crumple.files import suffixed_path
 from crumple.plot.scale import Scale
 from crumple.plot.style import check_paths, colours, display_grid, label
 
@@ -20,29 +20,15 @@ STATIC_SUFFIXES = (".png", ".pdf", ".svg")
 
 def static_path(path: object, option: str = "path", suffix: str | None = None) -> Path:
     """``path`` as a Path if its suffix names a static format (``suffix`` only, if given),
-    else a :class:`CrumpleError` naming ``option`` and the fix.
+    else a :class:`~crumple.errors.CrumpleError` naming ``option`` and the fix
+    (:func:`crumple.files.suffixed_path`).
 
     Example:
         >>> static_path("fig.PDF").name
         'fig.PDF'
-        >>> try:
-        ...     static_path("x.png", "--pdf", ".pdf")
-        ... except CrumpleError as e:
-        ...     print(e)
-        --pdf='x.png' ends in '.png', not .pdf; give a file name ending in .pdf, e.g. 'x.pdf'
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise CrumpleError(f"{option}={path!r} is not a file name; give one such as 'surface.png'")
-    p = Path(path)
     allowed = (suffix,) if suffix else STATIC_SUFFIXES
-    if p.suffix.lower() in allowed:
-        return p
-    given = f"ends in {p.suffix!r}, not" if p.suffix else "has no suffix; the format follows it:"
-    example = f", e.g. {str(p.with_suffix(allowed[0]))!r}" if p.name else ""
-    raise CrumpleError(
-        f"{option}={str(path)!r} {given} {' or '.join(allowed)}; give a file name ending "
-        f"in {' or '.join(allowed)}{example}"
-    )
+    return suffixed_path(path, option, allowed, "surface.png")
 
 
 def save_static(
