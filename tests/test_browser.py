@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,18 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield b
         b.close()
+
+
+def opened(browser, file, height: int = 1000):
+    """A page of ``browser`` showing ``file`` once its figures are drawn, and the list that
+    its errors (uncaught, and the console's) are added to."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(Path(file).as_uri())
+    page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=120_000)
+    return page, errors
 
 
 @pytest.fixture(

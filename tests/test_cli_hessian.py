@@ -18,7 +18,7 @@ from crumple.cli_info import describe
 from crumple.plot.spectra import ONE_EIGENVALUE, bump
 from tests import cli_fixtures
 from tests.cases import assert_close
-from tests.test_browser import browser  # noqa: F401  (the fixture)
+from tests.test_browser import browser, opened  # noqa: F401  (the fixture)
 
 MODEL = "tests.cli_fixtures:make_tiny64"
 DATA = "tests.cli_fixtures:digits_pair"
@@ -270,11 +270,7 @@ def test_tol_reaches_lanczos_and_the_advice_names_it(tmp_path, monkeypatch, caps
 @pytest.mark.browser
 @pytest.mark.slow
 def test_the_page_draws_its_density_in_chromium(run, browser):  # noqa: F811 (the fixture)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((run / "hessian.html").as_uri())
-    page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=60_000)
+    page, errors = opened(browser, run / "hessian.html")
     drawn = page.evaluate(
         "() => Array.from(document.querySelectorAll('#figure-0 .scatterlayer .trace'))"
         ".map((t) => (t.querySelector('path.js-line') || {getAttribute: () => ''})"

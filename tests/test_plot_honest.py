@@ -14,6 +14,7 @@ import crumple as cr
 from crumple.cli import main
 from crumple.errors import CrumpleError
 from crumple.plot.scale import Scale
+from tests.test_browser import browser, opened  # noqa: F401  (the fixture)
 from tests.test_plot import bumps, path_on_nodes, traces
 
 A = np.linspace(-1, 1, 21)
@@ -341,20 +342,6 @@ def test_bumps_with_divergent_corner_keeps_its_saddles_visible():
 # -- in a real browser -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from tests.test_browser import CHROMIUM, FLAGS
-
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
-
-
 def gappy_overflowing() -> xr.Dataset:
     loss = overflowing().loss.values.copy()
     loss[:, 5] = np.nan
@@ -371,14 +358,8 @@ def gappy_overflowing() -> xr.Dataset:
     ],
     ids=["all-nan", "overflowing-with-gaps"],
 )
-def test_the_browser_shows_what_was_not_drawn(chromium, tmp_path, make, said):
-    path = cr.plot.report(tmp_path / "page.html", make())
-    page = chromium.new_page(viewport={"width": 1400, "height": 900})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.goto(path.as_uri())
-    page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=120_000)
+def test_the_browser_shows_what_was_not_drawn(browser, tmp_path, make, said):  # noqa: F811
+    page, errors = opened(browser, cr.plot.report(tmp_path / "page.html", make()), height=900)
     assert said in page.locator(".facts").inner_text()
     for k in (0, 1):  # the 3-D and contour views say it in their titles
         title = page.locator(f"#figure-{k} .gtitle").text_content()

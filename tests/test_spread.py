@@ -17,7 +17,7 @@ from crumple.plot.bands import spread_facts
 from crumple.spread import summary
 from tests import cli_fixtures
 from tests.cases import assert_close, assert_untouched, snapshot
-from tests.test_browser import browser  # noqa: F401  (the fixture)
+from tests.test_browser import browser, opened  # noqa: F401  (the fixture)
 
 ALPHA = np.linspace(-1.0, 1.0, 11)
 MODEL = "tests.cli_fixtures:make_tiny64"
@@ -301,11 +301,7 @@ def test_the_command_refuses_a_spread_of_one(capsys):
 @pytest.mark.browser
 @pytest.mark.slow
 def test_the_page_draws_the_band_in_chromium(run, browser):  # noqa: F811 (the fixture)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((run / "landscape.html").as_uri())
-    page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=60_000)
+    page, errors = opened(browser, run / "landscape.html")
     drawn = page.evaluate(
         """() => {
           const div = Array.from(document.querySelectorAll('.js-plotly-plot')).find(
