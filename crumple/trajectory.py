@@ -23,6 +23,16 @@ INDEX = "trajectory.jsonl"
 PROJECT_CHUNK = 16  # snapshots evaluated together
 
 
+def index_row(step: int, loss: float) -> str:
+    """One line of a trajectory folder's index (``trajectory.jsonl``).
+
+    Example:
+        >>> index_row(3, 0.5)
+        '{"step": 3, "loss": 0.5}\\n'
+    """
+    return json.dumps({"step": step, "loss": loss}) + "\n"
+
+
 class Trajectory:
     """Weight snapshots of a training run, with the step and the loss the loop reported.
 
@@ -206,7 +216,7 @@ class Recorder:
                 contiguous = {n: w.contiguous() for n, w in weights.items()}
                 save_tensors(contiguous, t._file(self.step))
                 with open(t.folder / INDEX, "a") as index:
-                    index.write(json.dumps({"step": self.step, "loss": value}) + "\n")
+                    index.write(index_row(self.step, value))
             t.steps.append(self.step)
             t.losses.append(value)
         self.step += 1

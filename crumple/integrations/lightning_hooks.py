@@ -56,7 +56,7 @@ class LightningHooks:
             num=num,
             options=options,
         )
-        self.every, self.to, self.module = every, to, module
+        self.module = module
         self.window: list[Tensor] = []  # the losses of the micro-batches of one optimizer step
 
     @property
@@ -69,6 +69,16 @@ class LightningHooks:
     def run(self):
         """The landscape written when training ended (:class:`crumple.runs.Run`), or ``None``."""
         return self.tracker.run
+
+    @property
+    def every(self) -> int:
+        """Record every this many optimizer steps."""
+        return self.tracker.every
+
+    @property
+    def to(self) -> str | Path | None:
+        """The folder the snapshots stream to (``None``: in memory)."""
+        return self.tracker.to
 
     @property
     def state_key(self) -> str:

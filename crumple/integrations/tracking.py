@@ -5,7 +5,6 @@ training resumes, and the landscape written when training ends."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -234,7 +233,7 @@ def truncate(trajectory, step: int) -> None:
         >>> truncate(t, 3); t.steps, t.losses
         ([0, 2], [1.0, 0.5])
     """
-    from crumple.trajectory import INDEX
+    from crumple.trajectory import INDEX, index_row
 
     keep = sum(1 for s in trajectory.steps if s <= step)
     dropped = trajectory.steps[keep:]
@@ -244,8 +243,8 @@ def truncate(trajectory, step: int) -> None:
     if trajectory.weights is not None:
         del trajectory.weights[keep:]
         return
-    rows = (json.dumps({"step": s, "loss": v}) for s, v in zip(trajectory.steps, trajectory.losses))
-    (trajectory.folder / INDEX).write_text("".join(f"{row}\n" for row in rows))
+    rows = map(index_row, trajectory.steps, trajectory.losses)
+    (trajectory.folder / INDEX).write_text("".join(rows))
     for s in dropped:
         trajectory._file(s).unlink(missing_ok=True)
 
