@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     from distributed import Client
 
-    from crumple.distributed import local_cluster
+    from crumple.run.distributed import local_cluster
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # as each worker: one thread

@@ -23,9 +23,9 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from crumple import hessian, plot, reference
     from crumple.grid import Grid
     from crumple.plane import Plane
+    from crumple.run.store import open_run
+    from crumple.run.store import open_run as open  # noqa: A001
     from crumple.spread import spread
-    from crumple.store import open_run
-    from crumple.store import open_run as open  # noqa: A001
     from crumple.surface import line, surface
     from crumple.trajectory import Recorder, Trajectory, project
 
@@ -66,14 +66,15 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Recorder": ("crumple.trajectory", "Recorder"),
     "Trajectory": ("crumple.trajectory", "Trajectory"),
     "project": ("crumple.trajectory", "project"),
-    "open": ("crumple.store", "open_run"),
-    "open_run": ("crumple.store", "open_run"),
+    "open": ("crumple.run.store", "open_run"),
+    "open_run": ("crumple.run.store", "open_run"),
     "plot": ("crumple.plot", None),
+    "store": ("crumple.run.store", None),  # cr.store.save_spread, open_hessian
 }
 
 
 def __getattr__(name: str) -> Any:
-    """A public name, imported on first use; any other submodule (``crumple.store``) too, as
+    """A public name, imported on first use; any other submodule (``crumple.run.store``) too, as
     when this package imported them all."""
     if name in _LAZY:
         module, attr = _LAZY[name]

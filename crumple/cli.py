@@ -282,7 +282,7 @@ def _plane(args: argparse.Namespace, kind, model, loss_fn, batches, trajectory):
 def _surface(args: argparse.Namespace) -> None:
     kind = _plane_kind(args)
     import crumple as cr
-    from crumple import runs, specs
+    from crumple import report, specs
 
     model, loss_fn, batches = types.load_inputs(args)
     metrics = {
@@ -300,7 +300,7 @@ def _surface(args: argparse.Namespace) -> None:
         f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
     )
-    ds, paths = runs.save_surface(
+    ds, paths = report.save_surface(
         args.out,
         model,
         loss_fn,
@@ -316,7 +316,7 @@ def _surface(args: argparse.Namespace) -> None:
         **options,
     )
     cli_spread.run(args, model, loss_fn, batches, grid, options)
-    page = runs.write_page(args.out, ds, paths)
+    page = report.write_page(args.out, ds, paths)
     print(
         f"{grid.size:,} points in {ds.attrs['seconds']:.1f} s ({ds.attrs['strategy']}); "
         f"wrote {page} and {args.out / cr.store.DATA}"
@@ -324,8 +324,8 @@ def _surface(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from crumple import store
     from crumple.cli_info import describe
+    from crumple.run import store
 
     print(describe(args.folder))
     if args.netcdf:
@@ -335,8 +335,9 @@ def _info(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     if not (args.html or args.png or args.pdf):
         raise CrumpleError("say what to write: --html PAGE, --png FILE and/or --pdf FILE")
-    from crumple import plot, store
+    from crumple import plot
     from crumple.plot.static import static_path
+    from crumple.run import store
 
     static = [  # each file's suffix is its option's format, checked before anything is written
         static_path(target, option, f".{option[2:]}")

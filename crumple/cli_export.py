@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> None:
             "say what to write: --vtk FILE.vtu, --stl FILE.stl, --obj FILE.obj and/or "
             "--glb FILE.glb"
         )
-    from crumple import store
     from crumple.plot.mesh_files import mesh_path, save_mesh
     from crumple.plot.meshes import heights
+    from crumple.run import store
 
     files = {o: mesh_path(f, o, FILES[o]) for o, f in wanted.items()}  # before writing any
     _check_extras(files)

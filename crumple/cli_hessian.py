@@ -121,8 +121,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"crumple hessian: {n:,} parameters; {', '.join(wanted)}{by}")
     start = time.perf_counter()
     found = _compute(args, model, loss_fn, batches)
-    from crumple import plot, store
-    from crumple.dataset import function_name
+    from crumple import plot
+    from crumple.run import store
+    from crumple.run.schema import function_name
     from crumple.version import __version__
 
     weight = next(p for p in model.parameters() if p.requires_grad)
@@ -188,7 +189,7 @@ def _check_folder(out: Path) -> None:
 def _check_surface_run(out: Path, model, batches) -> bool:
     """Whether ``out`` holds a surface run; one of another model or other data (by its
     fingerprint), or without a fingerprint (crumple demo), is refused."""
-    from crumple.store import RunStore
+    from crumple.run.store import RunStore
 
     stored = RunStore.open(out)
     if stored is None:
@@ -215,7 +216,7 @@ def _check_surface_run(out: Path, model, batches) -> bool:
 def _fingerprint(model, batches) -> dict[str, str]:
     """The weights and data parts of the fingerprint a surface run of this model and data
     has."""
-    from crumple.tiles import samples_digest, weights_digest
+    from crumple.run.driver import samples_digest, weights_digest
 
     return {"weights": weights_digest(model), "data": samples_digest(batches)}
 

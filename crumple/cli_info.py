@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from crumple import planes
-from crumple.store import HESSIAN, PLANE, SPREAD, open_run, open_spread
+from crumple.run.store import HESSIAN, PLANE, SPREAD, open_run, open_spread
 
 
 def describe(folder: str | Path) -> str:
@@ -15,7 +15,7 @@ def describe(folder: str | Path) -> str:
 
     Example:
         >>> import tempfile, xarray as xr
-        >>> from crumple.store import save_run
+        >>> from crumple.run.store import save_run
         >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((2, 3)))},
         ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0, 2.0]})
         >>> print(describe(save_run(tempfile.mkdtemp(), ds)).splitlines()[1])

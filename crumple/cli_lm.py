@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     require_extra("transformers", "hf")
     args.out.mkdir(parents=True, exist_ok=True)
     from crumple.examples import tinylm
-    from crumple.store import DATA, open_run
+    from crumple.run.store import DATA, open_run
 
     size = tinylm.SIZES[args.quick]
     steps = size["steps"] if args.steps is None else args.steps

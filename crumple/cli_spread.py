@@ -46,8 +46,9 @@ def run(args: argparse.Namespace, model, loss_fn, batches, grid, options: dict[s
     if not getattr(args, "spread", None):
         return None
     import crumple as cr
-    from crumple import planes, store
+    from crumple import planes
     from crumple.planes.kinds import random_options
+    from crumple.run import store
 
     chosen = random_options(planes.Sources(model, options=vars(args)))
     first = int(chosen.pop("seed"))

@@ -257,7 +257,7 @@ def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict
     :meth:`crumple.Grid.auto` chooses, widened to hold the trajectory's path (so projected
     first, and returned as the run's paths)."""
     import crumple as cr
-    from crumple import runs
+    from crumple import report
 
     if isinstance(args.grid_beta, AutoGrid) and not isinstance(args.grid, AutoGrid):
         raise CrumpleError("--grid-beta auto: give --grid auto, which chooses both axes")
@@ -275,11 +275,11 @@ def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict
             f"--grid auto: the {plane.attrs.get('kind', 'given')} plane has one direction, and "
             "crumple surface draws two (--plane between needs --weights-c for a plane)"
         )
-    evaluation = runs.path_options(options)
+    evaluation = report.path_options(options)
     paths = {}
     if trajectory is not None:
         paths["path"] = cr.project(trajectory, plane, model, loss_fn, batches, **evaluation)
-    grid = runs.choose_grid(
+    grid = report.choose_grid(
         "auto",
         model,
         loss_fn,

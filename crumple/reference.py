@@ -28,11 +28,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from crumple.batches import Data, inputs_only, load
-from crumple.dataset import grid_dataset
 from crumple.grid import Grid
 from crumple.losses import Objective
 from crumple.params import Params, evaluation_mode
 from crumple.plane import Plane
+from crumple.run.schema import grid_dataset
 
 
 def points(

@@ -4,7 +4,7 @@ A random plane (Li et al. 2018) is one draw. :func:`spread` evaluates the same l
 coarse surface) along several draws, one :func:`crumple.line` (or :func:`crumple.surface`)
 call per direction, and stacks them over a ``direction`` dimension, with the mean, the
 standard deviation, the minimum and the maximum over directions beside them
-(:func:`summary`). ``crumple.plot.spread`` draws the band; ``crumple.store.save_spread``
+(:func:`summary`). ``crumple.plot.spread`` draws the band; ``crumple.run.store.save_spread``
 keeps it in a run folder.
 
 Why a loop over planes and not one call: the evaluator takes one plane (one or two
@@ -52,7 +52,7 @@ def spread(
             for a coarse surface on each plane (2-D planes).
         **options: :func:`crumple.line`'s keywords (``device``, ``dtype``, ``strategy``,
             ``metrics``, ``check``, ``progress``, ...), used for every direction;
-            ``store`` is refused: save the result with :func:`crumple.store.save_spread`.
+            ``store`` is refused: save the result with :func:`crumple.run.store.save_spread`.
 
     Returns:
         A Dataset with ``loss`` over ``("direction", "alpha")`` (or ``("direction",
@@ -79,7 +79,7 @@ def spread(
     if options.get("store") is not None:
         raise CrumpleError(
             f"spread takes no store= (got {options['store']!r}): its directions are not one "
-            "resumable run; save the result instead, e.g. crumple.store.save_spread(folder, ds)"
+            "resumable run; save the result instead, e.g. crumple.run.store.save_spread(folder, ds)"
         )
     sizing = {k: options[k] for k in ("max_memory", "stream") if k in options}
     settings = Settings.from_options(**sizing)

@@ -1,5 +1,6 @@
-"""``surface`` and ``line``: check the inputs, run the grid tile by tile (``crumple.tiles``),
-return an ``xarray.Dataset``; ``check=N`` re-does N points with ``crumple.reference``."""
+"""``surface`` and ``line``: check the inputs, run the grid tile by tile
+(``crumple.run.driver``), return an ``xarray.Dataset``; ``check=N`` re-does N points with
+``crumple.reference``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import numpy as np
 import xarray as xr
 from torch import nn
 
-from crumple import reference, tiles
+from crumple import reference
 from crumple.batches import load
-from crumple.dataset import coord_attrs, grid_dataset
 from crumple.errors import CrumpleError
 from crumple.evaluation import Settings
 from crumple.grid import Grid
@@ -27,6 +27,8 @@ from crumple.inputs import (
 )
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
+from crumple.run import driver
+from crumple.run.schema import coord_attrs, grid_dataset
 
 LossFn = Callable[..., Any]
 CHECK_TOLERANCE = {"float64": 1e-9, "float32": 1e-4}  # largest relative difference allowed
@@ -56,7 +58,7 @@ def surface(
             ``ds.attrs["check_max_rel_diff"]``, and past ``CHECK_TOLERANCE`` it is an error.
         progress: show a progress bar over tiles (tqdm: in a terminal or a notebook) and the
             estimated time after the first, for a run longer than
-            ``crumple.tiles.PROGRESS_AFTER`` seconds; ``False`` shows nothing.
+            ``crumple.run.driver.PROGRESS_AFTER`` seconds; ``False`` shows nothing.
         store: a run folder: tiles are written to it as they finish, and running the same
             call again resumes (finished tiles are read, not recomputed). A folder made from
             other inputs (weights, plane, grid, data, loss, dtype) is refused.
@@ -80,7 +82,7 @@ def surface(
             (points batched together).
         chunk_size: grid points per tile (stored, resumed and sent to a Dask worker as one),
             also the most evaluated together. By default tiles take about
-            ``crumple.tiles.TILE_SECONDS`` (as timed on a first call), and vmap takes as many
+            ``crumple.run.driver.TILE_SECONDS`` (as timed on a first call), and vmap takes as many
             points at once as keep their activations cache-sized and within ``max_memory``.
         max_memory: bytes for the data held in memory (up to half, else it is streamed),
             the points evaluated together and the cached layer products.
@@ -171,7 +173,7 @@ def _landscape(
     start = time.perf_counter()
     with evaluation_mode(model):
         given = load(data, settings.data_budget, settings.stream)  # the fingerprint hashes it
-        outcome = tiles.run(
+        outcome = driver.evaluate_grid(
             model, fns, given, plane, grid, settings, coord_attrs=coord_attrs(plane, grid), **run
         )
     if outcome.finished is not None:
@@ -180,10 +182,10 @@ def _landscape(
         ds = grid_dataset(outcome.values, plane, grid, fns, _facts(outcome, start))
     if check:
         _check_against_reference(ds, model, fns, given, plane, check, outcome.settings, run)
-    return tiles.finish(outcome, ds, plane) if outcome.finished is None else ds
+    return driver.finish(outcome, ds, plane) if outcome.finished is None else ds
 
 
-def _facts(outcome: tiles.Outcome, start: float) -> dict[str, Any]:
+def _facts(outcome: driver.Outcome, start: float) -> dict[str, Any]:
     s = outcome.settings
     facts = {
         **outcome.facts,

@@ -8,7 +8,7 @@ import pytest
 
 from crumple import cli_hessian, cli_types
 from crumple.cli import main
-from crumple.store import open_run
+from crumple.run.store import open_run
 
 HEAVY = ("torch", "numpy", "xarray", "zarr", "plotly", "pandas", "scipy", "matplotlib")
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import crumple as cr
-from crumple import planes, runs
+from crumple import planes, report
 from crumple.cli import main
 from crumple.specs import accuracy
 from tests import cli_fixtures
@@ -260,7 +260,7 @@ def test_grid_auto_holds_the_path_and_says_what_it_chose(tmp_path, capsys):
     result = cr.open_run(out)
     ds, path = result["surface"], result["path"]
     assert f"grid: {ds.attrs['grid_chosen']}" in text and ds.loss.shape == (7, 7)
-    assert runs.outside({"path": path}, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
+    assert report.outside({"path": path}, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
     assert "grid range" in (out / "landscape.html").read_text()
     # the same grid as in Python
     loader = cli_fixtures.digits_loader()

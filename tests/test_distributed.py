@@ -1,6 +1,7 @@
 """Tiles on a Dask cluster of two worker processes: the same numbers, bit for bit, as in
 process; the payload shipped once per worker; a worker killed mid-run costs nothing."""
 
+import importlib
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import crumple as cr
-from crumple.store import DATA
+from crumple.run.store import DATA
 from tests import cli_fixtures
 
 distributed = pytest.importorskip("distributed")
@@ -24,7 +25,7 @@ GRID = cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10))
 
 @pytest.fixture(scope="module")
 def client():
-    from crumple.distributed import WORKER_PRELOAD
+    from crumple.run.distributed import WORKER_PRELOAD
 
     cluster = distributed.LocalCluster(
         n_workers=2,
@@ -58,11 +59,16 @@ def in_process():
     return surface()
 
 
+DISTRIBUTED = "crumple.run.distributed"
+
+
 def test_cluster_gives_the_in_process_numbers_and_ships_once_per_worker(client, in_process):
-    client.run(lambda: __import__("crumple.distributed").distributed.UNPACKED.__setitem__(0, 0))
+    client.run(
+        lambda: importlib.import_module("crumple.run.distributed").UNPACKED.__setitem__(0, 0)
+    )
     on_cluster = surface(dask=client)
     assert on_cluster.loss.values.tobytes() == in_process.loss.values.tobytes()
-    unpacked = client.run(lambda: __import__("crumple.distributed").distributed.UNPACKED[0])
+    unpacked = client.run(lambda: importlib.import_module(DISTRIBUTED).UNPACKED[0])
     assert sorted(unpacked.values()) == [1, 1], unpacked  # 35 tiles, one payload per worker
 
 

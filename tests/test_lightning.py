@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import crumple as cr
-from crumple import runs
+from crumple import report
 from crumple.cli import main
 from crumple.errors import CrumpleError
 from crumple.integrations.tracking import Tracker
@@ -137,7 +137,7 @@ def test_landscape_is_written_with_the_path_on_the_grid(runs_by_hand_and_callbac
     assert ds.loss.shape == (9, 9) and ds.attrs["plane_kind"] == "pca"
     assert list(path.step.values) == r.callback.trajectory.steps
     grid = cr.Grid(ds.alpha.values, ds.beta.values)
-    assert runs.outside({"path": path}, grid) == 0
+    assert report.outside({"path": path}, grid) == 0
     for dim in ("alpha", "beta"):  # with room on both sides
         assert ds[dim].values[0] < path[dim].values.min() < path[dim].values.max()
         assert path[dim].values.max() < ds[dim].values[-1]
@@ -331,7 +331,7 @@ def test_grid_auto_spans_the_rise_and_the_path(tmp_path):
     plane = cr.Plane.load(tmp_path / "auto" / "plane.safetensors")
     auto = cr.Grid.auto(net, F.cross_entropy, val_loader(), plane, num=7)
     ds = run.surface
-    assert runs.outside(run.paths, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
+    assert report.outside(run.paths, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
     for dim, axis in zip(("alpha", "beta"), auto.axes):
         assert ds[dim].values[0] <= axis[0] and axis[-1] <= ds[dim].values[-1]
 

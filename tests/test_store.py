@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import crumple as cr
 from crumple.cli import main
-from crumple.store import DATA
+from crumple.run.store import DATA
 from tests import cli_fixtures
 
 GRID = cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10))
@@ -116,7 +116,7 @@ def test_resumed_run_keeps_the_tiles_it_was_started_with(tmp_path, monkeypatch):
     own timing says."""
     import zarr
 
-    monkeypatch.setattr("crumple.tiles.TILE_SECONDS", 0.0)  # tiles of one call each
+    monkeypatch.setattr("crumple.run.driver.TILE_SECONDS", 0.0)  # tiles of one call each
     monkeypatch.setattr("crumple.evaluation.engine.WORKING_SET", 2**16)  # of a few points
     store = tmp_path / "run"
     whole = surface_into(store, chunk_size=None)
@@ -126,7 +126,7 @@ def test_resumed_run_keeps_the_tiles_it_was_started_with(tmp_path, monkeypatch):
     lost = range(tiles // 2, tiles)
     for k in lost:  # as if stopped half way
         group["tile_done"][k] = False
-    monkeypatch.setattr("crumple.tiles.TILE_SECONDS", 1e9)  # would make one tile
+    monkeypatch.setattr("crumple.run.driver.TILE_SECONDS", 1e9)  # would make one tile
     resumed = surface_into(store, chunk_size=None)
     assert resumed.attrs["tiles_computed"] == len(lost)
     assert resumed.attrs["chunk_size"] == whole.attrs["chunk_size"]
@@ -248,7 +248,7 @@ def test_a_run_stored_with_the_older_ordered_data_digest_resumes(tmp_path):
     import zarr
 
     from crumple.batches import load
-    from crumple.tiles import ordered_digest
+    from crumple.run.driver import ordered_digest
 
     store = tmp_path / "run"
     whole = surface_into(store, chunk_size=4)

@@ -94,7 +94,7 @@ def test_default_tiles_are_sized_by_time_and_the_timed_call_is_kept(
 ):
     from crumple.evaluation import STRATEGIES
 
-    monkeypatch.setattr("crumple.tiles.TILE_SECONDS", tile_seconds)
+    monkeypatch.setattr("crumple.run.driver.TILE_SECONDS", tile_seconds)
     monkeypatch.setattr("crumple.evaluation.engine.WORKING_SET", 2**14)  # a few points per call
     evaluated = []
     run = STRATEGIES[strategy].__call__

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from crumple.cli import main  # noqa: E402
 from crumple.examples import tinylm  # noqa: E402
-from crumple.store import open_run  # noqa: E402
+from crumple.run.store import open_run  # noqa: E402
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2)
 

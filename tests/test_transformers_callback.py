@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import crumple as cr
-from crumple import runs
+from crumple import report
 from crumple.cli import main
 from crumple.errors import CrumpleError
 from crumple.specs import hf_model
@@ -116,7 +116,7 @@ def test_landscape_on_the_eval_loader_holds_the_path(runs_by_hand_and_callback):
     ds, path = run["surface"], run["path"]
     assert ds.loss.shape == (7, 7) and ds.attrs["plane_kind"] == "pca"
     assert ds.attrs["n_target_tokens"] == 16 * 11  # the eval set's shifted labels
-    assert runs.outside({"path": path}, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
+    assert report.outside({"path": path}, cr.Grid(ds.alpha.values, ds.beta.values)) == 0
     assert r.callback.run.page == folder / "landscape.html"
     assert float(path.off_plane[-1]) == 0.0
 

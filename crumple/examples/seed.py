@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from crumple.grid import Grid
 from crumple.plane import Plane
 from crumple.progress import tqdm
-from crumple.store import DATA, save_run
+from crumple.run.store import DATA, save_run
 from crumple.surface import surface
 from crumple.trajectory import Recorder, Trajectory, project
 
@@ -247,7 +247,7 @@ def points_outside(result: SeedRun) -> int:
     """How many path points (over all paths) lie beyond the grid's range (drawn, but off
     the surface)."""
     from crumple.grid import Grid
-    from crumple.runs import outside
+    from crumple.report import outside
 
     ds = result.surface
     return outside(result.paths, Grid(ds.alpha.values, ds.beta.values))

@@ -372,7 +372,7 @@ def _write(folder: Path, ds, path, plane, ends_ds, facts) -> Path:
 
     from crumple import plot
     from crumple.plot.scale import Scale
-    from crumple.store import DATA, save_run
+    from crumple.run.store import DATA, save_run
 
     for result in (ds, ends_ds):
         result.loss.attrs["long_name"] = "held-out loss per token"

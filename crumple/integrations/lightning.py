@@ -54,7 +54,7 @@ class LandscapeCallback(LightningHooks, pl.Callback):
 
     Attributes:
         trajectory: the recorded :class:`crumple.Trajectory`.
-        run: the landscape written (:class:`crumple.runs.Run`: ``surface``, ``paths``,
+        run: the landscape written (:class:`crumple.report.Run`: ``surface``, ``paths``,
             ``page``), or ``None``.
 
     Example:

@@ -67,7 +67,7 @@ class LightningHooks:
 
     @property
     def run(self):
-        """The landscape written when training ended (:class:`crumple.runs.Run`), or ``None``."""
+        """The landscape written when training ended (:class:`crumple.report.Run`), or ``None``."""
         return self.tracker.run
 
     @property

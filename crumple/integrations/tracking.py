@@ -56,7 +56,7 @@ class Tracker:
         self.saved: dict | None = None  # the state a checkpoint gave back, used at the start
         self.active = False
         self.last: tuple[int, Any] | None = None  # the latest step seen, and its loss
-        self.run = None  # the crumple.runs.Run written when training ended
+        self.run = None  # the crumple.report.Run written when training ended
 
     @property
     def trajectory(self):
@@ -91,7 +91,7 @@ class Tracker:
             from crumple.specs import check_fit
 
             check_fit(model, self.loss_fn, load(data, stream=True))
-        from crumple.store import RunStore
+        from crumple.run.store import RunStore
 
         run = RunStore.open(folder)
         if run is not None and "fingerprint" in run.attrs:
@@ -174,12 +174,12 @@ class Tracker:
     def write_landscape(self, model, data, folder: Path):
         """The landscape at the end of training: the plane (PCA of the trajectory by
         default), the path projected onto it, a grid that holds it, and the run folder and
-        page (:func:`crumple.runs.write_run`). ``None`` (with a warning) when the trajectory
+        page (:func:`crumple.report.write_run`). ``None`` (with a warning) when the trajectory
         is too short for a PCA plane."""
         if not self.active:
             return None
         import crumple as cr
-        from crumple import runs
+        from crumple import report
 
         trajectory = self.trajectory
         if self.plane == "pca" and len(trajectory) < 3:
@@ -195,12 +195,12 @@ class Tracker:
         if weight is not None:
             options.setdefault("device", str(weight.device))
         plane = _plane(self.plane, model, trajectory)
-        evaluation = runs.path_options(options)
+        evaluation = report.path_options(options)
         path = cr.project(trajectory, plane, model, self.loss_fn, data, **evaluation)
-        grid = runs.choose_grid(
+        grid = report.choose_grid(
             self.grid, model, self.loss_fn, data, plane, {"path": path}, num=self.num, **evaluation
         )
-        self.run = runs.write_run(
+        self.run = report.write_run(
             folder, model, self.loss_fn, data, plane, grid, paths={"path": path}, **options
         )
         return self.run

@@ -55,7 +55,7 @@ class LandscapeCallback(transformers.TrainerCallback):
 
     Attributes:
         trajectory: the recorded :class:`crumple.Trajectory`.
-        run: the landscape written (:class:`crumple.runs.Run`: ``surface``, ``paths``,
+        run: the landscape written (:class:`crumple.report.Run`: ``surface``, ``paths``,
             ``page``), or ``None``.
 
     Example:
@@ -98,7 +98,7 @@ class LandscapeCallback(transformers.TrainerCallback):
 
     @property
     def run(self):
-        """The landscape written when training ended (:class:`crumple.runs.Run`), or ``None``."""
+        """The landscape written when training ended (:class:`crumple.report.Run`), or ``None``."""
         return self.tracker.run
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

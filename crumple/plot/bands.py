@@ -37,7 +37,7 @@ def spread(
     """The curves of a spread over random directions, their mean and a shaded band.
 
     Args:
-        ds: a dataset from :func:`crumple.spread` (or ``crumple.store.open_spread``); a
+        ds: a dataset from :func:`crumple.spread` (or ``crumple.run.store.open_spread``); a
             spread of surfaces is drawn along its cut nearest ``beta = 0``.
         var: the variable to draw (``"loss"`` or a metric).
         band: ``"both"`` (min-max faint, mean +- one sample standard deviation darker),
@@ -164,7 +164,7 @@ def _one_dimension(ds: object, var: str) -> tuple[xr.Dataset, str | None]:
         have = sorted(map(str, ds.data_vars)) if isinstance(ds, xr.Dataset) else type(ds).__name__
         raise CrumpleError(
             f"spread: got {have}, not a spread with var={var!r} over 'direction'; give the "
-            "dataset of crumple.spread (or crumple.store.open_spread(folder))"
+            "dataset of crumple.spread (or crumple.run.store.open_spread(folder))"
         )
     if ds[var].ndim == 3 and "beta" in ds[var].dims:
         ds = ds.sel(beta=0.0, method="nearest")

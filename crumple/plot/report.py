@@ -139,7 +139,7 @@ def report(
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
     curves, the curvature map (of ``curvature=True``), the band of ``spread`` (a
-    :func:`crumple.spread` result, ``crumple.store.open_spread(folder)``: how the loss
+    :func:`crumple.spread` result, ``crumple.run.store.open_spread(folder)``: how the loss
     along random directions varies with the draw), any ``more_figures``, and the facts
     (:func:`facts`: what was clipped, or that there is nothing to draw; the curvature from
     ``hessian``, the Hessian results of the run's folder; the spread's widest point).

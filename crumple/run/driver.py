@@ -31,7 +31,7 @@ from crumple.evaluation import Choice, Points, Settings, build
 from crumple.grid import Grid
 from crumple.plane import Plane
 from crumple.progress import tqdm
-from crumple.store import PLANE, RunStore, damaged, open_run
+from crumple.run.store import PLANE, RunStore, damaged, open_run
 
 TILE_SECONDS = 0.25
 PROGRESS_AFTER = 2.0  # seconds: shorter runs show no progress bar and no estimate
@@ -52,7 +52,7 @@ class Outcome:
     halvings: int = 0  # points per call halved after running out of memory (here)
 
 
-def run(
+def evaluate_grid(
     model,
     fns: Mapping[str, Callable],
     given: Data,
@@ -75,7 +75,7 @@ def run(
         _check_folder(store)
     cluster = None
     if dask is not None:
-        from crumple.distributed import connect
+        from crumple.run.distributed import connect
 
         cluster = connect(dask)
     try:
@@ -103,7 +103,7 @@ def run(
         return _run_tiles(evaluator, grid, stored, new, cluster, progress, extras)
     finally:
         if cluster is not None:
-            from crumple.distributed import close
+            from crumple.run.distributed import close
 
             close(*cluster)
 
@@ -147,7 +147,7 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, extras) ->
     # the first tile runs here: it fixes the strategy and gives the time estimate
     sources = [local(todo[:1])]
     if cluster is not None and len(todo) > 1:
-        from crumple.distributed import evaluate_tiles
+        from crumple.run.distributed import evaluate_tiles
 
         def payload():
             settings = evaluator.settings.to_json()

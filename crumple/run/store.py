@@ -31,7 +31,7 @@ SPREAD = "spread.zarr"
 
 class RunStore:
     """The surface of a run on disk, tile by tile: values, which tiles are done, and the
-    attributes the run's owner (``crumple.tiles``) keeps there (fingerprint, plan).
+    attributes the run's owner (``crumple.run.driver``) keeps there (fingerprint, plan).
 
     Example:
         >>> import tempfile, crumple as cr

@@ -74,7 +74,7 @@ def save_surface(
     """Compute the surface (:func:`crumple.surface`; ``options`` are its keywords), project
     ``trajectory`` onto the plane as the path ``"path"`` (with the surface's evaluation
     settings and ``recalibrate``), add the ``paths`` already projected, and write them and
-    the plane to ``folder`` (:func:`crumple.store.save_run`).
+    the plane to ``folder`` (:func:`crumple.run.store.save_run`).
 
     Example:
         >>> import tempfile, torch, crumple as cr
@@ -86,7 +86,7 @@ def save_surface(
         >>> ds.attrs["n_parameters"], paths
         (3, {})
     """
-    from crumple import store
+    from crumple.run import store
     from crumple.surface import surface
     from crumple.trajectory import project
 
@@ -153,7 +153,7 @@ def write_page(
     """The run's page, ``folder/landscape.html`` (:func:`crumple.plot.report`). ``stores``
     are the results kept beside the surface that the page draws, as ``report``'s keywords
     (``hessian=``, ``spread=``); without any, those the folder holds
-    (:func:`crumple.store.beside`).
+    (:func:`crumple.run.store.beside`).
 
     Example:
         >>> import tempfile
@@ -162,7 +162,8 @@ def write_page(
         >>> write_page(tempfile.mkdtemp(), ds).name
         'landscape.html'
     """
-    from crumple import plot, store
+    from crumple import plot
+    from crumple.run import store
 
     folder = Path(folder)
     stores = stores or store.beside(folder)
