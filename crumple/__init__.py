@@ -22,12 +22,13 @@ from crumple.version import __version__
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from crumple import hessian, plot, reference
     from crumple.grid import Grid
+    from crumple.landscape import project
     from crumple.plane import Plane
     from crumple.run.store import open_run
     from crumple.run.store import open_run as open  # noqa: A001
     from crumple.spread import spread
     from crumple.surface import line, surface
-    from crumple.trajectory import Recorder, Trajectory, project
+    from crumple.trajectory import Recorder, Trajectory
 
 __all__ = [
     # building blocks
@@ -65,7 +66,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "hessian": ("crumple.hessian", None),
     "Recorder": ("crumple.trajectory", "Recorder"),
     "Trajectory": ("crumple.trajectory", "Trajectory"),
-    "project": ("crumple.trajectory", "project"),
+    "project": ("crumple.landscape", "project"),
     "open": ("crumple.run.store", "open_run"),
     "open_run": ("crumple.run.store", "open_run"),
     "plot": ("crumple.plot", None),

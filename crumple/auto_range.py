@@ -1,11 +1,12 @@
-"""``Grid.auto``: the extent of each axis at which the loss has risen by a chosen factor over
-the centre, found by a few line evaluations along each direction of the plane (a doubling
-search outwards, then bisection)."""
+"""``Grid.auto``'s search: the extent of each axis at which the loss has risen by a chosen
+factor over the centre, found by a few line evaluations along each direction of the plane (a
+doubling search outwards, then bisection); and ``covering``, the one place a grid is widened
+to hold paths. The evaluations themselves come from :class:`crumple.landscape.Landscape`,
+which prepares one evaluator for all of them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -18,28 +19,26 @@ DIMS = ("alpha", "beta")
 MARGIN = 0.05  # room left around a covered path, as a share of the axis's span
 
 
-def auto_extents(model, loss_fn, data, plane, rise: float, **options: Any):
-    """``[(low, high), ...]`` per direction of ``plane``: where the loss first reaches
-    ``rise`` times its value at the centre on each side (or the farthest look, if never),
-    with a sentence saying what was chosen."""
-    from crumple.plane import Plane
-    from crumple.surface import line
+def auto_extents(loss_along: Callable[[int, np.ndarray], np.ndarray], ndim: int, rise: float):
+    """``[(low, high), ...]`` per direction of a plane: where the loss first reaches ``rise``
+    times its value at the centre on each side (or the farthest look, if never), with a
+    sentence saying what was chosen. ``loss_along(k, ts)``: the loss at coordinates ``ts``
+    along direction ``k`` (the other coordinates 0).
 
+    Example:
+        >>> extents, said = auto_extents(lambda k, ts: 1 + np.asarray(ts) ** 2, 1, 2.0)
+        >>> [round(float(t), 2) for t in extents[0]], said
+        ([-1.0, 1.0], 'the loss reaches 2 x its centre value (1) at alpha = -0.998 and 0.998')
+    """
     if not (isinstance(rise, (int, float)) and not isinstance(rise, bool) and rise > 1):
         raise CrumpleError(
             f"rise must be a number > 1 (the loss's factor at the edges), got {rise!r}"
         )
-    options = {"progress": False, **options}
     extents, said = [], []
-    for k, direction in enumerate(plane.directions):
-        along = Plane(plane.origin, (direction,), dict(plane.attrs))
+    for k in range(ndim):
 
-        def loss_at(ts, along=along):
-            ts = np.asarray(ts, dtype=float)
-            order = np.argsort(ts)  # a line's coordinates come back sorted
-            values = np.empty(len(ts))
-            values[order] = line(model, loss_fn, data, along, ts[order], **options).loss.values
-            return values
+        def loss_at(ts, k=k):
+            return loss_along(k, np.asarray(ts, dtype=float))
 
         centre = float(loss_at([0.0])[0])
         if not centre > 0:

@@ -13,9 +13,6 @@ from typing import Any
 
 from crumple.cli_types import int_at_least
 
-# the evaluation options of `crumple surface` that the spread's lines take too
-PASSED = ("dask", "chunk_size", "device", "strategy", "max_memory", "dtype", "recalibrate")
-
 
 def add(parser: argparse.ArgumentParser) -> None:
     """The ``--spread N`` option of ``crumple surface``.
@@ -47,6 +44,7 @@ def run(args: argparse.Namespace, model, loss_fn, batches, grid, options: dict[s
         return None
     import crumple as cr
     from crumple import planes
+    from crumple.landscape import path_options
     from crumple.planes.kinds import random_options
     from crumple.run import store
 
@@ -55,7 +53,7 @@ def run(args: argparse.Namespace, model, loss_fn, batches, grid, options: dict[s
     chosen.pop("orthogonalize")  # one direction each
     seeds = range(first, first + args.spread)
     directions = cr.Plane.random(model, seed=seeds, ndim=1, **chosen)
-    passed = {k: v for k, v in options.items() if k in PASSED}
+    passed = path_options(options) | {"dask": options.get("dask")}  # as the surface
     print(f"spread: {args.spread} random directions, {len(grid.axes[0])} points each")
     ds = cr.spread(model, loss_fn, batches, directions, grid.axes[0], **passed)
     path = store.save_spread(args.out, ds)

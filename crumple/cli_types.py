@@ -258,6 +258,7 @@ def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict
     first, and returned as the run's paths)."""
     import crumple as cr
     from crumple import report
+    from crumple.landscape import path_options
 
     if isinstance(args.grid_beta, AutoGrid) and not isinstance(args.grid, AutoGrid):
         raise CrumpleError("--grid-beta auto: give --grid auto, which chooses both axes")
@@ -275,7 +276,7 @@ def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict
             f"--grid auto: the {plane.attrs.get('kind', 'given')} plane has one direction, and "
             "crumple surface draws two (--plane between needs --weights-c for a plane)"
         )
-    evaluation = report.path_options(options)
+    evaluation = path_options(options)
     paths = {}
     if trajectory is not None:
         paths["path"] = cr.project(trajectory, plane, model, loss_fn, batches, **evaluation)

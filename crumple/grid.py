@@ -35,9 +35,10 @@ class Grid:
     ):
         """A grid whose edges lie where the loss has risen to ``rise`` times its value at
         the plane's origin, on each side of each axis (:mod:`crumple.auto_range`: a few
-        line evaluations, ``options`` as for :func:`crumple.line`); ``grid.chosen`` says
-        what it found. ``num`` points per axis. ``cover``: paths on the plane (datasets from
-        :func:`crumple.project`, or a dict of them) that the grid is widened to hold.
+        line evaluations through one prepared evaluator, ``options`` as for
+        :func:`crumple.line`); ``grid.chosen`` says what it found. ``num`` points per axis.
+        ``cover``: paths on the plane (datasets from :func:`crumple.project`, or a dict of
+        them) that the grid is widened to hold.
 
         Example:
             >>> import torch
@@ -49,14 +50,10 @@ class Grid:
             >>> [round(float(a), 2) for a in grid.axes[0]]  # (w - 1)^2 = 4 at w = -1, 3
             [-1.0, 1.0, 3.0]
         """
-        from crumple.auto_range import auto_extents, covering, paths_of
+        from crumple.landscape import Landscape  # a facade: the search evaluates the model
 
-        paths_of(cover, plane.ndim)  # checked before the line evaluations
-        extents, sentence = auto_extents(model, loss_fn, data, plane, rise, **options)
-        extents, widened = covering(extents, cover)
-        grid = cls(*(np.linspace(low, high, num) for low, high in extents))
-        grid.chosen = sentence + widened
-        return grid
+        landscape = Landscape(model, loss_fn, data, **{"progress": False, **options})
+        return landscape.auto_grid(plane, rise, num, cover)
 
     @property
     def dims(self) -> tuple[str, ...]:

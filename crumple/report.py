@@ -5,7 +5,6 @@ onto the plane, the data (``landscape.zarr``, ``plane.safetensors``) and the pag
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,9 +85,9 @@ def save_surface(
         >>> ds.attrs["n_parameters"], paths
         (3, {})
     """
+    from crumple.landscape import path_options, project
     from crumple.run import store
     from crumple.surface import surface
-    from crumple.trajectory import project
 
     ds = surface(model, loss_fn, data, plane, grid, **options)
     paths = dict(paths or {})
@@ -97,21 +96,6 @@ def save_surface(
     ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
     store.save_run(folder, ds, paths, plane)
     return ds, paths
-
-
-def path_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Of :func:`crumple.surface`'s keywords, those :func:`crumple.project` takes too: how
-    evaluation runs (device, dtype, strategy, ...) and ``recalibrate``, so that a path is
-    evaluated as its surface is.
-
-    Example:
-        >>> path_options({"dtype": "float64", "metrics": {}, "progress": True})
-        {'dtype': 'float64'}
-    """
-    from crumple.evaluation import Settings
-
-    taken = {f.name for f in dataclasses.fields(Settings)} | {"chunk_size", "recalibrate"}
-    return {k: v for k, v in options.items() if k in taken}
 
 
 def choose_grid(

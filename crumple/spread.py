@@ -70,9 +70,7 @@ def spread(
         >>> ds.loss.dims, ds.seed.values.tolist(), ds.loss_std.dims
         (('direction', 'alpha'), [0, 1, 2, 3], ('alpha',))
     """
-    from crumple.batches import load
-    from crumple.evaluation import Settings
-    from crumple.surface import line, surface
+    from crumple.landscape import Landscape
 
     planes = check_planes(planes)
     grid = _grid(coords, planes)
@@ -81,17 +79,14 @@ def spread(
             f"spread takes no store= (got {options['store']!r}): its directions are not one "
             "resumable run; save the result instead, e.g. crumple.run.store.save_spread(folder, ds)"
         )
-    sizing = {k: options[k] for k in ("max_memory", "stream") if k in options}
-    settings = Settings.from_options(**sizing)
-    given = load(data, settings.data_budget, settings.stream)  # read once for all directions
+    landscape = Landscape(model, loss_fn, data, **options)  # the data is read once for all
     start, runs = time.perf_counter(), []
     for plane in planes:
         if len(grid.axes) == 1:
-            runs.append(line(model, loss_fn, given, plane, grid.axes[0], **options))
+            runs.append(landscape.line(plane, grid.axes[0]))
         else:
-            runs.append(surface(model, loss_fn, given, plane, grid, **options))
-        if options.get("strategy", "auto") == "auto":  # chosen once, on the first direction
-            options["strategy"] = runs[0].attrs["strategy"]
+            runs.append(landscape.surface(plane, grid))
+        landscape.keep_strategy(runs[0].attrs["strategy"])  # chosen once, on the first
     return _stacked(runs, planes, time.perf_counter() - start)
 
 

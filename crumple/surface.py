@@ -1,37 +1,17 @@
-"""``surface`` and ``line``: check the inputs, run the grid tile by tile
-(``crumple.run.driver``), return an ``xarray.Dataset``; ``check=N`` re-does N points with
-``crumple.reference``."""
+"""``surface`` and ``line``, the functional front of :class:`crumple.landscape.Landscape`:
+check the inputs, run the grid tile by tile (``crumple.run.driver``), return an
+``xarray.Dataset``; ``check=N`` re-does N points with ``crumple.reference``."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import xarray as xr
 from torch import nn
 
-from crumple import reference
-from crumple.batches import load
-from crumple.errors import CrumpleError
-from crumple.evaluation import Settings
 from crumple.grid import Grid
-from crumple.inputs import (
-    check_fits,
-    check_model,
-    check_plane_and_grid,
-    check_result_size,
-    named_functions,
-)
-from crumple.params import evaluation_mode
+from crumple.landscape import Landscape, LossFn
 from crumple.plane import Plane
-from crumple.run import driver
-from crumple.run.schema import coord_attrs, grid_dataset
-
-LossFn = Callable[..., Any]
-CHECK_TOLERANCE = {"float64": 1e-9, "float32": 1e-4}  # largest relative difference allowed
 
 
 def surface(
@@ -67,7 +47,7 @@ def surface(
             point before evaluating (reset, then a cumulative average with only BatchNorm
             layers training); ``ds.attrs["recalibrated"]`` says so.
         curvature: ``True`` adds ``lambda_max``, ``lambda_min`` and ``lambda_ratio``: the
-            Hessian's extreme eigenvalues at each point (:mod:`crumple.hessian.maps`).
+            Hessian's extreme eigenvalues at each point (:mod:`crumple.hessian.curvature_map`).
         dask: a ``distributed.Client``, a scheduler address (``"tcp://host:8786"``) or
             ``"local:N"`` (a local cluster of N one-thread worker processes): the tiles after
             the first are evaluated on its workers, which receive the model, data and plane
@@ -107,13 +87,7 @@ def surface(
         >>> ds.loss.shape
         (5, 5)
     """
-    check_plane_and_grid(plane, grid)
-    if plane.ndim != 2 or len(grid.axes) != 2:
-        raise CrumpleError(
-            f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
-            f"plane and {grid!r}. For one direction use crumple.line"
-        )
-    return _landscape(model, loss_fn, data, plane, grid, **options)
+    return Landscape(model, loss_fn, data, **options).surface(plane, grid)
 
 
 def line(
@@ -132,117 +106,4 @@ def line(
         >>> ds.loss.values.tolist()
         [1.0, 0.0, 1.0]
     """
-    check_plane_and_grid(plane)
-    if plane.ndim == 2:
-        plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
-    return _landscape(model, loss_fn, data, plane, Grid(alpha), **options)
-
-
-def _landscape(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Any,
-    plane: Plane,
-    grid: Grid,
-    *,
-    metrics: Mapping[str, LossFn] | None = None,
-    check: int = 0,
-    progress: bool = True,
-    store: str | Path | None = None,
-    data_id: str | None = None,
-    dask: Any = None,
-    recalibrate: Any = None,
-    curvature: Any = False,
-    **options: Any,
-) -> xr.Dataset:
-    from crumple.hessian.maps import curvature_options
-
-    run = {"store": store, "data_id": data_id, "dask": dask, "progress": progress}
-    run |= {"recalibrate": recalibrate, "curvature": curvature_options(curvature)}
-    if recalibrate is not None and run["curvature"] is not None:
-        raise CrumpleError(
-            "curvature=True with recalibrate= is not supported: the Hessian is taken with "
-            "the model's own BatchNorm statistics; drop one of the two"
-        )
-    settings = Settings.from_options(**options, also=("metrics", "check", *run))
-    check_fits(check_model(model), plane)
-    fns = named_functions(loss_fn, metrics)
-    check_result_size(grid.size, len(fns))
-    if not isinstance(check, int) or isinstance(check, bool) or check < 0:
-        raise CrumpleError(f"check must be a number of points >= 0, got {check!r}")
-    start = time.perf_counter()
-    with evaluation_mode(model):
-        given = load(data, settings.data_budget, settings.stream)  # the fingerprint hashes it
-        outcome = driver.evaluate_grid(
-            model, fns, given, plane, grid, settings, coord_attrs=coord_attrs(plane, grid), **run
-        )
-    if outcome.finished is not None:
-        ds = outcome.finished
-    else:
-        ds = grid_dataset(outcome.values, plane, grid, fns, _facts(outcome, start))
-    if check:
-        _check_against_reference(ds, model, fns, given, plane, check, outcome.settings, run)
-    return driver.finish(outcome, ds, plane) if outcome.finished is None else ds
-
-
-def _facts(outcome: driver.Outcome, start: float) -> dict[str, Any]:
-    s = outcome.settings
-    facts = {
-        **outcome.facts,
-        "dtype": s.dtype,
-        "device": s.device,
-        "strategy": s.strategy,
-        "batching": s.batching,
-        "chunk_size": s.tile_size,
-        "points_per_call": s.points_per_call,
-        "tiles_computed": outcome.tiles_computed,
-        "seconds": time.perf_counter() - start,
-        "settings": s.to_json(),
-    }
-    if s.batch_size is not None:
-        facts["batch_size"] = s.batch_size
-    if s.precision is not None:
-        facts["precision"] = s.precision
-    if outcome.halvings:
-        facts["points_per_call_halved"] = outcome.halvings
-    if outcome.choice is not None:
-        facts["strategy_reason"] = outcome.choice.reason
-        facts["choice_seconds"] = outcome.choice.overhead
-    return facts
-
-
-def _check_against_reference(ds, model, fns, given, plane, n, settings, run) -> None:
-    """Re-do ``n`` random grid points with the reference loop; record the largest relative
-    difference in ``ds.attrs``, and refuse the result past the tolerance."""
-    rng = np.random.default_rng(0)
-    flat = rng.choice(ds.loss.size, size=min(n, ds.loss.size), replace=False)
-    index = np.unravel_index(flat, ds.loss.shape)
-    coords = [ds[d].values[i] for d, i in zip(ds.loss.dims, index)]
-    moved = plane.to(settings.torch_device, settings.torch_dtype)
-    weights = [moved.at(*map(float, point)) for point in zip(*coords)]
-    with evaluation_mode(model):
-        slow = reference.points(
-            model,
-            fns,
-            given,
-            weights,
-            dtype=settings.torch_dtype,
-            device=settings.torch_device,
-            recalibrate=run["recalibrate"],
-        )
-    worst, where = 0.0, None
-    for name, values in slow.items():
-        fast = ds[name].values[index]
-        rel = np.abs(fast - values) / np.maximum(np.abs(values), np.finfo(float).tiny)
-        if rel.size and np.nanmax(rel) >= worst:
-            k = int(np.nanargmax(rel))
-            worst, where = float(rel[k]), (name, [float(c[k]) for c in coords])
-    ds.attrs["check_points"] = len(flat)
-    ds.attrs["check_max_rel_diff"] = worst
-    tolerance = CHECK_TOLERANCE.get(str(settings.dtype), 1e-4)
-    if worst > tolerance:
-        raise CrumpleError(
-            f"the {settings.strategy} strategy differs from the reference loop by {worst:.3g} "
-            f"(relative, more than {tolerance:g}) in {where[0]} at {where[1]}; evaluate with "
-            "strategy='loop' and report this model to crumple"
-        )
+    return Landscape(model, loss_fn, data, **options).line(plane, alpha)

@@ -1,26 +1,21 @@
-"""Record a training run's weights, in memory or streamed to disk, and place them on a plane."""
+"""Record a training run's weights, in memory or streamed to disk, and find their coordinates
+on a plane (:func:`coordinates`; :func:`crumple.project` evaluates them too)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError, CrumpleTypeError
-from crumple.evaluation import Points, Settings, build
 from crumple.files import save_tensors
-from crumple.inputs import check_fits, check_model, check_plane_and_grid, named_functions
-from crumple.params import Params, evaluation_mode, parameters_of
+from crumple.params import Params, parameters_of
 from crumple.plane import Plane
 
 INDEX = "trajectory.jsonl"
-PROJECT_CHUNK = 16  # snapshots evaluated together
 
 
 def index_row(step: int, loss: float) -> str:
@@ -222,80 +217,7 @@ class Recorder:
         self.step += 1
 
 
-def project(
-    trajectory: Trajectory,
-    plane: Plane,
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
-    *,
-    recalibrate: Any = None,
-    **options: Any,
-) -> xr.Dataset:
-    """Place each snapshot on the plane and evaluate it both ways.
-
-    Returns a Dataset along ``step`` with ``alpha`` and ``beta`` (least-squares coordinates),
-    ``off_plane`` (distance from the snapshot to its projection), ``loss`` (the true loss of
-    the snapshot), ``loss_on_plane`` (the loss at the projection) and ``recorded_loss`` (what
-    the training loop passed to ``record``). ``options`` are those of
-    :func:`crumple.surface` that say how evaluation runs (``device``, ``dtype``, ...);
-    ``recalibrate`` recomputes the BatchNorm statistics at each point, as in ``surface``.
-
-    Example:
-        >>> import crumple as cr
-        >>> net = torch.nn.Linear(1, 1, bias=False)
-        >>> rec = cr.Recorder(net); rec.record()
-        >>> x = torch.ones(3, 1)
-        >>> path = cr.project(rec.trajectory, cr.Plane.axes(net, "weight"), net,
-        ...                   torch.nn.functional.mse_loss, (x, x))
-        >>> float(path.off_plane[0])
-        0.0
-    """
-    if not isinstance(trajectory, Trajectory):
-        raise CrumpleTypeError(
-            f"trajectory must be a crumple.Trajectory, got {type(trajectory).__name__}; use "
-            "Recorder(model).trajectory or Trajectory.load(folder)"
-        )
-    check_plane_and_grid(plane)
-    check_fits(check_model(model), plane)
-    fns = named_functions(loss_fn)
-    settings = Settings.from_options(**options)
-    names = trajectory.names()
-    first = trajectory.snapshot(0)
-    shapes = {n: tuple(first[n].shape) for n in names}
-    if shapes != {n: tuple(t.shape) for n, t in plane.origin.items()}:
-        raise CrumpleError(
-            "the trajectory's parameters differ from the plane's (names or shapes); record "
-            "the same model the plane was built from"
-        )
-    coords, off_plane = _least_squares(trajectory, plane)
-
-    with evaluation_mode(model):
-        evaluate = build(model, fns, data, plane, settings, recalibrate=recalibrate)
-        reference = next(iter(evaluate.task.origin.values()))
-        true, on_plane = [], []
-        for start in range(0, len(trajectory), PROJECT_CHUNK):
-            chunk = range(start, min(start + PROJECT_CHUNK, len(trajectory)))
-            stacked = {
-                n: torch.stack([trajectory.snapshot(k)[n] for k in chunk]).to(reference)
-                for n in names
-            }
-            true.append(evaluate(Points.weights(stacked))["loss"])
-            point = [c[start : chunk.stop].to(reference) for c in coords]
-            on_plane.append(evaluate(Points.along(evaluate.task.plane, point))["loss"])
-
-    dims = ("alpha", "beta")[: plane.ndim]
-    data_vars = {dim: ("step", c.numpy()) for dim, c in zip(dims, coords)}
-    data_vars |= {
-        "loss": ("step", torch.cat(true).double().cpu().numpy()),
-        "loss_on_plane": ("step", torch.cat(on_plane).double().cpu().numpy()),
-        "off_plane": ("step", off_plane.numpy()),
-        "recorded_loss": ("step", np.asarray(trajectory.losses, dtype=np.float64)),
-    }
-    return xr.Dataset(data_vars, coords={"step": ("step", np.asarray(trajectory.steps))})
-
-
-def _least_squares(trajectory: Trajectory, plane: Plane) -> tuple[Tensor, Tensor]:
+def coordinates(trajectory: Trajectory, plane: Plane) -> tuple[Tensor, Tensor]:
     """Coordinates ``c`` minimising ``|w - origin - D c|`` for each snapshot (normal equations
     accumulated parameter by parameter in float64), and that distance."""
     n, k = len(trajectory), plane.ndim

@@ -7,6 +7,7 @@ points; ``crumple.reference`` is the slow loop they are all checked against.
 
 from crumple.evaluation.choice import Choice, choose
 from crumple.evaluation.engine import Evaluator, Task, build, prepare
+from crumple.evaluation.extras import Extra
 from crumple.evaluation.points import Points
 from crumple.evaluation.settings import DEFAULT_MAX_MEMORY, Settings
 from crumple.evaluation.strategies import STRATEGIES, Strategy, register
@@ -24,4 +25,5 @@ __all__ = [
     "STRATEGIES",
     "register",
     "DEFAULT_MAX_MEMORY",
+    "Extra",
 ]

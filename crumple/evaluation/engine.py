@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +15,7 @@ from crumple.batches import Batch, Data, inputs_only, load
 from crumple.errors import CrumpleError
 from crumple.evaluation import probes
 from crumple.evaluation.choice import Choice, choose
+from crumple.evaluation.extras import Extra
 from crumple.evaluation.kernels import Kernels
 from crumple.evaluation.points import Points
 from crumple.evaluation.recalibration import Recalibration
@@ -250,13 +251,9 @@ class Evaluator:
         [1.0, 1.0]
     """
 
-    def __init__(self, task: Task, settings: Settings, curvature: dict | None = None) -> None:
+    def __init__(self, task: Task, settings: Settings, extras: Sequence[Extra] = ()) -> None:
         self.task, self.settings = task, settings
-        self.curvature = None  # the extreme Hessian eigenvalues at each point, if asked
-        if curvature is not None:
-            from crumple.hessian.maps import CurvatureMap
-
-            self.curvature = CurvatureMap(task, curvature)
+        self.extras = [(extra, extra.bind(task)) for extra in extras]  # per-point quantities
         self.choice: Choice | None = None
         self.strategy: Strategy | None = None
         self._trial: dict[str, Strategy] = {}  # strategies the auto choice made
@@ -266,10 +263,15 @@ class Evaluator:
 
     @property
     def names(self) -> list[str]:
-        """The values each call gives: the functions', then the curvature's."""
-        from crumple.hessian.maps import NAMES
+        """The values each call gives: the functions', then the extras'."""
+        return [*self.task.fns, *(name for extra, _ in self.extras for name in extra.names)]
 
-        return [*self.task.fns, *(NAMES if self.curvature is not None else ())]
+    def facts(self) -> dict[str, object]:
+        """What ``ds.attrs`` says about the data and the extras."""
+        facts = self.task.facts()
+        for _, bound in self.extras:
+            facts |= bound.facts()
+        return facts
 
     def __call__(
         self, points: Points, first_block: Mapping[str, Tensor] | None = None
@@ -278,8 +280,8 @@ class Evaluator:
         ``points_per_call`` points are split (for strategies that take points together);
         ``first_block`` gives the first block's values, already computed."""
         values = self._values(points, first_block)
-        if self.curvature is not None:
-            values |= self.curvature(points)
+        for _, bound in self.extras:
+            values |= bound(points)
         return values
 
     def _values(
@@ -363,10 +365,11 @@ def build(
     *,
     check: bool = True,
     recalibrate=None,
-    curvature: dict | None = None,
+    extras: Sequence[Extra] = (),
 ) -> Evaluator:
     """The one factory of evaluators, for ``surface``, ``line``, ``project`` and Dask
-    workers: ``prepare`` then an :class:`Evaluator` with the filled-in settings."""
+    workers: ``prepare`` then an :class:`Evaluator` with the filled-in settings, computing
+    the ``extras`` (:mod:`crumple.evaluation.extras`) beside the functions."""
     settings = settings or Settings()
     if recalibrate is not None and settings.strategy == "expanded":
         raise CrumpleError(
@@ -376,4 +379,4 @@ def build(
     task, resolved = prepare(
         model, fns, data, plane, settings, check=check, recalibrate=recalibrate
     )
-    return Evaluator(task, resolved, curvature)
+    return Evaluator(task, resolved, extras)

@@ -26,11 +26,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from crumple.grid import Grid
+from crumple.landscape import project
 from crumple.plane import Plane
 from crumple.progress import tqdm
 from crumple.run.store import DATA, save_run
 from crumple.surface import surface
-from crumple.trajectory import Recorder, Trajectory, project
+from crumple.trajectory import Recorder, Trajectory
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 AXES = ("Layer_1.weight", "Layer_2.weight")

@@ -317,9 +317,9 @@ def run(
 
 def _compute(size: dict, steps: int, grid_size: int, seed: int, progress: bool):
     """The training, the plane, the path, the surface and the line of :func:`run`."""
+    from crumple.landscape import project
     from crumple.plane import Plane
     from crumple.surface import line, surface
-    from crumple.trajectory import project
 
     text = corpus()
     cut = len(text) * 9 // 10  # the last tenth is held out

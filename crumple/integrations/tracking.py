@@ -14,8 +14,6 @@ from crumple.errors import CrumpleError, CrumpleTypeError
 
 PLANES = ("pca", "random")
 MAX_NUM = 2000  # grid points per axis, as crumple surface allows
-# the keywords of crumple.surface a callback passes on (store: the callback writes the folder)
-RUN_OPTIONS = ("metrics", "check", "progress", "data_id", "dask", "recalibrate", "curvature")
 
 
 class Tracker:
@@ -180,6 +178,7 @@ class Tracker:
             return None
         import crumple as cr
         from crumple import report
+        from crumple.landscape import path_options
 
         trajectory = self.trajectory
         if self.plane == "pca" and len(trajectory) < 3:
@@ -195,7 +194,7 @@ class Tracker:
         if weight is not None:
             options.setdefault("device", str(weight.device))
         plane = _plane(self.plane, model, trajectory)
-        evaluation = report.path_options(options)
+        evaluation = path_options(options)
         path = cr.project(trajectory, plane, model, self.loss_fn, data, **evaluation)
         grid = report.choose_grid(
             self.grid, model, self.loss_fn, data, plane, {"path": path}, num=self.num, **evaluation
@@ -285,20 +284,15 @@ def _check_arguments(every, to, landscape, loss_fn, plane, grid, num, options) -
         raise CrumpleError(
             f"num must be a number of grid points per axis from 2 to {MAX_NUM}, got {num!r}"
         )
-    if landscape is not False:
-        from crumple.inputs import named_functions
-
-        named_functions(loss_fn, options.get("metrics"))
-        check = options.get("check", 0)
-        if not isinstance(check, int) or isinstance(check, bool) or check < 0:
-            raise CrumpleError(f"check must be a number of points >= 0, got {check!r}")
     if "store" in options:
         raise CrumpleError(
             "store= is not an option of the callback: the landscape is written to the folder "
             "landscape=... names"
         )
-    from crumple.evaluation import Settings
+    from crumple.landscape import Options
 
-    Settings.from_options(
-        **{k: v for k, v in options.items() if k not in RUN_OPTIONS}, also=RUN_OPTIONS
-    )
+    parsed = Options.parse(**options)  # refused now, not when training ends
+    if landscape is not False:
+        from crumple.inputs import named_functions
+
+        named_functions(loss_fn, parsed.metrics)

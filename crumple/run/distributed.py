@@ -5,13 +5,29 @@ settings the first tile fixed, so every worker computes the same bits."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from crumple.errors import CrumpleError, CrumpleTypeError, require_extra
+
+
+@dataclass
+class Payload:
+    """What every worker receives once: the model, the functions, the data, the plane, the
+    settings the first tile fixed (as JSON), the recalibration data and the extras."""
+
+    model: Any
+    fns: Mapping[str, Callable]
+    data: Any
+    plane: Any
+    settings: str
+    recalibrate: Any = None
+    extras: tuple = ()
+
 
 _EVALUATORS: dict[str, Any] = {}  # on a worker: one evaluator per scattered payload
 UNPACKED = [0]  # on a worker: how many payloads it has unpacked (tests count these)
@@ -73,14 +89,13 @@ def local_cluster(n_workers: int):
 
 def evaluate_tiles(
     client,
-    payload: Callable[[], tuple],
+    payload: Callable[[], Payload],
     tiles: Sequence[tuple[int, tuple[slice, ...]]],
     axes: Sequence[torch.Tensor],
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Evaluate ``tiles`` (index, slices of ``axes``) on the cluster of ``client``; yield
-    results as they arrive. ``payload()`` gives (model, fns, data, plane, settings JSON,
-    recalibration data, curvature options), called once the first tile has fixed the
-    settings."""
+    results as they arrive. ``payload()`` gives the :class:`Payload`, called once the
+    first tile has fixed the settings."""
     distributed = require_extra("distributed", "dask")
     futures = []
     try:
@@ -118,7 +133,8 @@ def _tile(packed: bytes, k: int, coords: list):
 
     key = hashlib.sha256(packed).hexdigest()
     if key not in _EVALUATORS:
-        model, fns, batches, plane, settings, recalibrate, curvature = pickle.loads(packed)
+        shipped: Payload = pickle.loads(packed)
+        model = shipped.model
         UNPACKED[0] += 1
         try:
             from distributed import get_worker
@@ -127,16 +143,15 @@ def _tile(packed: bytes, k: int, coords: list):
         except (ImportError, ValueError, AttributeError):
             pass
         with evaluation_mode(model):
-            settings = Settings.from_json(settings)
             evaluate = build(
                 model,
-                fns,
-                batches,
-                plane,
-                settings,
+                shipped.fns,
+                shipped.data,
+                shipped.plane,
+                Settings.from_json(shipped.settings),
                 check=False,
-                recalibrate=recalibrate,
-                curvature=curvature,
+                recalibrate=shipped.recalibrate,
+                extras=shipped.extras,
             )
         _EVALUATORS.clear()
         _EVALUATORS[key] = (model, evaluate)

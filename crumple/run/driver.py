@@ -8,7 +8,6 @@ block of tile 0.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -23,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from torch import Tensor
 
-from crumple.batches import Batch, Data, inputs_only
+from crumple.batches import Data, inputs_only
 from crumple.errors import CrumpleError
-from crumple.evaluation import Choice, Points, Settings, build
+from crumple.evaluation import Choice, Extra, Points, Settings, build
 from crumple.grid import Grid
 from crumple.plane import Plane
 from crumple.progress import tqdm
+from crumple.run.fingerprint import fingerprint, ordered_digest, unmatched
 from crumple.run.store import PLANE, RunStore, damaged, open_run
 
 TILE_SECONDS = 0.25
@@ -52,6 +51,27 @@ class Outcome:
     halvings: int = 0  # points per call halved after running out of memory (here)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a grid run goes, beside how it evaluates (:class:`Settings`).
+
+    Attributes:
+        store: a run folder: tiles are written as they finish, and the same call resumes.
+        data_id: a name for the data to fingerprint instead of hashing its contents.
+        dask: a ``distributed.Client``, a scheduler address or ``"local:N"``.
+        progress: a progress bar over tiles, and the estimated time after the first.
+        recalibrate: data whose inputs recompute the BatchNorm statistics at each point.
+        extras: per-point quantities computed beside the loss (:mod:`crumple.evaluation.extras`).
+    """
+
+    store: str | Path | None = None
+    data_id: str | None = None
+    dask: Any = None
+    progress: bool = False
+    recalibrate: Any = None
+    extras: tuple[Extra, ...] = ()
+
+
 def evaluate_grid(
     model,
     fns: Mapping[str, Callable],
@@ -59,34 +79,29 @@ def evaluate_grid(
     plane: Plane,
     grid: Grid,
     settings: Settings,
-    *,
-    store: str | Path | None = None,
-    data_id: str | None = None,
-    dask: Any = None,
-    progress: bool = False,
+    options: RunOptions = RunOptions(),
     coord_attrs: Mapping[str, dict] | None = None,
-    recalibrate: Any = None,
-    curvature: dict | None = None,
 ) -> Outcome:
     """Evaluate ``grid`` on ``plane`` tile by tile (the model already in evaluation mode;
     ``given`` the user's data, which the fingerprint hashes). A run folder and a Dask
     address are checked before any work."""
+    store = options.store
     if store is not None:
         _check_folder(store)
     cluster = None
-    if dask is not None:
+    if options.dask is not None:
         from crumple.run.distributed import connect
 
-        cluster = connect(dask)
+        cluster = connect(options.dask)
     try:
         stored = fp = None
         if store is not None:
             dtype = settings.dtype or str(next(iter(plane.origin.values())).dtype)
-            fp = fingerprint(model, plane, grid, given, fns, dtype, data_id)
-            if recalibrate is not None:  # its batching matters: batch by batch
-                fp["recalibrate"] = ordered_digest(inputs_only(recalibrate))
-            if curvature is not None:
-                fp["curvature"] = json.dumps(curvature)
+            fp = fingerprint(model, plane, grid, given, fns, dtype, options.data_id)
+            if options.recalibrate is not None:  # its batching matters: batch by batch
+                fp["recalibrate"] = ordered_digest(inputs_only(options.recalibrate))
+            for extra in options.extras:
+                fp[extra.key] = json.dumps(extra.options())
             stored = _resume(store, fp, lambda: ordered_digest(given))
             if stored is not None and all(stored.done()):
                 out = open_run(store)["surface"]
@@ -96,11 +111,16 @@ def evaluate_grid(
                 plan = Settings.from_json(stored.attrs["plan"])
                 settings = plan.replace(device=settings.device or plan.device)
         evaluator = build(
-            model, fns, given, plane, settings, recalibrate=recalibrate, curvature=curvature
+            model,
+            fns,
+            given,
+            plane,
+            settings,
+            recalibrate=options.recalibrate,
+            extras=options.extras,
         )
         new = (store, fp, coord_attrs) if stored is None and store is not None else None
-        extras = (recalibrate, curvature)
-        return _run_tiles(evaluator, grid, stored, new, cluster, progress, extras)
+        return _run_tiles(evaluator, grid, stored, new, cluster, options)
     finally:
         if cluster is not None:
             from crumple.run.distributed import close
@@ -108,11 +128,10 @@ def evaluate_grid(
             close(*cluster)
 
 
-def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, extras) -> Outcome:
+def _run_tiles(evaluator, grid: Grid, stored, new, cluster, options: RunOptions) -> Outcome:
     """Size the tiles (timing a first call, kept), create the store (``new``: folder,
     fingerprint, coordinate attributes) if there is none yet, run the first tile here and
-    the rest here or on the cluster (``extras``: the recalibration data and curvature
-    options it needs), writing each as it arrives."""
+    the rest here or on the cluster, writing each as it arrives."""
     task = evaluator.task
     axes = [torch.as_tensor(a, dtype=task.dtype, device=task.device) for a in grid.axes]
 
@@ -147,11 +166,14 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, extras) ->
     # the first tile runs here: it fixes the strategy and gives the time estimate
     sources = [local(todo[:1])]
     if cluster is not None and len(todo) > 1:
-        from crumple.run.distributed import evaluate_tiles
+        from crumple.run.distributed import Payload, evaluate_tiles
 
-        def payload():
+        def payload() -> Payload:
             settings = evaluator.settings.to_json()
-            return (task.model, task.fns, task.data, task.plane, settings, *extras)
+            recalibrate, extras = options.recalibrate, options.extras
+            return Payload(
+                task.model, task.fns, task.data, task.plane, settings, recalibrate, extras
+            )
 
         rest = [(k, tiles[k]) for k in todo[1:]]
         sources.append(evaluate_tiles(cluster[0], payload, rest, axes))
@@ -159,11 +181,8 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, progress, extras) ->
         sources.append(local(todo[1:]))
     results = itertools.chain(*sources)
     precomputed = math.prod(s.stop - s.start for s in block) if measured is not None else 0
-    values = _collect(results, tiles, todo, grid, stored, evaluator, progress, precomputed)
-    facts, n = task.facts(), len(todo)
-    if evaluator.curvature is not None:
-        facts["curvature_tol"] = evaluator.curvature.tol
-        facts["curvature_failures"] = evaluator.curvature.failures  # here, not on workers
+    values = _collect(results, tiles, todo, grid, stored, evaluator, options.progress, precomputed)
+    facts, n = evaluator.facts(), len(todo)
     return Outcome(
         values, evaluator.settings, facts, n, evaluator.choice, stored, None, evaluator.halvings
     )
@@ -244,11 +263,7 @@ def _resume(folder, fp: Mapping[str, str], ordered: Callable[[], str]) -> RunSto
         json.loads(attrs["plan"])
     except (KeyError, ValueError) as e:
         raise damaged(folder, e) from e
-    keys = [*fp, *(k for k in previous if k not in fp)]
-    differs = [k for k in keys if previous.get(k) != fp.get(k)]
-    older = "data" in differs and not str(previous.get("data")).startswith("samples:")
-    if older and fp["data"].startswith("samples:") and previous.get("data") == ordered():
-        differs.remove("data")
+    differs = unmatched(previous, fp, ordered)
     if differs:
         hint = (
             " If the data is the same in other batches or another order, or read afresh "
@@ -282,92 +297,3 @@ def _check_folder(store) -> None:
         ) from None
     if not os.access(folder, os.W_OK):
         raise CrumpleError(f"cannot write to the run folder {str(store)!r}; choose another")
-
-
-def fingerprint(
-    model,
-    plane: Plane,
-    grid: Grid,
-    batches,
-    fns: Mapping[str, Callable],
-    dtype,
-    data_id: str | None = None,
-) -> dict[str, str]:
-    """What determines a surface's numbers, each part hashed on its own so that a mismatch
-    can say which part differs.
-
-    Example:
-        >>> import crumple as cr
-        >>> net = torch.nn.Linear(1, 1)
-        >>> fp = fingerprint(net, cr.Plane.axes(net, "weight"), cr.Grid([0.0, 1.0]),
-        ...                  [(torch.ones(2, 1), torch.ones(2, 1))],
-        ...                  {"loss": torch.nn.functional.mse_loss}, torch.float32)
-        >>> sorted(fp)
-        ['data', 'dtype', 'grid', 'loss', 'plane', 'weights']
-    """
-    plane_tensors = [(f"origin.{n}", t) for n, t in plane.origin.items()]
-    for k, d in enumerate(plane.directions):
-        plane_tensors += [(f"d{k}.{n}", t) for n, t in d.items()]
-    data = data_id if data_id is not None else samples_digest(batches)
-    return {
-        "weights": weights_digest(model),
-        "plane": _digest(plane_tensors),
-        "grid": _digest((f"axis{k}", torch.from_numpy(a)) for k, a in enumerate(grid.axes)),
-        "data": str(data),
-        "loss": ", ".join(f"{name}={_qualified(fn)}" for name, fn in fns.items()),
-        "dtype": str(dtype).removeprefix("torch."),
-    }
-
-
-def weights_digest(model) -> str:
-    """The digest of a model's parameters and buffers, the fingerprint's ``weights``."""
-    return _digest([*model.named_parameters(), *model.named_buffers()])
-
-
-def samples_digest(batches) -> str:
-    """A digest of the data's samples that does not depend on their order or batching (a
-    shuffled loader fingerprints as the same data): each sample's bytes are hashed, and the
-    sorted hashes are hashed again.
-
-    Example:
-        >>> x, y = torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 2])
-        >>> from crumple.batches import load
-        >>> shuffled = [(x[[2, 0]], y[[2, 0]]), (x[1:2], y[1:2])]
-        >>> samples_digest(load((x, y))) == samples_digest(load(shuffled))
-        True
-    """
-    rows: list[bytes] = []
-    for batch in batches:
-        parts = [t.detach().cpu().contiguous() for t in Batch.of(batch).parts()]
-        flat = [p.reshape(len(p), -1).view(torch.uint8).numpy() for p in parts]
-        kinds = ";".join(f"{p.dtype}:{tuple(p.shape[1:])}" for p in parts).encode()
-        for i in range(len(flat[0])):
-            h = hashlib.blake2b(kinds, digest_size=16)
-            for f in flat:
-                h.update(f[i].tobytes())
-            rows.append(h.digest())
-    return "samples:" + hashlib.sha256(b"".join(sorted(rows))).hexdigest()[:16]
-
-
-def ordered_digest(batches) -> str:
-    """The data digest of runs stored before :func:`samples_digest`: batch by batch."""
-    return _digest(
-        (f"{k}.{part}", t)
-        for k, batch in enumerate(batches)
-        for part, t in Batch.of(batch).named_parts()
-    )
-
-
-def _digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _qualified(fn: Callable | str) -> str:
-    if isinstance(fn, str):
-        return fn
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"

@@ -33,8 +33,10 @@ def grid_dataset(
     grid: Grid,
     fns: Mapping[str, Callable],
     facts: Mapping[str, Any],
+    long_names: Mapping[str, str] | None = None,
 ) -> xr.Dataset:
-    """``results[name][i, j]`` at ``(alpha[i], beta[j])`` as a Dataset.
+    """``results[name][i, j]`` at ``(alpha[i], beta[j])`` as a Dataset; ``long_names`` of
+    variables other than the functions' (an extra's).
 
     Example:
         >>> import torch
@@ -47,9 +49,7 @@ def grid_dataset(
     attrs_of = coord_attrs(plane, grid)
     coords = {dim: (dim, axis, attrs_of[dim]) for dim, axis in zip(grid.dims, grid.axes)}
     loss_name = function_name(fns["loss"])
-    from crumple.hessian.maps import LONG_NAMES  # of the curvature's variables
-
-    long_names = {"loss": loss_name, **LONG_NAMES}
+    long_names = {"loss": loss_name, **(long_names or {})}
     data_vars = {
         name: (grid.dims, values, {"long_name": long_names.get(name, name)})
         for name, values in results.items()

@@ -1,13 +1,16 @@
 """Curvature at every point of a surface (``cr.surface(..., curvature=True)``): the largest
 and smallest Hessian eigenvalues of the mean loss there, and their ratio, as in Li et al.
 (2018)'s maps of convexity. Each point's eigenvalues come from Lanczos on Hessian-vector
-products at that point's weights, so a map costs tens of products per point."""
+products at that point's weights, so a map costs tens of products per point. The map is an
+evaluation extra (:class:`Curvature`): tiled, stored, resumed and sent to Dask workers as the
+loss is, without the engine knowing of it."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -24,36 +27,55 @@ LONG_NAMES = {
 }
 
 
-def curvature_options(curvature: Any) -> dict | None:
-    """``curvature=`` of :func:`crumple.surface` as plain options (``None``: off):
-    ``True`` or ``{"tol": ...}``.
+@dataclass(frozen=True)
+class Curvature:
+    """The curvature map as an evaluation extra (:mod:`crumple.evaluation.extras`): the
+    extreme eigenvalues at every point, to ``tol`` (``None``: the default for the dtype).
 
     Example:
-        >>> curvature_options(True), curvature_options(False), curvature_options({"tol": 1e-3})
-        ({'tol': None}, None, {'tol': 0.001})
+        >>> Curvature.of(True), Curvature.of(False), Curvature.of({"tol": 1e-3}).options()
+        (Curvature(tol=None), None, {'tol': 0.001})
     """
-    if curvature is None or curvature is False:
-        return None
-    if curvature is True:
-        return {"tol": None}
-    if isinstance(curvature, dict) and set(curvature) <= {"tol"}:
-        tol = curvature.get("tol")
-        if tol is None or (isinstance(tol, float) and 0 < tol < 1):
-            return {"tol": tol}
-    raise CrumpleError(
-        f"curvature must be True, False or {{'tol': a float between 0 and 1}} (Lanczos's "
-        f"relative accuracy at each point), got {curvature!r}"
-    )
+
+    tol: float | None = None
+    key: ClassVar[str] = "curvature"
+    names: ClassVar[tuple[str, ...]] = NAMES
+    long_names: ClassVar[dict[str, str]] = LONG_NAMES
+
+    @classmethod
+    def of(cls, curvature: Any) -> Curvature | None:
+        """``curvature=`` of :func:`crumple.surface` (``True``, ``False``/``None`` or
+        ``{"tol": ...}``) as an extra, or ``None`` when off; else a clear error."""
+        if curvature is None or curvature is False:
+            return None
+        if curvature is True:
+            return cls()
+        if isinstance(curvature, dict) and set(curvature) <= {"tol"}:
+            tol = curvature.get("tol")
+            if tol is None or (isinstance(tol, float) and 0 < tol < 1):
+                return cls(tol)
+        raise CrumpleError(
+            f"curvature must be True, False or {{'tol': a float between 0 and 1}} (Lanczos's "
+            f"relative accuracy at each point), got {curvature!r}"
+        )
+
+    def options(self) -> dict[str, Any]:
+        """What the run's fingerprint keeps of it."""
+        return {"tol": self.tol}
+
+    def bind(self, task) -> CurvatureMap:
+        """The map for an evaluator's prepared task."""
+        return CurvatureMap(task, self.tol)
 
 
 class CurvatureMap:
     """The extreme eigenvalues at each of a block of points, for an evaluator's task."""
 
-    def __init__(self, task, options: dict) -> None:
+    def __init__(self, task, tol: float | None = None) -> None:
         self.hessian = Hessian(
             task.model, task.fns["loss"], task.data, dtype=task.dtype, device=task.device
         )
-        self.tol = options.get("tol") or default_tol(self.hessian)
+        self.tol = tol or default_tol(self.hessian)
         self.failures = 0
         self._last: dict[tuple, dict[str, float]] = {}  # the previous call's points
 
@@ -71,6 +93,11 @@ class CurvatureMap:
                 out[name][index] = value
         self._last = seen  # the timed first call of a run is its first tile's first block
         return out
+
+    def facts(self) -> dict[str, Any]:
+        """The accuracy asked of Lanczos, and the points it failed at (here, not on Dask
+        workers)."""
+        return {"curvature_tol": self.tol, "curvature_failures": self.failures}
 
     def _at(self, weights) -> dict[str, float]:
         hessian = self.hessian.at(weights)
