@@ -22,11 +22,8 @@ from crumple.errors import CrumpleError
 if TYPE_CHECKING:
     import numpy as np
 
-# the names of crumple.evaluation.STRATEGIES, crumple.specs.LOSSES and
-# crumple.examples.seed.OPTIMIZERS, in their order (tests/test_cli.py checks they agree)
-STRATEGIES = ("loop", "expanded", "vmap")
-LOSSES = ("cross_entropy", "mse", "l1", "nll", "bce_with_logits", "huber")
-OPTIMIZERS = ("sgd", "momentum", "adam")
+from crumple.names import LOSSES, OPTIMIZERS, STRATEGIES  # noqa: F401  (torch-free --help)
+
 MAX_POINTS_PER_AXIS = 2000
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 

@@ -235,7 +235,7 @@ class Plane:
             >>> plane.attrs["axis_names"]
             ('v1 (lambda = 6)', 'v2 (lambda = 2.667)')
         """
-        from crumple.hessian import hessian_plane  # it imports this module
+        from crumple.planes import hessian_plane  # the builders import this module
 
         return hessian_plane(model, loss_fn, data, k, **options)
 

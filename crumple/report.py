@@ -14,8 +14,8 @@ import numpy as np
 import xarray as xr
 
 from crumple.grid import Grid
+from crumple.names import PAGE
 
-PAGE = "landscape.html"
 MARGIN = 0.2  # room left around a path, as a fraction of its extent, on each side
 
 

@@ -19,16 +19,10 @@ from torch import Tensor, nn
 from crumple.batches import Data
 from crumple.errors import CrumpleError
 from crumple.losses import Objective
+from crumple.names import LOSSES as LOSS_NAMES
 from crumple.params import cast, evaluation_mode
 
-LOSSES: dict[str, Callable] = {
-    "cross_entropy": F.cross_entropy,
-    "mse": F.mse_loss,
-    "l1": F.l1_loss,
-    "nll": F.nll_loss,
-    "bce_with_logits": F.binary_cross_entropy_with_logits,
-    "huber": F.huber_loss,
-}
+LOSSES: dict[str, Callable] = {name: getattr(F, fn) for name, fn in LOSS_NAMES.items()}
 
 
 def accuracy(pred: Tensor, y: Tensor) -> Tensor:

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.files import save_tensors
+from crumple.names import TRAJECTORY_INDEX
 from crumple.params import Params, parameters_of
 from crumple.plane import Plane
 
-INDEX = "trajectory.jsonl"
+INDEX = TRAJECTORY_INDEX
 
 
 def index_row(step: int, loss: float) -> str:

@@ -5,8 +5,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
-from crumple import cli_hessian, cli_types
+from crumple import cli_hessian
 from crumple.cli import main
 from crumple.run.store import open_run
 
@@ -163,14 +164,16 @@ def test_import_crumple_is_lazy_and_surface_is_the_function():
 
 
 def test_the_command_names_match_the_registries():
-    """The command lists strategies, losses and optimizers without importing their modules;
-    its tuples must name what the registries hold."""
+    """The command lists strategies, losses and optimizers from crumple.names without
+    importing their modules; the registries must hold exactly those."""
+    from crumple import names
     from crumple.evaluation import STRATEGIES
-    from crumple.examples.seed import OPTIMIZERS
+    from crumple.examples.seed import make_optimizer
     from crumple.hessian.operator import BLOCKINGS
     from crumple.specs import LOSSES
 
     assert tuple(BLOCKINGS) == cli_hessian.BLOCKINGS
-    assert tuple(STRATEGIES) == cli_types.STRATEGIES
-    assert tuple(LOSSES) == cli_types.LOSSES
-    assert tuple(OPTIMIZERS) == cli_types.OPTIMIZERS
+    assert tuple(STRATEGIES) == names.STRATEGIES
+    assert list(LOSSES) == list(names.LOSSES) and all(map(callable, LOSSES.values()))
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    assert all(make_optimizer(name, params, 0.1) for name in names.OPTIMIZERS)

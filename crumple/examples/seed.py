@@ -25,6 +25,7 @@ import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from crumple import names
 from crumple.grid import Grid
 from crumple.landscape import project
 from crumple.plane import Plane
@@ -33,7 +34,7 @@ from crumple.run.store import DATA, save_run
 from crumple.surface import surface
 from crumple.trajectory import Recorder, Trajectory
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = names.OPTIMIZERS
 AXES = ("Layer_1.weight", "Layer_2.weight")
 
 

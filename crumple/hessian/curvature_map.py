@@ -18,13 +18,10 @@ from torch import Tensor
 from crumple.errors import CrumpleError
 from crumple.hessian.operator import Hessian
 from crumple.hessian.spectrum import default_tol, eigenpairs
+from crumple.names import CURVATURE
 
-NAMES = ("lambda_max", "lambda_min", "lambda_ratio")
-LONG_NAMES = {
-    "lambda_max": "largest Hessian eigenvalue",
-    "lambda_min": "smallest Hessian eigenvalue",
-    "lambda_ratio": "|lambda_min / lambda_max|",
-}
+NAMES = tuple(CURVATURE)
+LONG_NAMES = CURVATURE
 
 
 @dataclass(frozen=True)

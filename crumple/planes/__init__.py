@@ -47,6 +47,7 @@ from crumple.planes.registry import (
 )
 
 if TYPE_CHECKING:
+    from crumple.hessian.spectrum import hessian_plane
     from crumple.planes.builders import (
         axes_plane,
         between_plane,
@@ -74,6 +75,7 @@ __all__ = [
     "random_planes",
     "between_plane",
     "pca_plane",
+    "hessian_plane",
 ]
 
 
@@ -84,4 +86,8 @@ def __getattr__(name: str) -> Any:
         from crumple.planes import builders
 
         return getattr(builders, name)
+    if name == "hessian_plane":  # its builder lives with the Hessian it computes
+        from crumple.hessian.spectrum import hessian_plane
+
+        return hessian_plane
     raise AttributeError(f"module 'crumple.planes' has no attribute {name!r}")

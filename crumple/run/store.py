@@ -20,13 +20,10 @@ import numpy as np
 import xarray as xr
 
 from crumple.errors import CrumpleError
+from crumple.names import DATA, HESSIAN, PLANE, SPREAD  # noqa: F401  (the folder's files)
 from crumple.plane import Plane
 
-DATA = "landscape.zarr"
-PLANE = "plane.safetensors"
 DONE = "tile_done"
-HESSIAN = "hessian.zarr"
-SPREAD = "spread.zarr"
 
 
 class RunStore:
