@@ -185,7 +185,7 @@ def _add_plane_options(surface: argparse.ArgumentParser) -> None:
         "--plane", choices=list(planes.KINDS), default="random", help=f"{kinds} (default random)"
     )
     for option in planes.options().values():
-        group.add_argument(option.flag, **types.plane_argument(option))
+        group.add_argument(types.flag(option), **types.plane_argument(option))
 
 
 def _add_plot(commands) -> None:
@@ -249,18 +249,19 @@ def _plane_kind(args: argparse.Namespace):
     from crumple import planes
 
     kind = planes.get(args.plane)
-    given = [o for o in planes.options().values() if getattr(args, o.dest) not in (None, False)]
+    given = [o for o in planes.options().values() if getattr(args, o.name) not in (None, False)]
     for option in given:
         if option not in kind.options + planes.COMMON:
             users = [k.name for k in planes.KINDS.values() if option in k.options]
             raise CrumpleError(
-                f"{option.flag} does not apply to --plane {kind.name}: it is for --plane "
-                f"{' or '.join(users)}; drop {option.flag}, or choose --plane {users[0]}"
+                f"{types.flag(option)} does not apply to --plane {kind.name}: it is for "
+                f"--plane {' or '.join(users)}; drop {types.flag(option)}, or choose --plane "
+                f"{users[0]}"
             )
     for option in kind.required:
         if option not in given:
             raise CrumpleError(
-                f"--plane {kind.name} needs {option.flag}; see crumple surface --help"
+                f"--plane {kind.name} needs {types.flag(option)}; see crumple surface --help"
             )
     return kind
 
@@ -270,11 +271,11 @@ def _plane(args: argparse.Namespace, kind, model, loss_fn, batches, trajectory):
     from crumple import planes, specs
 
     models = tuple(
-        specs.load_model(args.model, getattr(args, o.dest))
+        specs.load_model(args.model, getattr(args, o.name))
         for o in kind.options
-        if o.kind == "weights" and getattr(args, o.dest)
+        if o.kind == "weights" and getattr(args, o.name)
     )
-    values = {o.dest: getattr(args, o.dest) for o in kind.options}
+    values = {o.name: getattr(args, o.name) for o in kind.options}
     sources = planes.Sources(model, models, trajectory, loss_fn, batches, values)
     return kind.build(sources)
 

@@ -166,6 +166,17 @@ def memory(text: str) -> int:
     return int(value)
 
 
+def flag(option) -> str:
+    """The command line's flag of a plane kind's option.
+
+    Example:
+        >>> from crumple import planes
+        >>> flag(planes.options()["weights_b"])
+        '--weights-b'
+    """
+    return "--" + option.name.replace("_", "-")
+
+
 def plane_argument(option) -> dict[str, Any]:
     """``add_argument`` keywords for a plane kind's :class:`~crumple.planes.Option`.
 
@@ -174,26 +185,26 @@ def plane_argument(option) -> dict[str, Any]:
 
     Example:
         >>> from crumple import planes
-        >>> plane_argument(planes.options()["--axes"])["nargs"]
+        >>> plane_argument(planes.options()["axes"])["nargs"]
         2
     """
     default = f" (default {option.default})" if option.default is not None else ""
     common = {"default": None, "help": option.help + default}
     kinds = {
         "choice": {"choices": option.choices},
-        "count": {"type": int_at_least(option.flag, 0), "metavar": "N"},
+        "count": {"type": int_at_least(flag(option), 0), "metavar": "N"},
         "switch": {"action": "store_true"},
         "entries": {"nargs": 2, "metavar": "NAME"},
-        "pair": {"nargs": 2, "type": int_at_least(option.flag, 0), "metavar": "K"},
+        "pair": {"nargs": 2, "type": int_at_least(flag(option), 0), "metavar": "K"},
         "weights": {"metavar": "FILE"},
         "trajectory": {"metavar": "DIR"},
     }
     if option.kind not in kinds:
         raise CrumpleError(
-            f"plane option {option.flag} has kind {option.kind!r}; the command reads "
+            f"plane option {flag(option)} has kind {option.kind!r}; the command reads "
             f"{', '.join(kinds)}"
         )
-    return common | kinds[option.kind]
+    return common | kinds[option.kind] | {"dest": option.name}
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -245,7 +256,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     loss_fn = specs.loss_function(args.loss)
     model = specs.load_model(args.model, args.weights)
     batches = load(specs.load_data(args.data))
-    specs.check_fit(model, loss_fn, batches)
+    specs.check_fit(model, loss_fn, batches, data_name="--data", loss_name="--loss")
     return model, loss_fn, batches
 
 

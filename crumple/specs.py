@@ -310,9 +310,26 @@ def loss_function(name: str, what: str = "--loss", table: dict | None = None) ->
     )
 
 
-def check_fit(model: nn.Module, loss_fn: Callable | str, data: Data) -> None:
+def check_fit(
+    model: nn.Module,
+    loss_fn: Callable | str,
+    data: Data,
+    *,
+    data_name: str = "data=",
+    loss_name: str = "loss_fn=",
+) -> None:
     """Run the model and the loss on two samples, to turn shape errors into a clear message
-    (floating-point data in the weights' dtype, as evaluation casts it)."""
+    (floating-point data in the weights' dtype, as evaluation casts it). The message names
+    the data and the loss as ``data_name`` and ``loss_name`` (the CLI: ``--data``, ``--loss``).
+
+    Example:
+        >>> from crumple.batches import load
+        >>> data = load((torch.ones(4, 2), torch.ones(4, 1)))
+        >>> check_fit(torch.nn.Linear(3, 1), torch.nn.functional.mse_loss, data)
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleError: the loader yields batches of ...; make data= yield what ...
+    """
     weight = next(model.parameters(), None)
     batch = data.first.rows(slice(0, 2))
     if weight is not None:  # only the two samples, not the whole data
@@ -328,8 +345,9 @@ def check_fit(model: nn.Module, loss_fn: Callable | str, data: Data) -> None:
         shapes = ", ".join(f"{n} of shape {tuple(t.shape)} ({t.dtype})" for n, t in parts)
         raise CrumpleError(
             f"the loader yields batches of {shapes}, and the model or the loss fails on them: "
-            f"{type(e).__name__}: {str(e).splitlines()[0]}; make --data yield what the model "
-            "and --loss expect ((inputs, targets) pairs, or dicts with labels for --loss model)"
+            f"{type(e).__name__}: {str(e).splitlines()[0]}; make {data_name} yield what the "
+            f"model and {loss_name} expect ((inputs, targets) pairs, or dicts with labels for "
+            "the model's own loss)"
         ) from e
     if not isinstance(value, Tensor) or value.dim() != 0:
-        raise CrumpleError("--loss must return the batch mean as a scalar (reduction='mean')")
+        raise CrumpleError(f"{loss_name} must return the batch mean as a scalar (reduction='mean')")

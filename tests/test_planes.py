@@ -171,7 +171,7 @@ def test_registry_builds_what_the_classmethods_build():
 def test_registry_facts_and_refusals():
     assert [k for k in planes.KINDS if planes.comparable(k)] == ["random", "axes", "hessian"]
     assert not planes.comparable("custom") and not planes.comparable(None)
-    assert planes.get("pca").required == (planes.options()["--trajectory"],)
+    assert planes.get("pca").required == (planes.options()["trajectory"],)
     assert planes.describe({"kind": "random", "normalization": "None"}) == "random, raw"
     assert (
         planes.describe({"kind": "pca", "explained_variance_ratio": [0.5, 0.25]})
@@ -186,8 +186,8 @@ def test_registry_facts_and_refusals():
         planes.get("spiral")
     with pytest.raises(cr.CrumpleError, match="registered already"):
         planes.register(planes.PlaneKind("axes", "again", build=cr.Plane.axes))
-    seed = planes.Option("--seed", "another meaning", kind="choice", choices=("a",))
-    with pytest.raises(cr.CrumpleError, match="defines --seed differently"):
+    seed = planes.Option("seed", "another meaning", kind="choice", choices=("a",))
+    with pytest.raises(cr.CrumpleError, match="defines option 'seed' differently"):
         planes.register(planes.PlaneKind("other", "x", build=cr.Plane.axes, optional=(seed,)))
     assert "other" not in planes.KINDS
     with pytest.raises(

@@ -16,28 +16,28 @@ if TYPE_CHECKING:
 # the kinds and their options without importing torch.
 
 NORMALIZE = Option(
-    "--normalize",
+    "normalize",
     "random plane normalization",
     choices=("filter", "layer", "model", "none"),
     default="filter",
 )
 IGNORE = Option(
-    "--ignore", "random plane: zero 1-D parameters", choices=("biasbn", "none"), default="biasbn"
+    "ignore", "random plane: zero 1-D parameters", choices=("biasbn", "none"), default="biasbn"
 )
-SEED = Option("--seed", "random plane: seed of the directions", kind="count", default=0)
+SEED = Option("seed", "random plane: seed of the directions", kind="count", default=0)
 ORTHOGONALIZE = Option(
-    "--orthogonalize", "random plane: make direction 2 orthogonal to direction 1", kind="switch"
+    "orthogonalize", "random plane: make direction 2 orthogonal to direction 1", kind="switch"
 )
 TRAINABLE_ONLY = Option(
-    "--trainable-only",
+    "trainable_only",
     "random plane: leave parameters with requires_grad=False where they are",
     kind="switch",
 )
-AXES = Option("--axes", "axes plane: two entries, e.g. fc.weight[0,3] fc.bias[1]", kind="entries")
-WEIGHTS_B = Option("--weights-b", "between: second model's weights", kind="weights")
-WEIGHTS_C = Option("--weights-c", "between: third model's weights", kind="weights")
+AXES = Option("axes", "axes plane: two entries, e.g. fc.weight[0,3] fc.bias[1]", kind="entries")
+WEIGHTS_B = Option("weights_b", "between: second model's weights", kind="weights")
+WEIGHTS_C = Option("weights_c", "between: third model's weights", kind="weights")
 EIGENVECTORS = Option(
-    "--eigenvectors",
+    "eigenvectors",
     "hessian plane: the two eigenvectors along its axes, 0 = the largest eigenvalue's",
     kind="pair",
     default=(0, 1),

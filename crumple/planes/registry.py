@@ -18,11 +18,11 @@ if TYPE_CHECKING:  # annotations only: the registry loads without torch, for `cr
 
 @dataclass(frozen=True)
 class Option:
-    """A command-line option that plane kinds read.
+    """An option that plane kinds read (the command line's flag is ``--`` and the name with
+    dashes: ``weights_b`` is ``--weights-b``).
 
     Attributes:
-        flag: the option as typed, e.g. ``"--normalize"``; its value is
-            ``Sources.options[dest]``.
+        name: the option's key in ``Sources.options``, e.g. ``"normalize"``.
         help: one line for ``--help``.
         kind: how the value is read: ``"choice"`` (one of ``choices``), ``"count"`` (an
             integer >= 0), ``"pair"`` (two integers >= 0), ``"switch"`` (on when given),
@@ -33,20 +33,15 @@ class Option:
         default: the value when the option is not given.
 
     Example:
-        >>> Option("--weights-b", "second model", kind="weights").dest
-        'weights_b'
+        >>> Option("weights_b", "second model", kind="weights").kind
+        'weights'
     """
 
-    flag: str
+    name: str
     help: str
     kind: str = "choice"
     choices: tuple[str, ...] = ()
     default: Any = None
-
-    @property
-    def dest(self) -> str:
-        """The option's key in ``Sources.options`` (and argparse's ``dest``)."""
-        return self.flag.lstrip("-").replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -58,12 +53,12 @@ class Sources:
         models: more models (``between``), in order.
         trajectory: a recorded training path (``pca``), or ``None``.
         loss_fn, data: the loss and the data, for kinds that evaluate the model.
-        options: option values by :attr:`Option.dest`; one missing or ``None`` takes the
+        options: option values by :attr:`Option.name`; one missing or ``None`` takes the
             option's default.
 
     Example:
         >>> import torch
-        >>> seed = Option("--seed", "seed of the directions", kind="count", default=0)
+        >>> seed = Option("seed", "seed of the directions", kind="count", default=0)
         >>> Sources(torch.nn.Linear(1, 1), options={"seed": 3}).option(seed)
         3
     """
@@ -77,7 +72,7 @@ class Sources:
 
     def option(self, option: Option) -> Any:
         """The option's value, or its default when it was not given."""
-        value = self.options.get(option.dest)
+        value = self.options.get(option.name)
         return option.default if value is None else value
 
 
@@ -96,8 +91,8 @@ class PlaneKind:
         describe: the words for a plane of this kind given its attrs (``None``: its name).
 
     Example:
-        >>> get("between").required[0].flag
-        '--weights-b'
+        >>> get("between").required[0].name
+        'weights_b'
     """
 
     name: str
@@ -116,7 +111,7 @@ class PlaneKind:
 
 KINDS: dict[str, PlaneKind] = {}
 TRAJECTORY = Option(
-    "--trajectory",
+    "trajectory",
     "a Recorder(model, to=DIR) folder: the pca plane's path, drawn on any plane",
     kind="trajectory",
 )
@@ -124,7 +119,7 @@ COMMON = (TRAJECTORY,)  # options every kind accepts: a recorded path is drawn o
 
 
 def register(kind: PlaneKind) -> PlaneKind:
-    """Add a kind to :data:`KINDS`; an option flag must mean the same in every kind.
+    """Add a kind to :data:`KINDS`; an option name must mean the same in every kind.
 
     Example:
         >>> fixed = PlaneKind("fixed", "two given directions", build=lambda s: None)
@@ -136,10 +131,10 @@ def register(kind: PlaneKind) -> PlaneKind:
         raise CrumpleError(f"a plane kind named {kind.name!r} is registered already")
     known = options()
     for option in kind.options:
-        if known.get(option.flag, option) != option:
+        if known.get(option.name, option) != option:
             raise CrumpleError(
-                f"plane kind {kind.name!r} defines {option.flag} differently from the kinds "
-                "registered before; reuse their Option"
+                f"plane kind {kind.name!r} defines option {option.name!r} differently from the "
+                "kinds registered before; reuse their Option"
             )
     KINDS[kind.name] = kind
     return kind
@@ -161,14 +156,14 @@ def get(name: str) -> PlaneKind:
 
 
 def options() -> dict[str, Option]:
-    """Every option of every kind, and the common ones, by flag.
+    """Every option of every kind, and the common ones, by name.
 
     Example:
-        >>> "--axes" in options() and "--trajectory" in options()
+        >>> "axes" in options() and "trajectory" in options()
         True
     """
-    return {o.flag: o for kind in KINDS.values() for o in kind.options} | {
-        o.flag: o for o in COMMON
+    return {o.name: o for kind in KINDS.values() for o in kind.options} | {
+        o.name: o for o in COMMON
     }
 
 
