@@ -27,21 +27,9 @@ class Run(NamedTuple):
     page: Path
 
 
-def write_run(
-    folder: str | Path,
-    model,
-    loss_fn,
-    data,
-    plane,
-    grid: Grid,
-    *,
-    trajectory=None,
-    paths: Mapping[str, xr.Dataset] | None = None,
-    title: str | None = None,
-    **options: Any,
-) -> Run:
-    """:func:`save_surface`, then :func:`write_page`: the whole run folder of
-    ``crumple surface``.
+def write_run(folder: str | Path, *args: Any, title: str | None = None, **kwargs: Any) -> Run:
+    """:func:`save_surface` (``args`` and ``kwargs`` are its own), then :func:`write_page`
+    (with ``title``): the whole run folder of ``crumple surface``.
 
     Example:
         >>> import tempfile, torch, crumple as cr
@@ -52,9 +40,7 @@ def write_run(
         >>> run.surface.loss.shape, run.page.name
         ((3, 2), 'landscape.html')
     """
-    ds, paths = save_surface(
-        folder, model, loss_fn, data, plane, grid, trajectory=trajectory, paths=paths, **options
-    )
+    ds, paths = save_surface(folder, *args, **kwargs)
     return Run(ds, paths, write_page(folder, ds, paths, title=title))
 
 

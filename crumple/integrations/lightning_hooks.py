@@ -45,17 +45,7 @@ class LightningHooks:
                 f"module must be the name of a submodule of the LightningModule (e.g. 'net'), "
                 f"or None for the LightningModule itself, got {module!r}"
             )
-        self.tracker = Tracker(
-            every,
-            to,
-            landscape,
-            loss_fn=loss_fn,
-            data=data,
-            plane=plane,
-            grid=grid,
-            num=num,
-            options=options,
-        )
+        self.tracker = Tracker(every, to, landscape, loss_fn, data, plane, grid, num, options)
         self.module = module
         self.window: list[Tensor] = []  # the losses of the micro-batches of one optimizer step
 

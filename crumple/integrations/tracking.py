@@ -38,7 +38,6 @@ class Tracker:
         every: int = 1,
         to: str | Path | None = None,
         landscape: bool | str | Path = False,
-        *,
         loss_fn: Callable | str | None = None,
         data: Any = None,
         plane: str | Callable = "pca",

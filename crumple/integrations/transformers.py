@@ -77,17 +77,7 @@ class LandscapeCallback(transformers.TrainerCallback):
         num: int = 25,
         **options: Any,
     ) -> None:
-        self.tracker = Tracker(
-            every,
-            to,
-            landscape,
-            loss_fn=loss_fn,
-            data=data,
-            plane=plane,
-            grid=grid,
-            num=num,
-            options=options,
-        )
+        self.tracker = Tracker(every, to, landscape, loss_fn, data, plane, grid, num, options)
         self.pending: int | None = None  # a step due, recorded when the Trainer logs its loss
 
     @property
