@@ -4,6 +4,7 @@ keeps the timed values, and makes PyTorch print nothing for a strategy it does n
 import warnings
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,7 @@ def surface(case, **options):
     return cr.surface(model, loss_fn, data, cr.Plane.random(model, seed=0), GRID, **options)
 
 
+@pytest.mark.slow
 def test_recurrent_and_attention_models_loop_without_timing_or_warnings(monkeypatch):
     timed = []
     vmap = STRATEGIES["vmap"].__call__

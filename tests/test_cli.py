@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from crumple import cli_hessian
 from crumple.cli import main
 from crumple.run.store import open_run
 
@@ -48,6 +47,7 @@ def run_demo(*args):
     )
 
 
+@pytest.mark.slow
 def test_small_demo_writes_page_and_data(tmp_path):
     out = tmp_path / "small"
     done = run_demo(
@@ -147,6 +147,7 @@ def test_help_and_argument_errors_import_nothing_heavy(argv):
     assert heavy_modules_after(code) == []
 
 
+@pytest.mark.slow
 def test_import_crumple_is_lazy_and_surface_is_the_function():
     assert heavy_modules_after("import crumple") == []
     code = (
@@ -169,10 +170,8 @@ def test_the_command_names_match_the_registries():
     from crumple import names
     from crumple.evaluation import STRATEGIES
     from crumple.examples.seed import make_optimizer
-    from crumple.hessian.operator import BLOCKINGS
     from crumple.specs import LOSSES
 
-    assert tuple(BLOCKINGS) == cli_hessian.BLOCKINGS
     assert tuple(STRATEGIES) == names.STRATEGIES
     assert list(LOSSES) == list(names.LOSSES) and all(map(callable, LOSSES.values()))
     params = [torch.nn.Parameter(torch.zeros(1))]

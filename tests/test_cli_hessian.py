@@ -14,7 +14,8 @@ import xarray as xr
 
 import crumple as cr
 from crumple.cli import main
-from crumple.cli_info import describe
+from crumple.cli.info import describe
+from crumple.hessian.results import summary
 from crumple.plot.spectra import ONE_EIGENVALUE, bump
 from tests import cli_fixtures
 from tests.cases import assert_close
@@ -110,15 +111,22 @@ def test_the_page_draws_the_density_on_a_log_axis_with_the_eigenvalues(run):
     assert f"top eigenvalue: <b>{top:.5g}</b>" in page
 
 
-def test_blocks_and_sharpness(tmp_path, capsys):
+@pytest.mark.slow
+def test_blocks_and_sharpness(tmp_path, capsys, monkeypatch):
+    built, init = [], cr.hessian.Hessian.__init__
+    monkeypatch.setattr(
+        cr.hessian.Hessian, "__init__", lambda self, *a, **k: built.append(k) or init(self, *a, **k)
+    )
     out = tmp_path / "blocks"
     hessian(
         "--top", "2", "--trace", "--probes", "6", "--density", "--sharpness", "--by", "layer",
         "--seed", "3", "--out", str(out),
     )  # fmt: skip
+    assert len(built) == 1  # one operator served every estimator, blocks and sharpness
     text = capsys.readouterr().out
     assert "2 blocks by layer" in text and "epsilon-sharpness" in text
     ds = cr.store.open_hessian(out)
+    assert summary(ds) in text  # the library's schema and summary
     model, data = cli_fixtures.make_tiny64(), cli_fixtures.digits_pair()
     options = {"seed": 3, "by": "layer"}
     eigen = cr.hessian.eigen(model, F.cross_entropy, data, k=2, **options)

@@ -243,6 +243,7 @@ def test_trainable_only_on_the_command_line(tmp_path, capsys):
     assert ds.attrs["plane_seed"] == 2
 
 
+@pytest.mark.slow
 def test_grid_auto_holds_the_path_and_says_what_it_chose(tmp_path, capsys):
     model = cli_fixtures.make_mlp()
     rec = cr.Recorder(model, to=tmp_path / "traj")

@@ -57,6 +57,7 @@ def dense_extremes(model, weights, x, y):
     return float(values[-1]), float(values[0])
 
 
+@pytest.mark.slow
 def test_each_point_equals_the_dense_hessian_there(monkeypatch):
     monkeypatch.setattr(cr.hessian.spectrum, "DENSE_SIZE", 0)  # Lanczos on 385 weights
     model = mlp()

@@ -18,7 +18,6 @@ from crumple.run.store import DATA
 from tests import cli_fixtures
 
 distributed = pytest.importorskip("distributed")
-pytestmark = pytest.mark.slow
 
 GRID = cr.Grid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 10))
 
@@ -62,6 +61,7 @@ def in_process():
 DISTRIBUTED = "crumple.run.distributed"
 
 
+@pytest.mark.slow
 def test_cluster_gives_the_in_process_numbers_and_ships_once_per_worker(client, in_process):
     client.run(
         lambda: importlib.import_module("crumple.run.distributed").UNPACKED.__setitem__(0, 0)
@@ -72,6 +72,7 @@ def test_cluster_gives_the_in_process_numbers_and_ships_once_per_worker(client, 
     assert sorted(unpacked.values()) == [1, 1], unpacked  # 35 tiles, one payload per worker
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_costs_nothing(client, in_process, tmp_path):
     store = tmp_path / "run"
     pids = client.run(os.getpid)
@@ -105,6 +106,7 @@ def test_a_worker_killed_mid_run_costs_nothing(client, in_process, tmp_path):
     client.wait_for_workers(2, timeout=60)
 
 
+@pytest.mark.slow
 def test_start_in_process_finish_on_the_cluster(client, in_process, tmp_path):
     store = tmp_path / "run"
     surface(store=store)
@@ -128,6 +130,7 @@ def test_bad_dask_arguments_are_refused():
         surface(dask=3)
 
 
+@pytest.mark.slow
 def test_command_line_dask_local(tmp_path, capsys):
     from crumple.cli import main
 
@@ -157,6 +160,7 @@ def test_command_line_dask_local(tmp_path, capsys):
     assert ds.loss.shape == (6, 6) and not np.isnan(ds.loss.values).any()
 
 
+@pytest.mark.slow
 def test_a_curvature_map_on_the_cluster_equals_the_one_in_process(client):
     model = cli_fixtures.make_mlp()
     plane = cr.Plane.random(model, seed=1)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import crumple as cr
-from crumple import cli_types
 from crumple.cli import build_parser, main
+from crumple.cli import options as cli_options
 
 PUBLIC = [getattr(cr, n) for n in cr.__all__ if n not in ("__version__", "plot", "CrumpleError")]
 PUBLIC += [getattr(cr.plot, n) for n in cr.plot.__all__]
@@ -78,6 +78,7 @@ def files_named(code: str) -> set[str]:
     return set(files) | set(re.findall(r'\b(?:store|to)="([^"]+)"', code))
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the blocks write files
     clusters: list = []
@@ -148,7 +149,7 @@ def test_readme_commands_are_found():
 )
 def test_readme_commands_parse(line, argv, capsys):
     try:
-        args = build_parser().parse_args(cli_types.joined_negative_values(argv))
+        args = build_parser().parse_args(cli_options.joined_negative_values(argv))
     except SystemExit:
         pytest.fail(f"README.md:{line}: crumple {shlex.join(argv)}\n{capsys.readouterr().err}")
     assert args.command == argv[0]

@@ -1,6 +1,8 @@
 """Curvature against the dense Hessian (torch.func.hessian + eigvalsh) in float64, on small
 models where it fits: an MLP and a CNN with BatchNorm on scikit-learn's digits."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -138,6 +140,7 @@ def test_on_a_quadratic_the_hessian_plane_surface_is_the_quadratic_form():
     )
 
 
+@pytest.mark.slow
 def test_density_integrates_to_one_and_its_moments_are_the_traces(case):
     model, data, H, _, _ = case
     n = H.shape[0]
@@ -239,3 +242,136 @@ def test_attention_takes_its_differentiable_kernel():
     top = cr.hessian.eigen(model, loss_fn, data, k=1, tol=1e-10)
     assert top.residuals[0] < 1e-8
     assert_untouched(model, before)
+
+
+class Counted:
+    """An iterable of batches that counts the times it is read (a DataLoader's epochs)."""
+
+    def __init__(self, batches):
+        self.batches, self.reads = batches, 0
+
+    def __iter__(self):
+        self.reads += 1
+        return iter(self.batches)
+
+
+@pytest.fixture
+def constructions(monkeypatch):
+    """The keyword arguments of each Hessian built from here on."""
+    built, init = [], cr.hessian.Hessian.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(kwargs)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(cr.hessian.Hessian, "__init__", counted)
+    return built
+
+
+@pytest.fixture
+def steady_clock(monkeypatch):
+    """A clock that makes the operator's timed choice of vmapped products the same on
+    every run, so that two runs multiply the same vectors in the same groups."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(
+        cr.hessian.operator, "time", SimpleNamespace(perf_counter=lambda: next(ticks))
+    )
+
+
+def test_an_operator_built_once_serves_eigen_trace_and_density(constructions):
+    model = small_mlp()
+    x, y = digits(96)
+    data = Counted([(x[:40], y[:40]), (x[40:], y[40:])])
+    H = cr.hessian.Hessian(model, F.cross_entropy, data)
+    assert (len(constructions), data.reads) == (1, 1) and H.keep_graphs
+    cr.hessian.eigen(H, k=2, which="both")
+    kept = H._pulls  # each batch's pullback, kept by the first product
+    cr.hessian.trace(H, probes=10)
+    cr.hessian.density(H, probes=2, steps=5)
+    cr.hessian.trace(H, probes=4, by="layer")  # blocks are views of the same operator
+    assert (len(constructions), data.reads) == (1, 1)  # held data
+    assert kept is not None and H._pulls is kept  # the same pullbacks served them all
+
+
+def test_max_memory_reaches_the_operator(constructions, monkeypatch):
+    model = small_mlp()
+    x, y = digits(96)
+    batches = [(x[:40], y[:40]), (x[40:], y[40:])]
+    size = sum(t.numel() * t.element_size() for b in batches for t in b)
+    held = cr.hessian.Hessian(model, F.cross_entropy, batches)
+    assert held.max_memory == 2 * 2**30 and not held.data.streamed and held.keep_graphs
+    tight = cr.hessian.Hessian(model, F.cross_entropy, batches, max_memory=2 * size + 16)
+    assert not tight.data.streamed and not tight.keep_graphs  # the graphs take more
+    data = Counted(batches)
+    streamed = cr.hessian.Hessian(model, F.cross_entropy, data, max_memory=1024)
+    assert streamed.data.streamed and not streamed.keep_graphs
+    passes, products = [], cr.hessian.Hessian._products
+    monkeypatch.setattr(
+        cr.hessian.Hessian,
+        "_products",
+        lambda h, rows: passes.append(h is streamed) or products(h, rows),
+    )
+    before = data.reads
+    v = torch.randn(len(held), 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for op in (tight, streamed):
+        np.testing.assert_allclose(op @ v, held @ v, rtol=1e-12, atol=1e-15)
+    assert data.reads - before == sum(passes) > 0  # streamed: one read per pass, no more
+    cr.hessian.trace(model, F.cross_entropy, batches, probes=2, max_memory=2 * size + 16)
+    assert constructions[-1]["max_memory"] == 2 * size + 16
+
+
+def test_operator_first_equals_model_first_bit_for_bit(steady_clock):
+    model = small_mlp()
+    x, y = digits(96)
+    data = [(x[:40], y[:40]), (x[40:], y[40:])]
+
+    def operator():
+        return cr.hessian.Hessian(model, F.cross_entropy, data)
+
+    for call, kwargs, field in (
+        (cr.hessian.eigen, {"k": 2, "which": "both"}, "eigenvalues"),
+        (cr.hessian.trace, {"probes": 20, "method": "hutch++"}, "estimate"),
+        (cr.hessian.density, {"probes": 2, "steps": 10}, "density"),
+    ):
+        first = getattr(call(operator(), **kwargs), field)
+        second = getattr(call(model, F.cross_entropy, data, **kwargs), field)
+        assert np.array_equal(first, second), call.__name__
+        per_block = call(operator(), by="layer", **kwargs)
+        again = call(model, F.cross_entropy, data, by="layer", **kwargs)
+        for block in again:
+            assert np.array_equal(getattr(per_block[block], field), getattr(again[block], field))
+    shared = operator()
+    for call, kwargs, field in (
+        (cr.hessian.eigen, {"k": 2}, "eigenvalues"),
+        (cr.hessian.trace, {"probes": 20}, "estimate"),
+        (cr.hessian.density, {"probes": 2, "steps": 10}, "density"),
+    ):
+        alone = getattr(call(model, F.cross_entropy, data, **kwargs), field)
+        np.testing.assert_allclose(getattr(call(shared, **kwargs), field), alone, rtol=1e-12)
+    top = cr.hessian.eigen(shared, k=1)
+    assert top.products == cr.hessian.eigen(operator(), k=1).products  # this call's own
+    plane = cr.hessian.hessian_plane(shared)
+    same = cr.Plane.hessian(model, F.cross_entropy, data)
+    assert plane.attrs == same.attrs
+    for ours, theirs in zip((plane.origin, *plane.directions), (same.origin, *same.directions)):
+        assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
+
+
+def test_an_operator_mixed_with_what_builds_one_is_refused():
+    model = small_mlp()
+    data = digits(16)
+    H = cr.hessian.Hessian(model, F.cross_entropy, data)
+    with pytest.raises(TypeError, match=r"loss_fn=.*cannot come beside it; call eigen\(H, k="):
+        cr.hessian.eigen(H, F.cross_entropy, data)
+    with pytest.raises(cr.CrumpleError, match=r"loss_fn=3 cannot come beside it"):
+        cr.hessian.eigen(H, 3)  # k given where loss_fn goes
+    with pytest.raises(TypeError, match=r"dtype='float32' builds an operator.*Hessian\(model"):
+        cr.hessian.trace(H, dtype="float32")
+    with pytest.raises(TypeError, match=r"max_memory=1024 builds an operator"):
+        cr.hessian.density(H, max_memory=1024)
+    with pytest.raises(TypeError, match=r"device='cpu' builds an operator"):
+        cr.hessian.sharpness(H, device="cpu")
+    with pytest.raises(TypeError, match=r"loss_fn and data missing: pass a Hessian built once"):
+        cr.hessian.eigen(model, k=2)
+    with pytest.raises(TypeError, match=r"data missing.*call epsilon_sharpness\(H, epsilon="):
+        cr.hessian.epsilon_sharpness(model, F.cross_entropy)

@@ -113,7 +113,6 @@ def runs_by_hand_and_callback(tmp_path_factory):
     return SimpleNamespace(by_hand=by_hand, flags=flags, model=model, callback=callback, root=root)
 
 
-@pytest.mark.slow
 def test_callback_records_the_steps_a_hand_record_gives(runs_by_hand_and_callback):
     r = runs_by_hand_and_callback
     hand, got = r.by_hand.hand.trajectory, r.callback.trajectory
@@ -126,7 +125,6 @@ def test_callback_records_the_steps_a_hand_record_gives(runs_by_hand_and_callbac
         assert not differ, f"step {hand.steps[k]}: {differ} differ from the hand record"
 
 
-@pytest.mark.slow
 def test_landscape_is_written_with_the_path_on_the_grid(runs_by_hand_and_callback):
     r = runs_by_hand_and_callback
     folder = r.root / "landscape"
@@ -145,7 +143,6 @@ def test_landscape_is_written_with_the_path_on_the_grid(runs_by_hand_and_callbac
     assert "PC1" in (folder / "landscape.html").read_text()
 
 
-@pytest.mark.slow
 def test_the_landscape_leaves_the_model_as_training_left_it(runs_by_hand_and_callback):
     r = runs_by_hand_and_callback
     ours, theirs = r.model.state_dict(), r.by_hand.state_dict()
@@ -158,7 +155,6 @@ def test_the_landscape_leaves_the_model_as_training_left_it(runs_by_hand_and_cal
     assert all(p.grad is not None for p in r.model.parameters())
 
 
-@pytest.mark.slow
 def test_a_run_taken_up_from_a_checkpoint_goes_on_recording(runs_by_hand_and_callback, tmp_path):
     r = runs_by_hand_and_callback
     ckpt = r.root / "ckpt" / "epoch=0-step=4.ckpt"
@@ -231,7 +227,6 @@ def test_bad_arguments_are_refused_when_the_callback_is_made(options, match):
         LandscapeCallback(**options)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("factory", ["make_net", "make_lit"])
 def test_crumple_surface_reads_a_lightning_checkpoint(runs_by_hand_and_callback, factory, capsys):
     """The factory builds the inner network (keys carry the prefix ``net.``) or the
@@ -359,7 +354,6 @@ class Accumulating(Lit):
         return loss
 
 
-@pytest.mark.slow
 def test_under_gradient_accumulation_a_step_keeps_the_mean_of_its_micro_batches():
     pl.seed_everything(0, verbose=False)
     model, callback = Accumulating(), LandscapeCallback(every=1)

@@ -3,6 +3,7 @@ on an MLP on scikit-learn's digits: feasible perturbations whose loss is the one
 at least that of random feasible points, monotone in the radius, the model untouched."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -244,3 +245,37 @@ def test_bad_arguments_are_refused_clearly(options, message):
     if single:
         with pytest.raises(cr.CrumpleError, match=message):
             cr.hessian.adaptive_sharpness(model, F.mse_loss, data, **single)
+
+
+def test_sharpness_builds_one_operator_and_takes_a_built_one(mlp, monkeypatch):
+    model, data, _ = mlp
+    built, init = [], cr.hessian.Hessian.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(kwargs)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(cr.hessian.Hessian, "__init__", counted)
+    ticks = iter(range(10**6))  # the same timed choice of vmapped products every run
+    monkeypatch.setattr(
+        cr.hessian.operator, "time", SimpleNamespace(perf_counter=lambda: next(ticks))
+    )
+    options = {"steps": 4, "probes": 6, "seed": 3}
+    s = cr.hessian.sharpness(model, F.cross_entropy, data, max_memory=2**28, **options)
+    assert len(built) == 1 and built[0]["max_memory"] == 2**28  # one for all four measures
+    H = cr.hessian.Hessian(model, F.cross_entropy, data)
+    again = cr.hessian.sharpness(H, **options)
+    assert len(built) == 2  # none beyond the one given
+    assert again.as_dict() == s.as_dict()  # bit for bit
+    assert all(
+        torch.equal(again.epsilon.perturbation[n], t) for n, t in s.epsilon.perturbation.items()
+    )
+    e = cr.hessian.epsilon_sharpness(model, F.cross_entropy, data, 1e-3, steps=4)
+    assert cr.hessian.epsilon_sharpness(H, epsilon=1e-3, steps=4).value == e.value
+    a = cr.hessian.adaptive_sharpness(model, F.cross_entropy, data, 0.5, INF, steps=4)
+    assert cr.hessian.adaptive_sharpness(H, rho=0.5, p=INF, steps=4).value == a.value
+    assert len(built) == 4
+    with pytest.raises(TypeError, match=r"loss_fn=0.5 cannot come beside it"):
+        cr.hessian.adaptive_sharpness(H, 0.5)  # rho where loss_fn goes
+    with pytest.raises(TypeError, match=r"dtype='float64' builds an operator"):
+        cr.hessian.sharpness(H, dtype="float64")

@@ -111,6 +111,7 @@ def _safe_done(store: Path):
         return np.zeros(1, dtype=bool)
 
 
+@pytest.mark.slow
 def test_resumed_run_keeps_the_tiles_it_was_started_with(tmp_path, monkeypatch):
     """Default tiles are sized by time; a resumed run keeps the stored sizes whatever its
     own timing says."""

@@ -23,6 +23,7 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@pytest.mark.slow
 def test_corpus_is_built_here_and_the_same_each_time(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the corpus must not use the network")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crumple import cli_types as types
+from crumple.cli import options as types
 from crumple.errors import CrumpleError
 
 HELP = "a run's landscape as mesh files: VTK (ParaView), STL (3-D printing), OBJ and GLB"
@@ -33,8 +33,7 @@ FILES = {
 
 def add(commands) -> None:
     """The ``export`` subcommand and its options."""
-    parser = commands.add_parser("export", help=HELP, description=DESCRIPTION)
-    parser.set_defaults(run=run)
+    parser = types.command(commands, "export", (HELP, DESCRIPTION), execute)
     add = parser.add_argument
     add("folder", type=Path, metavar="RUN", help="the run folder")
     add("--vtk", type=Path, metavar="FILE", help="VTK for ParaView: FILE.vtu or FILE.vtk")
@@ -82,7 +81,7 @@ def z_scale(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{e}; or give auto (the default)") from None
 
 
-def run(args: argparse.Namespace) -> None:
+def execute(args: argparse.Namespace) -> None:
     """Check every file name, read the run, write each file and say what it holds."""
     wanted = {o: getattr(args, o[2:]) for o in FILES if getattr(args, o[2:]) is not None}
     if not wanted:

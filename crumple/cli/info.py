@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-import numpy as np
-
 from crumple import planes
-from crumple.run.store import HESSIAN, PLANE, SPREAD, open_run, open_spread
+from crumple.cli import options as types
+from crumple.names import HESSIAN, HESSIAN_PAGE, PLANE, SPREAD
+
+ABOUT = (
+    "what a run folder holds and how complete it is",
+    "Print what a run folder holds and how complete it is; --netcdf exports "
+    "the surface and the paths to one netCDF file for sharing.",
+)
+
+
+def add(commands) -> None:
+    info = types.command(commands, "info", ABOUT, execute)
+    info.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
+    info.add_argument("--netcdf", type=Path, metavar="FILE", help="also write one netCDF file")
+
+
+def execute(args: argparse.Namespace) -> None:
+    from crumple.run import store
+
+    print(describe(args.folder))
+    if args.netcdf:
+        print(f"wrote {store.export_netcdf(args.folder, args.netcdf)}")
 
 
 def describe(folder: str | Path) -> str:
     """What a run folder holds and how complete it is, as text.
 
     Example:
-        >>> import tempfile, xarray as xr
+        >>> import tempfile, numpy as np, xarray as xr
         >>> from crumple.run.store import save_run
         >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.zeros((2, 3)))},
         ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0, 2.0]})
         >>> print(describe(save_run(tempfile.mkdtemp(), ds)).splitlines()[1])
         surface: loss over alpha 2 x beta 3, complete
     """
+    import numpy as np
+
+    from crumple.run.store import open_run, open_spread
+
     run = open_run(folder)
     surface = run.pop("surface")
     values = surface.loss.values
@@ -63,7 +87,7 @@ def describe(folder: str | Path) -> str:
     if (Path(folder) / PLANE).is_file():
         lines.append(f"plane: {PLANE}")
     if (Path(folder) / HESSIAN).is_dir():
-        lines.append(f"hessian: {HESSIAN} (crumple hessian; its page is hessian.html)")
+        lines.append(f"hessian: {HESSIAN} (crumple hessian; its page is {HESSIAN_PAGE})")
     spread = open_spread(folder)
     if spread is not None:
         seeds = spread.attrs.get("seeds", [])

@@ -7,19 +7,19 @@ import argparse
 import time
 from pathlib import Path
 
-from crumple import cli_types as types
+from crumple.cli import options as types
 from crumple.errors import CrumpleError, require_extra
 
-# the article's options, which do not apply to the language model: dest -> flag
+# the article's options, which do not apply to the language model: dest -> (flag, default)
 ARTICLE = {
-    "w_min": "--min",
-    "w_max": "--max",
-    "step": "--step",
-    "epochs": "--epochs",
-    "lr": "--lr",
-    "optimizer": "--optimizer",
-    "compare": "--compare",
-    "batch_size": "--batch-size",
+    "w_min": ("--min", -2.0),
+    "w_max": ("--max", 2.0),
+    "step": ("--step", 0.05),
+    "epochs": ("--epochs", 25),
+    "lr": ("--lr", 1e-2),
+    "optimizer": ("--optimizer", "sgd"),
+    "compare": ("--compare", None),
+    "batch_size": ("--batch-size", 64),
 }
 LM = {"steps": "--steps", "grid_size": "--grid-size", "quick": "--quick"}
 
@@ -65,11 +65,8 @@ def chosen(args: argparse.Namespace) -> bool:
         ...
         crumple.errors.CrumpleError: --epochs is for the article's network, not --lm: drop it
     """
-    from crumple.cli import build_parser
-
     if args.lm:
-        defaults = vars(build_parser().parse_args(["demo"]))
-        given = [f for d, f in ARTICLE.items() if getattr(args, d) != defaults[d]]
+        given = [f for d, (f, default) in ARTICLE.items() if getattr(args, d) != default]
         fix = "the article's network, not --lm: drop"
     else:
         given = [f for d, f in LM.items() if getattr(args, d) not in (None, False)]
@@ -87,7 +84,7 @@ def chosen(args: argparse.Namespace) -> bool:
     return args.lm
 
 
-def run(args: argparse.Namespace) -> None:
+def execute(args: argparse.Namespace) -> None:
     """Train, evaluate and write the language model's run, and say what it did."""
     require_extra("transformers", "hf")
     args.out.mkdir(parents=True, exist_ok=True)

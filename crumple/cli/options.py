@@ -28,6 +28,15 @@ MAX_POINTS_PER_AXIS = 2000
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
 
+def command(commands, name: str, about: tuple[str, str], execute) -> argparse.ArgumentParser:
+    """The subcommand ``name`` (``about``: its line in ``crumple --help`` and its
+    description), whose parsed arguments go to ``execute``."""
+    help, description = about
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(execute=execute)
+    return parser
+
+
 def positive_float(name: str) -> Callable[[str], float]:
     """A parser of a finite number above 0; ``name`` is the option in its messages.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crumple.cli_types import int_at_least
+from crumple.cli.options import int_at_least
 
 
 def add(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def add(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, model, loss_fn, batches, grid, options: dict[str, Any]):
+def execute(args: argparse.Namespace, model, loss_fn, batches, grid, options: dict[str, Any]):
     """Evaluate and store the spread that ``--spread`` asks for (``None`` without it): one
     line per direction along ``grid``'s alpha axis, with the surface's evaluation
     ``options`` (``--dtype``, ``--recalibrate``, ...); the random options ``--normalize``,

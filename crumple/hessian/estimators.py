@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from crumple.errors import CrumpleError
-from crumple.hessian.operator import Hessian, each_block
+from crumple.hessian.operator import Hessian, each_block, operator_of
 from crumple.inputs import whole_number
+from crumple.names import TRACE_METHODS
 
 CHUNK = 16  # probe vectors generated and multiplied at a time
-METHODS = ("hutchinson", "hutch++")
+METHODS = TRACE_METHODS
 
 
 @dataclass
@@ -33,9 +34,9 @@ class Trace:
 
 
 def trace(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
+    model: nn.Module | Hessian,
+    loss_fn: Callable | str | None = None,
+    data: Any = None,
     *,
     probes: int = 100,
     method: str = "hutchinson",
@@ -43,6 +44,7 @@ def trace(
     seed: int = 0,
     dtype=None,
     device=None,
+    max_memory: int | None = None,
 ) -> Trace | dict[str, Trace]:
     """The trace of the Hessian of the mean loss from ``probes`` Hessian-vector products.
 
@@ -53,12 +55,16 @@ def trace(
     estimator on the rest (a third of the products) adds the remainder, and its standard
     error is the estimate's. Much smaller errors when a few eigenvalues dominate.
     With ``by``, a dict ``{block: Trace}`` of the diagonal blocks (as :func:`eigen`).
+    ``model`` is a built :class:`~crumple.hessian.Hessian` (``trace(H, probes=30)``) or
+    the model with its ``loss_fn`` and ``data``, as for :func:`eigen`.
 
     Example:
         >>> import torch
+        >>> from crumple.hessian import Hessian
         >>> net = torch.nn.Linear(3, 1, bias=False).double()
         >>> x = torch.eye(3, dtype=torch.float64)
-        >>> t = trace(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), probes=4)
+        >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)))
+        >>> t = trace(H, probes=4)
         >>> round(t.estimate, 6), t.stderr  # H = 2 I / 3: z^T H z = 2 for every sign vector
         (2.0, 0.0)
     """
@@ -67,7 +73,8 @@ def trace(
     least = 2 if method == "hutchinson" else 6
     probes = whole_number("probes", probes, least, why=f" for {method}")
     seed = whole_number("seed", seed)
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    build = {"dtype": dtype, "device": device, "max_memory": max_memory}
+    hessian = operator_of(model, loss_fn, data, "trace(H, probes=...)", **build)
     estimate = _hutchinson if method == "hutchinson" else _hutch_plus_plus
     return each_block(
         hessian, by, lambda h: estimate(h, probes, torch.Generator().manual_seed(seed))
@@ -104,9 +111,9 @@ def _hutch_plus_plus(hessian: Hessian, probes: int, generator) -> Trace:
 
 
 def density(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
+    model: nn.Module | Hessian,
+    loss_fn: Callable | str | None = None,
+    data: Any = None,
     *,
     probes: int = 10,
     steps: int = 40,
@@ -116,6 +123,7 @@ def density(
     seed: int = 0,
     dtype=None,
     device=None,
+    max_memory: int | None = None,
 ):
     """The Hessian's eigenvalue spectral density by stochastic Lanczos quadrature: for each
     random unit probe ``v``, ``steps`` Lanczos steps (fully reorthogonalised) give nodes
@@ -127,13 +135,16 @@ def density(
     ``nodes`` and ``weights`` over (``probe``, ``node``; nodes a probe's Lanczos run did not
     reach are NaN): ``sum(weights * nodes**k) / probes``
     estimates ``tr(H^k) / n``. With ``by``, a dict ``{block: Dataset}`` of the diagonal
-    blocks (as :func:`eigen`).
+    blocks (as :func:`eigen`). ``model`` is a built :class:`~crumple.hessian.Hessian`
+    (``density(H)``) or the model with its ``loss_fn`` and ``data``, as for :func:`eigen`.
 
     Example:
         >>> import torch
+        >>> from crumple.hessian import Hessian
         >>> net = torch.nn.Linear(3, 1, bias=False).double()
         >>> x = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
-        >>> esd = density(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), probes=2)
+        >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)))
+        >>> esd = density(H, probes=2)
         >>> esd.nodes.values[0].round(4).tolist()  # 3 steps on 3 weights: H's eigenvalues
         [0.6667, 2.6667, 6.0]
     """
@@ -143,7 +154,8 @@ def density(
         raise CrumpleError(
             f"width must be a positive number (or None: 1% of the span), got {width!r}"
         )
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    build = {"dtype": dtype, "device": device, "max_memory": max_memory}
+    hessian = operator_of(model, loss_fn, data, "density(H, probes=...)", **build)
     return each_block(hessian, by, lambda h: _density(h, probes, steps, bins, width, seed))
 
 

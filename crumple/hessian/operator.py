@@ -6,6 +6,10 @@ model untouched. A product is ``torch.func.vjp`` of ``torch.func.grad`` per batc
 like the loss (forward-over-reverse, ``jvp`` of ``grad``, fails on ``F.mse_loss`` in
 torch 2.13). Where the data is held and its graphs fit in memory, each batch's pullback is
 kept, so that later products skip the forward pass and the first backward pass.
+
+An operator is built once (the data read, the checks run) and passed to every estimator:
+``eigen(H, k=5)``, ``trace(H)``, ``density(H)``, ``sharpness(H)``. The model-first calls
+(``eigen(model, loss_fn, data, k=5)``) build one through :func:`operator_of`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, grad_and_value, vjp, vmap
 
+from crumple import names
 from crumple.batches import Batch, load
-from crumple.errors import CrumpleError
+from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation.probes import activations_per_sample, functional
 from crumple.evaluation.settings import Settings
 from crumple.inputs import check_model, named_functions
@@ -41,7 +46,14 @@ class Hessian:
         parameters: the names of the trainable parameters to differentiate by (a diagonal
             block of the Hessian; the others stay fixed); default all of them.
         dtype, device: of the computation; default the model's.
+        max_memory: bytes the operator may hold (default 2 GiB, as for
+            :func:`crumple.surface`): the data is held while it takes at most half of it
+            (else read afresh for each product), and each batch's pullback is kept while
+            all of them take at most a quarter (``keep_graphs``).
 
+    Built once, the operator serves every estimator (``eigen(H)``, ``trace(H)``,
+    ``density(H)``, ``sharpness(H)``): the data is read, the loss checked for a second
+    derivative and the graphs sized once, and the kept pullbacks serve them all.
     Vectors are flat (the parameters in ``names`` order, tied weights once), in the
     weights' dtype and device; a matrix of shape ``(n, m)`` is ``m`` vectors at once.
     ``len(hessian)`` is the number of parameters, ``products`` the vectors multiplied so
@@ -54,6 +66,8 @@ class Hessian:
         >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)))
         >>> (H @ torch.eye(2, dtype=torch.float64)).tolist()  # 2 X^T X / n
         [[1.0, 0.0], [0.0, 4.0]]
+        >>> H.keep_graphs, H.data.streamed  # the pullbacks kept, the data held
+        (True, False)
     """
 
     def __init__(
@@ -65,6 +79,7 @@ class Hessian:
         parameters: Sequence[str] | None = None,
         dtype=None,
         device=None,
+        max_memory: int | None = None,
     ) -> None:
         check_model(model)
         self.model = model
@@ -74,7 +89,9 @@ class Hessian:
                 "the model has no parameter that requires grad, so there is no Hessian to "
                 "take; unfreeze the parameters to study (requires_grad_(True))"
             )
-        settings = Settings(dtype=dtype, device=device)  # names such as "float64" too
+        budget = {} if max_memory is None else {"max_memory": max_memory}
+        settings = Settings(dtype=dtype, device=device, **budget)  # names such as "float64" too
+        self.max_memory = settings.max_memory
         weights = {
             n: cast(p.detach(), settings.torch_device, settings.torch_dtype)
             for n, p in model.named_parameters()
@@ -84,7 +101,7 @@ class Hessian:
             n: cast(b, reference.device, reference.dtype) for n, b in buffers_of(model).items()
         }
         self.objective = Objective(model, named_functions(loss_fn))
-        self.data = load(data, Settings().data_budget).to(reference.device, reference.dtype)
+        self.data = load(data, settings.data_budget).to(reference.device, reference.dtype)
         self.data_weight = sum(self.objective.weights(b)["loss"] for b in self.data)
         names = list(trainable) if parameters is None else list(parameters)
         unknown = [n for n in names if n not in trainable]
@@ -252,7 +269,7 @@ class Hessian:
         per_sample = activations_per_sample(self.model, fixed, self.buffers, self.objective, first)
         samples = sum(b.size for b in self.data)
         size = GRAPH_FACTOR * per_sample * samples * self.reference.element_size()
-        return size <= Settings().max_memory // 4
+        return size <= self.max_memory // 4
 
     def flatten(self, params: Params) -> Tensor:
         """Parameter dicts (each entry with a leading dimension of ``m``, or none) as flat
@@ -272,7 +289,62 @@ class Hessian:
         return out
 
 
-BLOCKINGS = ("parameter", "layer", "module")
+def operator_of(
+    model: nn.Module | Hessian, loss_fn: Any, data: Any, call: str, **build: Any
+) -> Hessian:
+    """The operator an estimator works on: ``model`` itself where it is a built
+    :class:`Hessian` (then nothing that builds one may be given beside it), else one built
+    from ``(model, loss_fn, data, **build)``. ``call`` shows the estimator's
+    operator-first form, for the messages.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 1).double()
+        >>> data = (torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64))
+        >>> H = operator_of(net, torch.nn.functional.mse_loss, data, "trace(H)")
+        >>> operator_of(H, None, None, "trace(H)") is H
+        True
+        >>> operator_of(H, None, None, "trace(H)", dtype="float32")
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleTypeError: dtype='float32' builds an operator, and this ...
+    """
+    if isinstance(model, Hessian):
+        beside = [(n, v) for n, v in (("loss_fn", loss_fn), ("data", data)) if v is not None]
+        if beside:
+            given = ", ".join(f"{n}={_brief(v)}" for n, v in beside)
+            raise CrumpleTypeError(
+                f"a built Hessian carries its own loss and data, so {given} cannot come "
+                f"beside it; call {call} with the other arguments by keyword, or pass the "
+                "model instead of the operator: (model, loss_fn, data, ...)"
+            )
+        options = {n: v for n, v in build.items() if v is not None}
+        if options:
+            given = ", ".join(f"{n}={v!r}" for n, v in options.items())
+            raise CrumpleTypeError(
+                f"{given} {'builds' if len(options) == 1 else 'build'} an operator, and this "
+                "one is built already; give "
+                f"{' and '.join(options)} to Hessian(model, loss_fn, data, ...) when building "
+                f"it, then call {call}"
+            )
+        return model
+    missing = [n for n, v in (("loss_fn", loss_fn), ("data", data)) if v is None]
+    if missing:
+        raise CrumpleTypeError(
+            f"{' and '.join(missing)} missing: pass a Hessian built once, "
+            f"H = cr.hessian.Hessian(model, loss_fn, data), and call {call}; or the model "
+            "with its loss_fn and data"
+        )
+    return Hessian(model, loss_fn, data, **build)
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)`` where it is short (a loss, a number), else its type (data)."""
+    text = repr(value)
+    return text if len(text) <= 60 and "\n" not in text else f"a {type(value).__name__}"
+
+
+BLOCKINGS = names.BLOCKINGS
 
 
 def blocks(names: Sequence[str], by: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

@@ -5,7 +5,9 @@ adaptive sharpness.
 The loss is the one :func:`crumple.surface` draws: the exact mean over the data, in eval
 mode. Only the trainable parameters are perturbed (buffers and frozen parameters stay),
 and the model is left untouched: the perturbed losses are functional calls through
-:class:`~crumple.hessian.Hessian`.
+:class:`~crumple.hessian.Hessian`. Each measure takes a built operator
+(``sharpness(H)``) or the model with its loss and data (``sharpness(model, loss_fn,
+data)``, which builds one operator for all four measures).
 
 The two worst-case measures are maxima of the loss over a set of perturbations, found by
 projected gradient ascent in normalised coordinates ``u = delta / c`` (elementwise, with
@@ -39,7 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError
-from crumple.hessian.operator import Hessian
+from crumple.hessian.estimators import trace
+from crumple.hessian.operator import Hessian, operator_of
+from crumple.hessian.spectrum import eigen
 from crumple.inputs import whole_number
 from crumple.params import Params
 
@@ -114,15 +118,16 @@ class Sharpness:
 
 
 def epsilon_sharpness(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
+    model: nn.Module | Hessian,
+    loss_fn: Callable | str | None = None,
+    data: Any = None,
     epsilon: float = 1e-3,
     *,
     steps: int = STEPS,
     seed: int = 0,
     dtype=None,
     device=None,
+    max_memory: int | None = None,
 ) -> EpsilonSharpness:
     """Keskar et al. (2017), "On large-batch training for deep learning: generalization gap
     and sharp minima", metric (2.1) with ``A = I`` (the full space)::
@@ -133,20 +138,26 @@ def epsilon_sharpness(
     over the trainable parameters ``w``. Keskar et al. report ``epsilon`` = 1e-3 and 5e-4
     (the default is 1e-3) and maximise with L-BFGS-B; here the box is climbed by signed
     gradient steps clipped to it (see the module's notes), ``steps`` evaluations at most.
+    ``model`` is a built :class:`~crumple.hessian.Hessian` (``epsilon_sharpness(H,
+    epsilon=1e-3)``) or the model with its ``loss_fn`` and ``data``, as for
+    :func:`~crumple.hessian.eigen`.
 
     Example:
         >>> import torch
+        >>> from crumple.hessian import Hessian
         >>> net = torch.nn.Linear(2, 1, bias=False).double()
         >>> with torch.no_grad():
         ...     _ = net.weight.zero_()  # the minimum of L = (w1^2 + 4 w2^2) / 2
         >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-        >>> s = epsilon_sharpness(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)), 0.1)
+        >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)))
+        >>> s = epsilon_sharpness(H, epsilon=0.1)
         >>> round(s.increase, 9), round(s.value, 6)  # the corner: (1 + 4) * 0.1^2 / 2
         (0.025, 2.5)
     """
     _check_positive("epsilon", epsilon, "the box's half-width relative to |w| + 1, e.g. 1e-3")
     _check_steps(steps)
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    build = {"dtype": dtype, "device": device, "max_memory": max_memory}
+    hessian = operator_of(model, loss_fn, data, "epsilon_sharpness(H, epsilon=...)", **build)
     return _epsilon(hessian, epsilon, steps, seed)
 
 
@@ -158,9 +169,9 @@ def _epsilon(hessian: Hessian, epsilon: float, steps: int, seed: int) -> Epsilon
 
 
 def adaptive_sharpness(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
+    model: nn.Module | Hessian,
+    loss_fn: Callable | str | None = None,
+    data: Any = None,
     rho: float | None = None,
     p: float = 2,
     *,
@@ -169,6 +180,7 @@ def adaptive_sharpness(
     seed: int = 0,
     dtype=None,
     device=None,
+    max_memory: int | None = None,
 ) -> AdaptiveSharpness:
     """Adaptive (worst-case) sharpness, Kwon et al. (2021), "ASAM: adaptive
     sharpness-aware minimization for scale-invariant learning of deep neural networks",
@@ -184,7 +196,9 @@ def adaptive_sharpness(
     weight at exactly 0 is not perturbed. Kwon et al.'s ASAM adds ``eta = 0.01`` (their
     code only to parameters named ``weight``; here to all). ``rho`` defaults to 0.5 for
     ``p = 2`` (ASAM's default, inside Andriushchenko et al.'s 0.25-2 for ResNets) and 0.002
-    for ``p = inf`` (their 0.001-0.008). The ascent: see the module's notes.
+    for ``p = inf`` (their 0.001-0.008). The ascent: see the module's notes. ``model`` is
+    a built :class:`~crumple.hessian.Hessian` (``adaptive_sharpness(H, rho=0.5)``) or the
+    model with its ``loss_fn`` and ``data``, as for :func:`~crumple.hessian.eigen`.
 
     Example:
         >>> import torch
@@ -199,7 +213,8 @@ def adaptive_sharpness(
     """
     rho = _check_adaptive(rho, p, eta)
     _check_steps(steps)
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    build = {"dtype": dtype, "device": device, "max_memory": max_memory}
+    hessian = operator_of(model, loss_fn, data, "adaptive_sharpness(H, rho=...)", **build)
     return _adaptive(hessian, rho, p, eta, steps, seed)
 
 
@@ -212,9 +227,9 @@ def _adaptive(
 
 
 def sharpness(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
+    model: nn.Module | Hessian,
+    loss_fn: Callable | str | None = None,
+    data: Any = None,
     *,
     epsilon: float = 1e-3,
     rho: float | None = None,
@@ -225,31 +240,35 @@ def sharpness(
     seed: int = 0,
     dtype=None,
     device=None,
+    max_memory: int | None = None,
 ) -> Sharpness:
     """The common sharpness measures side by side: the largest Hessian eigenvalue
     (:func:`eigen` with ``k=1``), the trace (:func:`trace`, ``probes`` Rademacher vectors,
     with its standard error), :func:`epsilon_sharpness` (``epsilon``) and
-    :func:`adaptive_sharpness` (``rho``, ``p``, ``eta``), each with ``seed``.
+    :func:`adaptive_sharpness` (``rho``, ``p``, ``eta``), each with ``seed``, all four on
+    one operator: ``model`` is a built :class:`~crumple.hessian.Hessian`
+    (``sharpness(H)``), or the model with its ``loss_fn`` and ``data`` (one operator is
+    built from them with ``dtype``, ``device`` and ``max_memory``).
 
     Example:
         >>> import torch
+        >>> from crumple.hessian import Hessian
         >>> net = torch.nn.Linear(2, 1, bias=False).double()
         >>> with torch.no_grad():
         ...     _ = net.weight.zero_()
         >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-        >>> s = sharpness(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)), probes=4)
+        >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)))
+        >>> s = sharpness(H, probes=4)
         >>> round(s.eigenvalue, 6), s.trace, round(s.epsilon.value, 8)  # H = diag(1, 4)
         (4.0, 5.0, 0.00025)
     """
     _check_positive("epsilon", epsilon, "the box's half-width relative to |w| + 1, e.g. 1e-3")
     rho = _check_adaptive(rho, p, eta)
     _check_steps(steps)
-    from crumple.hessian import eigen, trace  # the package's public names, once loaded
-
-    options = {"seed": seed, "dtype": dtype, "device": device}
-    top = eigen(model, loss_fn, data, k=1, **options)
-    estimate = trace(model, loss_fn, data, probes=probes, **options)
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    build = {"dtype": dtype, "device": device, "max_memory": max_memory}
+    hessian = operator_of(model, loss_fn, data, "sharpness(H, probes=...)", **build)
+    top = eigen(hessian, k=1, seed=seed)
+    estimate = trace(hessian, probes=probes, seed=seed)
     return Sharpness(
         float(top.eigenvalues[0]),
         estimate.estimate,

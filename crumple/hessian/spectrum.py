@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from crumple.errors import CrumpleError
-from crumple.hessian.operator import Hessian, each_block
+from crumple.hessian.operator import Hessian, each_block, operator_of
 from crumple.inputs import whole_number
 from crumple.params import Params
 from crumple.plane import Plane
@@ -36,9 +36,9 @@ class Eigen:
 
 
 def eigen(
-    model: nn.Module,
-    loss_fn: Callable | str,
-    data: Any,
+    model: nn.Module | Hessian,
+    loss_fn: Callable | str | None = None,
+    data: Any = None,
     k: int = 5,
     which: str = "largest",
     *,
@@ -47,10 +47,16 @@ def eigen(
     seed: int = 0,
     dtype=None,
     device=None,
+    max_memory: int | None = None,
 ) -> Eigen | dict[str, Eigen]:
     """The ``k`` largest or smallest eigenvalues (``which="both"``: the ``k`` largest and
     the ``k`` smallest) of the Hessian of the mean loss, with their eigenvectors, by
     Lanczos (``scipy.sparse.linalg.eigsh``) on Hessian-vector products.
+
+    ``model`` is a :class:`~crumple.hessian.Hessian` built once (``eigen(H, k=5)``; the
+    other arguments by keyword), or the model with its ``loss_fn`` and ``data`` (an
+    operator is then built from them with ``dtype``, ``device`` and ``max_memory``, as
+    :class:`~crumple.hessian.Hessian` takes them): the same numbers either way.
 
     With ``by`` (``"parameter"``, ``"layer"``, ``"module"`` or ``{group: [names]}``, see
     :func:`crumple.hessian.operator.blocks`), a dict ``{block: Eigen}`` of the diagonal
@@ -61,15 +67,21 @@ def eigen(
 
     Example:
         >>> import torch
+        >>> from crumple.hessian import Hessian
         >>> net = torch.nn.Linear(3, 1, bias=False).double()
         >>> x = torch.eye(3, dtype=torch.float64)
-        >>> e = eigen(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), k=2)
+        >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)))
+        >>> e = eigen(H, k=2)
         >>> [round(float(v), 6) for v in e.eigenvalues]  # H = 2 I / 3
         [0.666667, 0.666667]
+        >>> e2 = eigen(net, torch.nn.functional.mse_loss, (x, torch.zeros(3, 1)), k=2)
+        >>> bool((e2.eigenvalues == e.eigenvalues).all())  # model-first: the same numbers
+        True
     """
     if which not in WHICH:
         raise CrumpleError(f"which must be one of {', '.join(map(repr, WHICH))}, got {which!r}")
-    hessian = Hessian(model, loss_fn, data, dtype=dtype, device=device)
+    build = {"dtype": dtype, "device": device, "max_memory": max_memory}
+    hessian = operator_of(model, loss_fn, data, "eigen(H, k=5, which=...)", **build)
     n = len(hessian)
     both = which == "both"
     why = f" (the model has {n:,} trainable parameters{', and both ends take 2k' if both else ''})"
@@ -87,7 +99,7 @@ def default_tol(hessian: Hessian) -> float:
 
 def eigenpairs(hessian: Hessian, k: int, which: str, tol: float, seed: int) -> Eigen:
     """The work of :func:`eigen` on one operator (``k`` is cut to what it holds)."""
-    n = len(hessian)
+    n, before = len(hessian), hessian.products
     count = min(2 * k if which == "both" else k, n)
     if n <= max(DENSE_SIZE, count + 1):
         values, vectors = _dense(hessian)
@@ -110,7 +122,7 @@ def eigenpairs(hessian: Hessian, k: int, which: str, tol: float, seed: int) -> E
     eigenvectors = [
         {n: t.clone() for n, t in hessian.unflatten(basis[:, j]).items()} for j in range(count)
     ]
-    return Eigen(values, eigenvectors, residuals, hessian.products)
+    return Eigen(values, eigenvectors, residuals, hessian.products - before)
 
 
 def _dense(hessian: Hessian) -> tuple[np.ndarray, np.ndarray]:
@@ -136,6 +148,7 @@ def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int, sh
     if which == "smallest" and shift is None:
         shift = _lanczos(hessian, 1, "largest", 1e-2, seed)[0][0]
     n, reference, sign = len(hessian), hessian.reference, -1.0 if which == "smallest" else 1.0
+    before = hessian.products
 
     def apply(v: np.ndarray) -> np.ndarray:
         v = np.asarray(v).reshape(-1)
@@ -150,7 +163,8 @@ def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int, sh
     except ArpackNoConvergence as error:
         raise CrumpleError(
             f"Lanczos did not find the {count} {which} eigenvalues to tol={tol:g} within "
-            f"{hessian.products:,} Hessian-vector products ({len(error.eigenvalues)} converged); "
+            f"{hessian.products - before:,} Hessian-vector products "
+            f"({len(error.eigenvalues)} converged); "
             "pass a looser tol (1e-4 is plenty to three digits) or a smaller k"
         ) from None
     if shift is not None:
@@ -160,9 +174,25 @@ def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int, sh
 
 
 def hessian_plane(
-    model: nn.Module, loss_fn: Callable | str, data: Any, k: tuple[int, int] = (0, 1), **options
+    model: nn.Module | Hessian,
+    loss_fn: Callable | str | None = None,
+    data: Any = None,
+    k: tuple[int, int] = (0, 1),
+    **options,
 ) -> Plane:
-    """The work of :meth:`Plane.hessian <crumple.plane.Plane.hessian>` (see there)."""
+    """The work of :meth:`Plane.hessian <crumple.plane.Plane.hessian>` (see there); also
+    on a built operator, ``hessian_plane(H, k=(0, 1))``, whose weights are the plane's
+    origin (in the model's dtype).
+
+    Example:
+        >>> import torch
+        >>> from crumple.hessian import Hessian
+        >>> net = torch.nn.Linear(2, 1, bias=False).double()
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> H = Hessian(net, torch.nn.functional.mse_loss, (x, torch.zeros(2, 1)))
+        >>> hessian_plane(H).attrs["eigenvalues"]  # H = diag(1, 4)
+        [4.0, 1.0]
+    """
     if not (isinstance(k, tuple) and len(k) == 2 and all(isinstance(j, int) for j in k)):
         raise CrumpleError(f"k must be two eigenvector indices such as (0, 1), got {k!r}")
     if "which" in options:
@@ -173,7 +203,11 @@ def hessian_plane(
     if k[0] == k[1] or min(k) < 0:
         raise CrumpleError(f"k must name two different eigenvectors (0 = the top), got {k!r}")
     found = eigen(model, loss_fn, data, k=max(k) + 1, **options)
-    origin = {n: p.detach().clone() for n, p in model.named_parameters()}
+    if isinstance(model, Hessian):
+        at = {**model.params, **model.fixed}
+        origin = {n: at[n].to(p).clone() for n, p in model.model.named_parameters()}
+    else:
+        origin = {n: p.detach().clone() for n, p in model.named_parameters()}
     directions = []
     for j in k:
         vector = found.eigenvectors[j]

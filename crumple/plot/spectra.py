@@ -4,7 +4,7 @@ eigenvalues by rank, each block's density and trace, and the facts
 (:func:`crumple.plot.report.curvature` reads the top eigenvalue, trace and sharpness, as
 for the landscape page).
 
-The results dataset (``hessian.zarr``, see :mod:`crumple.cli_hessian`) holds ``density``
+The results dataset (``hessian.zarr``, see :mod:`crumple.hessian.results`) holds ``density``
 over ``eigenvalue`` (as :func:`crumple.hessian.density` returns it), ``eigenvalues`` and
 ``residuals`` over ``rank`` (0 the largest, -1 the smallest), and per block
 ``block_density`` over (``block``, ``bin``) at ``block_eigenvalue`` (with

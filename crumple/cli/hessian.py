@@ -3,17 +3,10 @@ eigenvalues, the trace, the spectral density, sharpness; also block by block wit
 ``--by``), written to a run folder as ``hessian.zarr`` with a page, ``hessian.html``.
 Nothing heavy is imported before the arguments are parsed.
 
-The results are one ``xarray.Dataset`` (:func:`results`): ``eigenvalues`` and
-``residuals`` over ``rank`` (0 the largest, 1 the next, ...; -1 the smallest, -2 the next,
-...), the trace in attrs (``trace``, ``trace_stderr``, ``trace_probes``,
-``trace_method``), ``density`` over ``eigenvalue`` with its quadrature
-(``density_nodes``, ``density_weights`` over ``probe`` and ``node``; ``density_*``
-attrs), the sharpness measures in ``sharpness_*`` attrs, and with ``--by`` the same per
-block along ``block`` (``block_eigenvalues``, ``block_trace``, ``block_density`` over
-``bin`` at ``block_eigenvalue``: each block's density on its own eigenvalues, smoothed
-by the whole model's kernel width, with ``block_density_width`` and
-``block_n_parameters``; ``eigen_tol``: ``--tol``). The
-eigenvectors are not stored (``crumple surface --plane hessian`` draws along them).
+The results are one ``xarray.Dataset`` in the schema of :mod:`crumple.hessian.results`
+(``--by`` gives the ``block_*`` variables, ``--tol`` the ``eigen_tol`` attr). One
+operator is built and serves every estimator asked for. The eigenvectors are not stored
+(``crumple surface --plane hessian`` draws along them).
 """
 
 from __future__ import annotations
@@ -25,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crumple import cli_types as types
+from crumple.cli import options as types
 from crumple.errors import CrumpleError
+from crumple.names import BLOCKINGS
 
 HELP = "curvature at the weights: Hessian eigenvalues, trace, spectral density, sharpness"
 DESCRIPTION = (
@@ -36,15 +30,12 @@ DESCRIPTION = (
     "and an HTML page (hessian.html) to --out. In the folder of a crumple surface run, the "
     "landscape page shows them too."
 )
-# crumple.hessian.operator.BLOCKINGS, named here without importing torch (a test checks)
-BLOCKINGS = ("parameter", "layer", "module")
 PROBES = 100  # the default of --probes
 
 
 def add(commands) -> None:
     """The ``hessian`` subcommand and its options."""
-    parser = commands.add_parser("hessian", help=HELP, description=DESCRIPTION)
-    parser.set_defaults(run=run)
+    parser = types.command(commands, "hessian", (HELP, DESCRIPTION), execute)
     types.add_model_options(parser)
     add, count = parser.add_argument, types.int_at_least
     add(
@@ -108,7 +99,7 @@ def add(commands) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> None:
+def execute(args: argparse.Namespace) -> None:
     """Check the options and the folder, compute, write, and say what was found."""
     _check_options(args)
     _check_folder(args.out)
@@ -122,6 +113,7 @@ def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     found = _compute(args, model, loss_fn, batches)
     from crumple import plot
+    from crumple.hessian.results import results, summary
     from crumple.run import store
     from crumple.run.schema import function_name
     from crumple.version import __version__
@@ -216,7 +208,7 @@ def _check_surface_run(out: Path, model, batches) -> bool:
 def _fingerprint(model, batches) -> dict[str, str]:
     """The weights and data parts of the fingerprint a surface run of this model and data
     has."""
-    from crumple.run.driver import samples_digest, weights_digest
+    from crumple.run.fingerprint import samples_digest, weights_digest
 
     return {"weights": weights_digest(model), "data": samples_digest(batches)}
 
@@ -238,11 +230,8 @@ def _compute(args: argparse.Namespace, model, loss_fn, batches) -> dict[str, Any
 
     from crumple import hessian
 
-    options = {
-        "seed": args.seed,
-        "dtype": getattr(torch, args.dtype) if args.dtype else None,
-        "device": args.device,
-    }
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    operator = hessian.Hessian(model, loss_fn, batches, dtype=dtype, device=args.device)
     probes = PROBES if args.probes is None else args.probes
     jobs = [
         (which, f"--{flag} {k}", hessian.eigen, {"k": k, "which": which, "tol": args.tol})
@@ -256,130 +245,12 @@ def _compute(args: argparse.Namespace, model, loss_fn, batches) -> dict[str, Any
     found: dict[str, Any] = {}
     for name, text, compute, kwargs in jobs:
         with _option(text):
-            found[name] = compute(model, loss_fn, batches, **kwargs, **options)
+            found[name] = compute(operator, **kwargs, seed=args.seed)
             if args.by and name == "density":  # the whole model's kernel, to compare
                 kwargs = {**kwargs, "width": found["density"].attrs["width"]}
             if args.by:
-                found[f"block_{name}"] = compute(
-                    model, loss_fn, batches, **kwargs, by=args.by, **options
-                )
+                found[f"block_{name}"] = compute(operator, **kwargs, by=args.by, seed=args.seed)
     if args.sharpness:
         with _option("--sharpness"):
-            found["sharpness"] = hessian.sharpness(
-                model, loss_fn, batches, probes=probes, **options
-            )
+            found["sharpness"] = hessian.sharpness(operator, probes=probes, seed=args.seed)
     return found
-
-
-def results(found: dict[str, Any], attrs: dict, top: int, bottom: int | None):
-    """The dataset of ``found`` (see the module's notes), with ``attrs``.
-
-    Example:
-        >>> import numpy as np
-        >>> from crumple.hessian import Eigen
-        >>> largest = Eigen(np.array([4.0, 2.0]), [], np.array([1e-12, 2e-12]), 20)
-        >>> smallest = Eigen(np.array([-1.0]), [], np.array([3e-12]), 20)
-        >>> ds = results({"largest": largest, "smallest": smallest}, {}, 2, 1)
-        >>> ds.eigenvalues.to_series().to_dict()
-        {0: 4.0, 1: 2.0, -1: -1.0}
-    """
-    import numpy as np
-    import xarray as xr
-
-    bottom = bottom or 0
-    ds = xr.Dataset(attrs=dict(attrs))
-    blocks = next((list(v) for k, v in found.items() if k.startswith("block_")), [])
-    if blocks:
-        ds = ds.assign_coords(block=("block", np.array(blocks, dtype=object)))
-
-    def ends(largest, smallest, field: str) -> np.ndarray:
-        """``field`` of the eigenpairs by rank (nan where a block has fewer)."""
-        values = np.full(top + bottom, np.nan)
-        if largest is not None:
-            v = getattr(largest, field)[:top]
-            values[: len(v)] = v
-        if smallest is not None:  # ascending: the smallest goes last, at rank -1
-            v = getattr(smallest, field)[:bottom]
-            values[top + bottom - len(v) :] = v[::-1]
-        return values
-
-    if "largest" in found or "smallest" in found:
-        ranks = [*range(top), *range(-bottom, 0)]
-        ds = ds.assign_coords(rank=("rank", ranks, {"long_name": "0 the largest, -1 the smallest"}))
-        for field in ("eigenvalues", "residuals"):
-            ds[field] = ("rank", ends(found.get("largest"), found.get("smallest"), field))
-            if blocks and ("block_largest" in found or "block_smallest" in found):
-                per_block = [
-                    ends(
-                        found.get("block_largest", {}).get(b),
-                        found.get("block_smallest", {}).get(b),
-                        field,
-                    )
-                    for b in blocks
-                ]
-                ds[f"block_{field}"] = (("block", "rank"), np.stack(per_block))
-    if "trace" in found:
-        t = found["trace"]
-        ds.attrs |= {
-            "trace": t.estimate,
-            "trace_stderr": t.stderr,
-            "trace_probes": t.probes,
-            "trace_method": t.method,
-        }
-    if "block_trace" in found:
-        ds["block_trace"] = ("block", [found["block_trace"][b].estimate for b in blocks])
-        ds["block_trace_stderr"] = ("block", [found["block_trace"][b].stderr for b in blocks])
-    if "density" in found:
-        esd = found["density"]
-        ds["density"] = esd.density.assign_attrs(long_name="eigenvalue density")
-        ds["density_nodes"] = (("probe", "node"), esd.nodes.values)
-        ds["density_weights"] = (("probe", "node"), esd.weights.values)
-        ds.attrs |= {f"density_{k}": esd.attrs[k] for k in ("probes", "steps", "width")}
-    if "block_density" in found:
-        each = [found["block_density"][b] for b in blocks]
-        ds["block_density"] = (("block", "bin"), np.stack([e.density.values for e in each]))
-        ds = ds.assign_coords(
-            block_eigenvalue=(("block", "bin"), np.stack([e.eigenvalue.values for e in each]))
-        )
-        ds["block_density_width"] = ("block", [e.attrs["width"] for e in each])
-        ds["block_n_parameters"] = ("block", [e.attrs["n_parameters"] for e in each])
-    if "sharpness" in found:
-        ds.attrs |= {f"sharpness_{k}": float(v) for k, v in found["sharpness"].as_dict().items()}
-    return ds
-
-
-def summary(ds) -> str:
-    """What ``crumple hessian`` prints: the eigenvalues, the trace, the sharpness.
-
-    Example:
-        >>> import xarray as xr
-        >>> print(summary(xr.Dataset({"eigenvalues": ("rank", [4.0, 2.0])},
-        ...                          coords={"rank": [0, 1]}, attrs={"trace": 7.5,
-        ...                          "trace_stderr": 0.25, "trace_probes": 100})))
-        largest eigenvalues: 4, 2
-        trace: 7.5 ± 0.25 (100 probes)
-    """
-    lines = []
-    if "eigenvalues" in ds:
-        ranks = [int(r) for r in ds["rank"].values]
-        for end, chosen in (
-            ("largest", sorted(r for r in ranks if r >= 0)),
-            ("smallest", sorted(r for r in ranks if r < 0)[::-1]),
-        ):
-            if chosen:
-                values = ds.eigenvalues.sel(rank=chosen).values
-                lines.append(f"{end} eigenvalues: {', '.join(f'{v:.5g}' for v in values)}")
-    a = ds.attrs
-    if "trace" in a:
-        lines.append(
-            f"trace: {a['trace']:.5g} ± {a['trace_stderr']:.2g} ({a['trace_probes']} probes)"
-        )
-    if "sharpness_epsilon_sharpness" in a:
-        lines.append(
-            f"epsilon-sharpness {a['sharpness_epsilon_sharpness']:.4g}% "
-            f"(epsilon {a['sharpness_epsilon']:g}), adaptive sharpness "
-            f"{a['sharpness_adaptive_sharpness']:.4g} (rho {a['sharpness_rho']:g})"
-        )
-    if "block" in ds.dims:
-        lines.append(f"{ds.sizes['block']} blocks by {a.get('by', 'group')}: see the page")
-    return "\n".join(lines)
