@@ -24,17 +24,17 @@ from torch import nn
 from crumple import reference
 from crumple.auto_range import auto_extents, covering, paths_of
 from crumple.batches import Data, load
-from crumple.errors import CrumpleError, CrumpleTypeError
-from crumple.evaluation import Points, Settings, build
-from crumple.grid import Grid
-from crumple.hessian.curvature_map import Curvature
-from crumple.inputs import (
+from crumple.checks import (
     check_fits,
     check_model,
     check_plane_and_grid,
     check_result_size,
     named_functions,
 )
+from crumple.errors import CrumpleError, CrumpleTypeError
+from crumple.evaluation import Points, Settings, build
+from crumple.grid import Grid
+from crumple.hessian.curvature_map import Curvature
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
 from crumple.run import driver

@@ -74,3 +74,36 @@ def test_a_cover_that_is_no_path_is_refused_before_any_evaluation(cover, monkeyp
     monkeypatch.setattr("crumple.auto_range.auto_extents", None)  # never reached
     with pytest.raises(cr.CrumpleError, match="cover must hold paths from crumple.project"):
         cr.Grid.auto(model, loss_fn, data, plane, cover=cover)
+
+
+class CountedBatches:
+    """An iterable of batches that counts how often it is read."""
+
+    def __init__(self, x, y, batch_size):
+        self.batches = [
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        ]
+        self.reads = 0
+
+    def __iter__(self):
+        self.reads += 1
+        return iter(self.batches)
+
+
+def test_one_prepared_evaluation_serves_every_line_of_the_search(monkeypatch):
+    """The data is read once and one evaluator is built for all of Grid.auto's line
+    evaluations (before, each of up to 38 line calls re-read the data and re-ran the probes);
+    the edges agree with cr.line's loss there."""
+    from crumple import landscape
+
+    built = []
+    real_build = landscape.build
+    monkeypatch.setattr(landscape, "build", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    model, loss_fn, (x, y), plane = mlp()
+    data = CountedBatches(x, y, 64)
+    grid = cr.Grid.auto(model, loss_fn, data, plane, rise=2.0, num=5)
+    assert (data.reads, len(built)) == (1, 1), (data.reads, len(built))
+    centre = float(cr.line(model, loss_fn, (x, y), plane, np.array([0.0])).loss[0])
+    along = cr.Plane(plane.origin, plane.directions[:1], {})
+    edges = cr.line(model, loss_fn, (x, y), along, grid.axes[0][[0, -1]]).loss.values
+    np.testing.assert_allclose(edges / centre, 2.0, rtol=0.1)

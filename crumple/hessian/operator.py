@@ -25,10 +25,10 @@ from torch.func import grad, grad_and_value, vjp, vmap
 
 from crumple import names
 from crumple.batches import Batch, load
+from crumple.checks import check_model, named_functions
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation.probes import activations_per_sample, functional
 from crumple.evaluation.settings import Settings
-from crumple.inputs import check_model, named_functions
 from crumple.losses import Objective
 from crumple.params import Params, buffers_of, cast, evaluation_mode
 

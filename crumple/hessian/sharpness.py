@@ -40,11 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from crumple.checks import whole_number
 from crumple.errors import CrumpleError
 from crumple.hessian.estimators import trace
 from crumple.hessian.operator import Hessian, operator_of
 from crumple.hessian.spectrum import eigen
-from crumple.inputs import whole_number
 from crumple.params import Params
 
 STEPS = 20  # ascent evaluations by default, as Andriushchenko et al.'s n_iters

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from crumple.checks import whole_number
 from crumple.errors import CrumpleError
 from crumple.hessian.operator import Hessian, each_block, operator_of
-from crumple.inputs import whole_number
 from crumple.params import Params
 from crumple.plane import Plane
 

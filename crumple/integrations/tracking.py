@@ -292,6 +292,6 @@ def _check_arguments(every, to, landscape, loss_fn, plane, grid, num, options) -
 
     parsed = Options.parse(**options)  # refused now, not when training ends
     if landscape is not False:
-        from crumple.inputs import named_functions
+        from crumple.checks import named_functions
 
         named_functions(loss_fn, parsed.metrics)
