@@ -1,10 +1,10 @@
-# Everything a fresh clone needs: `make demo`, `make test`, `make bench`.
+# Everything a fresh clone needs: `make demo`, `make test` (or `make test-fast`), `make bench`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(INSTALLED)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# the same, less the tests marked slow or browser (about a minute on 2 cores)
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow and not browser"
 
 BENCHED := $(VENV)/.benched
 $(BENCHED): $(INSTALLED)
