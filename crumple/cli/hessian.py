@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -181,21 +180,18 @@ def _check_folder(out: Path) -> None:
 def _check_surface_run(out: Path, model, batches) -> bool:
     """Whether ``out`` holds a surface run; one of another model or other data (by its
     fingerprint), or without a fingerprint (crumple demo), is refused."""
+    from crumple.run.fingerprint import unmatched
     from crumple.run.store import RunStore
 
     stored = RunStore.open(out)
     if stored is None:
         return False
-    attrs = stored.attrs
-    if "fingerprint" not in attrs:
-        raise CrumpleError(
-            f"--out {str(out)!r} holds a run without a fingerprint (crumple demo writes such "
-            "runs), so this Hessian cannot be matched to its model; write it to another folder"
-        )
-    previous, mine = json.loads(attrs["fingerprint"]), _fingerprint(model, batches)
-    differs = [part for part in ("weights", "data") if previous.get(part) != mine[part]]
+    with _option(f"--out {str(out)!r}"):
+        previous = stored.fingerprint("this Hessian cannot be matched to its model")
+    mine = _fingerprint(model, batches)
     if not str(previous.get("data")).startswith("samples:"):  # named by --data-id
-        differs = [part for part in differs if part != "data"]
+        del mine["data"]
+    differs = unmatched(previous, mine, str, parts=mine)
     if differs:
         raise CrumpleError(
             f"--out {str(out)!r} holds a surface run of other {' and '.join(differs)}; its "

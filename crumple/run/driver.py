@@ -252,15 +252,9 @@ def _resume(folder, fp: Mapping[str, str], ordered: Callable[[], str]) -> RunSto
     stored = RunStore.open(folder)
     if stored is None:
         return None
-    attrs = stored.attrs
-    if "fingerprint" not in attrs:
-        raise CrumpleError(
-            f"{str(folder)!r} holds a finished run that cannot be resumed (it has no "
-            "fingerprint: crumple demo writes such runs); choose another folder or delete it"
-        )
+    previous = stored.fingerprint("it cannot be resumed")
     try:
-        previous = json.loads(attrs["fingerprint"])
-        json.loads(attrs["plan"])
+        json.loads(stored.attrs["plan"])
     except (KeyError, ValueError) as e:
         raise damaged(folder, e) from e
     differs = unmatched(previous, fp, ordered)

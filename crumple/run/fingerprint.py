@@ -50,16 +50,21 @@ def fingerprint(
     }
 
 
-def unmatched(previous: Mapping[str, str], fp: Mapping[str, str], ordered: Callable[[], str]):
-    """The parts of fingerprint ``fp`` that differ from a stored run's (``previous``). A run
-    stored before data digests ignored the order of the samples is compared with
-    ``ordered()``, the older digest.
+def unmatched(
+    previous: Mapping[str, str],
+    fp: Mapping[str, str],
+    ordered: Callable[[], str],
+    parts: Iterable[str] | None = None,
+) -> list[str]:
+    """The parts of fingerprint ``fp`` that differ from a stored run's (``previous``): all,
+    or those named in ``parts``. A run stored before data digests ignored the order of the
+    samples is compared with ``ordered()``, the older digest.
 
     Example:
         >>> unmatched({"data": "samples:1", "dtype": "float32"}, {"data": "samples:1"}, str)
         ['dtype']
     """
-    keys = [*fp, *(k for k in previous if k not in fp)]
+    keys = list(parts) if parts is not None else [*fp, *(k for k in previous if k not in fp)]
     differs = [k for k in keys if previous.get(k) != fp.get(k)]
     older = "data" in differs and not str(previous.get("data")).startswith("samples:")
     if older and fp["data"].startswith("samples:") and previous.get("data") == ordered():

@@ -57,6 +57,20 @@ class RunStore:
     def attrs(self) -> dict:
         return dict(_surface_group(self.folder).attrs)
 
+    def fingerprint(self, refusal: str) -> dict[str, str]:
+        """The inputs this run was made from (:mod:`crumple.run.fingerprint`). A run without
+        one (crumple demo writes such runs) is refused; ``refusal`` says what that stops."""
+        attrs = self.attrs
+        if "fingerprint" not in attrs:
+            raise CrumpleError(
+                f"{str(self.folder)!r} holds a run without a fingerprint (crumple demo writes "
+                f"such runs), so {refusal}; choose another folder"
+            )
+        try:
+            return json.loads(attrs["fingerprint"])
+        except ValueError as e:
+            raise damaged(self.folder, e) from e
+
     @classmethod
     def create(
         cls,
