@@ -33,9 +33,8 @@ FILES = {
 
 def add(commands) -> None:
     """The ``export`` subcommand and its options."""
-    parser = types.command(commands, "export", (HELP, DESCRIPTION), execute)
+    parser = types.command(commands, "export", (HELP, DESCRIPTION), execute, reads_run=True)
     add = parser.add_argument
-    add("folder", type=Path, metavar="RUN", help="the run folder")
     add("--vtk", type=Path, metavar="FILE", help="VTK for ParaView: FILE.vtu or FILE.vtk")
     add("--stl", type=Path, metavar="FILE", help="a closed solid for 3-D printing: FILE.stl")
     add("--obj", type=Path, metavar="FILE", help="the surface, coloured by loss: FILE.obj")

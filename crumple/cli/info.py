@@ -17,8 +17,7 @@ ABOUT = (
 
 
 def add(commands) -> None:
-    info = types.command(commands, "info", ABOUT, execute)
-    info.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
+    info = types.command(commands, "info", ABOUT, execute, reads_run=True)
     info.add_argument("--netcdf", type=Path, metavar="FILE", help="also write one netCDF file")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crumple.errors import CrumpleError
@@ -28,12 +29,17 @@ MAX_POINTS_PER_AXIS = 2000
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
 
-def command(commands, name: str, about: tuple[str, str], execute) -> argparse.ArgumentParser:
+def command(
+    commands, name: str, about: tuple[str, str], execute, *, reads_run: bool = False
+) -> argparse.ArgumentParser:
     """The subcommand ``name`` (``about``: its line in ``crumple --help`` and its
-    description), whose parsed arguments go to ``execute``."""
+    description), whose parsed arguments go to ``execute``; ``reads_run``: its first argument
+    is a run folder."""
     help, description = about
     parser = commands.add_parser(name, help=help, description=description)
     parser.set_defaults(execute=execute)
+    if reads_run:
+        parser.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
     return parser
 
 

@@ -16,8 +16,7 @@ ABOUT = (
 
 
 def add(commands) -> None:
-    plot = types.command(commands, "plot", ABOUT, execute)
-    plot.add_argument("folder", type=Path, metavar="RUN", help="the run folder")
+    plot = types.command(commands, "plot", ABOUT, execute, reads_run=True)
     plot.add_argument("--html", type=Path, help="write the page here")
     plot.add_argument("--png", type=Path, help="write a static PNG here")
     plot.add_argument("--pdf", type=Path, help="write a static PDF here")
