@@ -246,7 +246,12 @@ class Landscape:
         recalibrate = self.options.run.recalibrate
         with evaluation_mode(self.model):
             evaluate = build(
-                self.model, self.fns, self.given(), plane, self.settings, recalibrate=recalibrate
+                self.model,
+                {"loss": self.fns["loss"]},
+                self.given(),
+                plane,
+                self.settings,
+                recalibrate=recalibrate,
             )
             true, on_plane = _path_losses(evaluate, trajectory, names, coords)
         dims = ("alpha", "beta")[: plane.ndim]

@@ -8,13 +8,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import xarray as xr
 
 from crumple.grid import Grid
 from crumple.names import PAGE
+
+if TYPE_CHECKING:
+    from crumple.landscape import Landscape
 
 MARGIN = 0.2  # room left around a path, as a fraction of its extent, on each side
 
@@ -27,75 +30,81 @@ class Run(NamedTuple):
     page: Path
 
 
-def write_run(folder: str | Path, *args: Any, title: str | None = None, **kwargs: Any) -> Run:
-    """:func:`save_surface` (``args`` and ``kwargs`` are its own), then :func:`write_page`
-    (with ``title``): the whole run folder of ``crumple surface``.
-
-    Example:
-        >>> import tempfile, torch, crumple as cr
-        >>> net = torch.nn.Linear(2, 1)
-        >>> x = torch.randn(8, 2)
-        >>> run = write_run(tempfile.mkdtemp(), net, torch.nn.functional.mse_loss, (x, x[:, :1]),
-        ...                 cr.Plane.random(net, seed=0), cr.Grid([-1.0, 0.0, 1.0], [0.0, 1.0]))
-        >>> run.surface.loss.shape, run.page.name
-        ((3, 2), 'landscape.html')
-    """
-    ds, paths = save_surface(folder, *args, **kwargs)
-    return Run(ds, paths, write_page(folder, ds, paths, title=title))
-
-
-def save_surface(
+def write_run(
     folder: str | Path,
-    model,
-    loss_fn,
-    data,
+    landscape: Landscape,
     plane,
     grid: Grid,
     *,
     trajectory=None,
     paths: Mapping[str, xr.Dataset] | None = None,
-    **options: Any,
-) -> tuple[xr.Dataset, dict[str, xr.Dataset]]:
-    """Compute the surface (:func:`crumple.surface`; ``options`` are its keywords), project
-    ``trajectory`` onto the plane as the path ``"path"`` (with the surface's evaluation
-    settings and ``recalibrate``), add the ``paths`` already projected, and write them and
-    the plane to ``folder`` (:func:`crumple.run.store.save_run`).
+    title: str | None = None,
+) -> Run:
+    """:func:`save_surface`, then :func:`write_page` (with ``title``): the whole run folder
+    of ``crumple surface``.
 
     Example:
         >>> import tempfile, torch, crumple as cr
+        >>> from crumple.landscape import Landscape
         >>> net = torch.nn.Linear(2, 1)
         >>> x = torch.randn(8, 2)
-        >>> ds, paths = save_surface(tempfile.mkdtemp(), net, torch.nn.functional.mse_loss,
-        ...                          (x, x[:, :1]), cr.Plane.random(net, seed=0),
+        >>> land = Landscape(net, torch.nn.functional.mse_loss, (x, x[:, :1]), progress=False)
+        >>> run = write_run(tempfile.mkdtemp(), land, cr.Plane.random(net, seed=0),
+        ...                 cr.Grid([-1.0, 0.0, 1.0], [0.0, 1.0]))
+        >>> run.surface.loss.shape, run.page.name
+        ((3, 2), 'landscape.html')
+    """
+    ds, paths = save_surface(folder, landscape, plane, grid, trajectory=trajectory, paths=paths)
+    return Run(ds, paths, write_page(folder, ds, paths, title=title))
+
+
+def save_surface(
+    folder: str | Path,
+    landscape: Landscape,
+    plane,
+    grid: Grid,
+    *,
+    trajectory=None,
+    paths: Mapping[str, xr.Dataset] | None = None,
+) -> tuple[xr.Dataset, dict[str, xr.Dataset]]:
+    """Compute the surface on ``landscape`` (a model, loss, data and options bound once),
+    project ``trajectory`` onto the plane as the path ``"path"`` (evaluated as the surface
+    is), add the ``paths`` already projected, and write them and the plane to ``folder``
+    (:func:`crumple.run.store.save_run`).
+
+    Example:
+        >>> import tempfile, torch, crumple as cr
+        >>> from crumple.landscape import Landscape
+        >>> net = torch.nn.Linear(2, 1)
+        >>> x = torch.randn(8, 2)
+        >>> land = Landscape(net, torch.nn.functional.mse_loss, (x, x[:, :1]), progress=False)
+        >>> ds, paths = save_surface(tempfile.mkdtemp(), land, cr.Plane.random(net, seed=0),
         ...                          cr.Grid([0.0, 1.0], [0.0]))
         >>> ds.attrs["n_parameters"], paths
         (3, {})
     """
-    from crumple.landscape import path_options, project
     from crumple.run import store
-    from crumple.surface import surface
 
-    ds = surface(model, loss_fn, data, plane, grid, **options)
+    ds = landscape.surface(plane, grid)
     paths = dict(paths or {})
     if trajectory is not None:
-        paths["path"] = project(trajectory, plane, model, loss_fn, data, **path_options(options))
-    ds.attrs["n_parameters"] = sum(p.numel() for p in model.parameters())
+        paths["path"] = landscape.project(trajectory, plane)
+    ds.attrs["n_parameters"] = sum(p.numel() for p in landscape.model.parameters())
     store.save_run(folder, ds, paths, plane)
     return ds, paths
 
 
 def choose_grid(
-    grid, model, loss_fn, data, plane, paths, *, num: int = 25, rise: float = 2.0, **options
+    grid, landscape: Landscape | None, plane, paths, *, num: int = 25, rise: float = 2.0
 ) -> Grid:
     """The grid of a run: ``grid`` itself if it is a :class:`~crumple.grid.Grid` (with a
-    warning if a path leaves it), ``"auto"`` for :meth:`Grid.auto
-    <crumple.grid.Grid.auto>` (``rise``; ``options`` as for :func:`crumple.line`) widened
-    to hold the ``paths`` (a dict of projected paths), or ``None`` for one around the paths
-    (:func:`covering_grid`).
+    warning if a path leaves it), ``"auto"`` for :meth:`Landscape.auto_grid
+    <crumple.landscape.Landscape.auto_grid>` (``rise``) widened to hold the ``paths`` (a
+    dict of projected paths), or ``None`` for one around the paths (:func:`covering_grid`).
 
     Example:
         >>> path = xr.Dataset({"alpha": ("step", [0.0, 2.0]), "beta": ("step", [0.0, 1.0])})
-        >>> choose_grid(None, None, None, None, None, {"path": path}, num=3)
+        >>> choose_grid(None, None, None, {"path": path}, num=3)
         Grid(alpha=[-0.4 .. 2.4] (3), beta=[-0.2 .. 1.2] (3))
     """
     if isinstance(grid, Grid):
@@ -108,7 +117,7 @@ def choose_grid(
             )
         return grid
     if grid == "auto":
-        return Grid.auto(model, loss_fn, data, plane, rise=rise, num=num, cover=paths, **options)
+        return landscape.auto_grid(plane, rise=rise, num=num, cover=paths)
     return covering_grid(paths, num=num)
 
 

@@ -275,13 +275,12 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return model, loss_fn, batches
 
 
-def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict):
+def surface_grid(args, landscape, plane, trajectory):
     """The grid ``--grid`` and ``--grid-beta`` give; for ``--grid auto``, the one
     :meth:`crumple.Grid.auto` chooses, widened to hold the trajectory's path (so projected
     first, and returned as the run's paths)."""
     import crumple as cr
     from crumple import report
-    from crumple.landscape import path_options
 
     if isinstance(args.grid_beta, AutoGrid) and not isinstance(args.grid, AutoGrid):
         raise CrumpleError("--grid-beta auto: give --grid auto, which chooses both axes")
@@ -299,21 +298,11 @@ def surface_grid(args, model, loss_fn, batches, plane, trajectory, options: dict
             f"--grid auto: the {plane.attrs.get('kind', 'given')} plane has one direction, and "
             "crumple surface draws two (--plane between needs --weights-c for a plane)"
         )
-    evaluation = path_options(options)
     paths = {}
     if trajectory is not None:
-        paths["path"] = cr.project(trajectory, plane, model, loss_fn, batches, **evaluation)
-    grid = report.choose_grid(
-        "auto",
-        model,
-        loss_fn,
-        batches,
-        plane,
-        paths,
-        num=args.grid.num,
-        rise=2.0 if args.rise is None else args.rise,
-        **evaluation,
-    )
+        paths["path"] = landscape.project(trajectory, plane)
+    rise = 2.0 if args.rise is None else args.rise
+    grid = report.choose_grid("auto", landscape, plane, paths, num=args.grid.num, rise=rise)
     print(f"grid: {grid.chosen}")
     return grid, paths
 

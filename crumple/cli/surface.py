@@ -134,7 +134,7 @@ def execute(args: argparse.Namespace) -> None:
     kind = _plane_kind(args)
     import crumple as cr
     from crumple import report, specs
-    from crumple.landscape import OPTIONS
+    from crumple.landscape import OPTIONS, Landscape
 
     model, loss_fn, batches = types.load_inputs(args)
     metrics = {
@@ -152,25 +152,23 @@ def execute(args: argparse.Namespace) -> None:
     }
     recalibrate = specs.load_data(args.recalibrate) if args.recalibrate else None
     options |= {"dtype": args.dtype, "recalibrate": recalibrate}
-    grid, paths = types.surface_grid(args, model, loss_fn, batches, plane, trajectory, options)
-    print(
-        f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
-    )
-    ds, paths = report.save_surface(
-        args.out,
+    landscape = Landscape(
         model,
         loss_fn,
         batches,
-        plane,
-        grid,
-        trajectory=None if paths else trajectory,
-        paths=paths,
         store=args.out,
         metrics=metrics,
         progress=True,
         curvature=args.curvature,
         **options,
+    )  # the options parsed once, the data read once for the grid, the path and the surface
+    grid, paths = types.surface_grid(args, landscape, plane, trajectory)
+    print(
+        f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
+    )
+    ds, paths = report.save_surface(
+        args.out, landscape, plane, grid, trajectory=None if paths else trajectory, paths=paths
     )
     spread.execute(args, model, loss_fn, batches, grid, options)
     page = report.write_page(args.out, ds, paths)

@@ -175,9 +175,8 @@ class Tracker:
         is too short for a PCA plane."""
         if not self.active:
             return None
-        import crumple as cr
         from crumple import report
-        from crumple.landscape import path_options
+        from crumple.landscape import Landscape
 
         trajectory = self.trajectory
         if self.plane == "pca" and len(trajectory) < 3:
@@ -193,14 +192,10 @@ class Tracker:
         if weight is not None:
             options.setdefault("device", str(weight.device))
         plane = _plane(self.plane, model, trajectory)
-        evaluation = path_options(options)
-        path = cr.project(trajectory, plane, model, self.loss_fn, data, **evaluation)
-        grid = report.choose_grid(
-            self.grid, model, self.loss_fn, data, plane, {"path": path}, num=self.num, **evaluation
-        )
-        self.run = report.write_run(
-            folder, model, self.loss_fn, data, plane, grid, paths={"path": path}, **options
-        )
+        landscape = Landscape(model, self.loss_fn, data, **options)  # the data read once
+        path = landscape.project(trajectory, plane)
+        grid = report.choose_grid(self.grid, landscape, plane, {"path": path}, num=self.num)
+        self.run = report.write_run(folder, landscape, plane, grid, paths={"path": path})
         return self.run
 
 
