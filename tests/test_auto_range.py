@@ -49,6 +49,7 @@ def test_bad_rise_is_refused():
         cr.Grid.auto(model, loss_fn, data, plane, rise=0.5)
 
 
+@pytest.mark.slow
 def test_the_grid_widens_to_hold_a_path_and_the_surface_says_what_was_chosen():
     model, loss_fn, data, plane = mlp()
     plain = cr.Grid.auto(model, loss_fn, data, plane, rise=1.5, num=5)

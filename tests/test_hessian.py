@@ -186,7 +186,7 @@ def test_per_block_results_are_those_of_the_dense_diagonal_blocks(case, by):
         assert abs(traces[block].estimate - float(sub.trace())) <= 3 * traces[block].stderr + 1e-8
 
 
-@pytest.mark.parametrize("dense_size", [0, 10_000])
+@pytest.mark.parametrize("dense_size", [0, pytest.param(10_000, marks=pytest.mark.slow)])
 def test_both_ends_by_lanczos_and_densely(case, dense_size, monkeypatch):
     monkeypatch.setattr(cr.hessian.spectrum, "DENSE_SIZE", dense_size)
     model, data, _, values, _ = case

@@ -4,9 +4,16 @@ so ``-m "not browser"`` never starts Chromium, and a ``gpu`` test skips where th
 CUDA device. How long a test takes is measured (``--durations``), never asserted."""
 
 import ast
+from functools import cache
 from pathlib import Path
 
 TESTS = Path(__file__).parent
+
+
+@cache
+def trees():
+    """Each test file's name and syntax tree."""
+    return [(path.name, ast.parse(path.read_text())) for path in sorted(TESTS.glob("test_*.py"))]
 
 
 def mark_name(node):
@@ -55,15 +62,14 @@ def needing(tree, fixture):
 
 def test_every_test_that_starts_chromium_is_marked_browser():
     found, unmarked = 0, []
-    for path in sorted(TESTS.glob("test_*.py")):
-        tree = ast.parse(path.read_text())
+    for name, tree in trees():
         marked = module_marks(tree)
         users = needing(tree, "browser")
         for f in functions(tree):
             if f.name.startswith("test") and f.name in users:
                 found += 1
                 if "browser" not in marked | {mark_name(d) for d in f.decorator_list}:
-                    unmarked.append(f"{path.name}::{f.name}")
+                    unmarked.append(f"{name}::{f.name}")
     assert found >= 1, "no test takes the browser fixture: is it still called that?"
     assert not unmarked, "take the browser fixture but are not marked browser: " + ", ".join(
         unmarked
@@ -72,8 +78,7 @@ def test_every_test_that_starts_chromium_is_marked_browser():
 
 def test_every_gpu_test_skips_without_a_cuda_device():
     found, unguarded = 0, []
-    for path in sorted(TESTS.glob("test_*.py")):
-        tree = ast.parse(path.read_text())
+    for name, tree in trees():
         for f in functions(tree):
             marks = module_marks(tree) | {mark_name(d) for d in f.decorator_list}
             if f.name.startswith("test") and "gpu" in marks:
@@ -82,6 +87,6 @@ def test_every_gpu_test_skips_without_a_cuda_device():
                     ast.unparse(n) for n in tree.body if "pytestmark" in ast.unparse(n)
                 ]
                 if not any("cuda" in g for g in guards):
-                    unguarded.append(f"{path.name}::{f.name}")
+                    unguarded.append(f"{name}::{f.name}")
     assert found >= 1
     assert not unguarded, "marked gpu with no skipif on CUDA: " + ", ".join(unguarded)
