@@ -253,7 +253,9 @@ class Evaluator:
 
     def __init__(self, task: Task, settings: Settings, extras: Sequence[Extra] = ()) -> None:
         self.task, self.settings = task, settings
-        self.extras = [(extra, extra.bind(task)) for extra in extras]  # per-point quantities
+        self.extras = [
+            (extra, extra.bind(task, settings)) for extra in extras
+        ]  # per-point quantities
         self.choice: Choice | None = None
         self.strategy: Strategy | None = None
         self._trial: dict[str, Strategy] = {}  # strategies the auto choice made

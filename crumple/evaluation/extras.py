@@ -2,27 +2,11 @@
 
 An extra is a small picklable spec: its ``key`` (in the run's fingerprint), the ``names``
 and ``long_names`` of the variables it adds, its JSON-able ``options`` (fingerprinted, so a
-resumed run was made with the same), and ``bind(task)``, which gives the callable that
-evaluates a block of points for an evaluator's prepared task and says what it found
-(``facts()``, for ``ds.attrs``). The engine, the run driver, the result's schema and Dask
-workers see only this protocol, so a new quantity is one class and none of them changes.
-
-Example:
-    >>> import torch
-    >>> class Norm:  # the weights' norm at each point
-    ...     key, names, long_names = "norm", ("norm",), {"norm": "weight norm"}
-    ...     def options(self): return {}
-    ...     def bind(self, task): return NormAt()
-    >>> class NormAt:
-    ...     def __call__(self, points):
-    ...         out = torch.empty(points.shape, dtype=torch.float64)
-    ...         for index, args in points.each():
-    ...             w = points.params_at(*args)
-    ...             out[index] = sum(float(t.square().sum()) for t in w.values()) ** 0.5
-    ...         return {"norm": out}
-    ...     def facts(self): return {}
-    >>> isinstance(Norm(), Extra)
-    True
+resumed run was made with the same), and ``bind(task, settings)``, which gives the callable
+that evaluates a block of points for an evaluator's prepared task and settings and says
+what it found (``facts()``, for ``ds.attrs``). The engine, the run driver, the result's
+schema and Dask workers see only this protocol, so a new quantity is one class and none of
+them changes.
 """
 
 from __future__ import annotations
@@ -52,7 +36,7 @@ class Extra(Protocol):
 
     def options(self) -> dict[str, Any]: ...
 
-    def bind(self, task) -> Bound: ...
+    def bind(self, task, settings) -> Bound: ...
 
 
 def long_names(extras: Sequence[Extra]) -> dict[str, str]:

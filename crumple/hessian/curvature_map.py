@@ -60,17 +60,22 @@ class Curvature:
         """What the run's fingerprint keeps of it."""
         return {"tol": self.tol}
 
-    def bind(self, task) -> CurvatureMap:
-        """The map for an evaluator's prepared task."""
-        return CurvatureMap(task, self.tol)
+    def bind(self, task, settings) -> CurvatureMap:
+        """The map for an evaluator's prepared task, within the run's memory budget."""
+        return CurvatureMap(task, self.tol, settings.max_memory)
 
 
 class CurvatureMap:
     """The extreme eigenvalues at each of a block of points, for an evaluator's task."""
 
-    def __init__(self, task, tol: float | None = None) -> None:
+    def __init__(self, task, tol: float | None = None, max_memory: int | None = None) -> None:
         self.hessian = Hessian(
-            task.model, task.fns["loss"], task.data, dtype=task.dtype, device=task.device
+            task.model,
+            task.fns["loss"],
+            task.data,
+            dtype=task.dtype,
+            device=task.device,
+            max_memory=max_memory,
         )
         self.tol = tol or default_tol(self.hessian)
         self.failures = 0
