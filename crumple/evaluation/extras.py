@@ -7,6 +7,23 @@ that evaluates a block of points for an evaluator's prepared task and settings a
 what it found (``facts()``, for ``ds.attrs``). The engine, the run driver, the result's
 schema and Dask workers see only this protocol, so a new quantity is one class and none of
 them changes.
+
+Example:
+    >>> import torch
+    >>> class Norm:  # the weights' norm at each point
+    ...     key, names, long_names = "norm", ("norm",), {"norm": "weight norm"}
+    ...     def options(self): return {}
+    ...     def bind(self, task, settings): return NormAt()
+    >>> class NormAt:
+    ...     def __call__(self, points):
+    ...         out = torch.empty(points.shape, dtype=torch.float64)
+    ...         for index, args in points.each():
+    ...             w = points.params_at(*args)
+    ...             out[index] = sum(float(t.square().sum()) for t in w.values()) ** 0.5
+    ...         return {"norm": out}
+    ...     def facts(self): return {}
+    >>> isinstance(Norm(), Extra)
+    True
 """
 
 from __future__ import annotations
