@@ -262,3 +262,24 @@ def test_a_run_stored_with_the_older_ordered_data_digest_resumes(tmp_path):
     resumed = surface_into(store, chunk_size=4)
     assert resumed.attrs["tiles_computed"] == 1
     assert resumed.loss.values.tobytes() == whole.loss.values.tobytes()
+
+
+def test_a_run_folder_saves_its_plane_once(tmp_path, monkeypatch):
+    """report.save_surface into the run's own store: the driver saves the plane when the
+    run finishes, and save_run does not write it again."""
+    from crumple import report
+    from crumple.landscape import Landscape
+
+    saved = []
+    real_save = cr.Plane.save
+    monkeypatch.setattr(
+        cr.Plane, "save", lambda self, path: saved.append(path) or real_save(self, path)
+    )
+    net = torch.nn.Linear(2, 1).double()
+    x = torch.randn(8, 2, dtype=torch.float64)
+    land = Landscape(
+        net, torch.nn.functional.mse_loss, (x, x[:, :1]), store=tmp_path, progress=False
+    )
+    report.save_surface(tmp_path, land, cr.Plane.random(net, seed=0), cr.Grid([0.0, 1.0], [0.0]))
+    assert [p.name for p in saved] == ["plane.safetensors"]
+    assert cr.Plane.load(tmp_path / "plane.safetensors").ndim == 2

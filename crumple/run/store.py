@@ -147,8 +147,8 @@ def save_run(
     paths: Mapping[str, xr.Dataset] | None = None,
     plane: Plane | None = None,
 ) -> Path:
-    """Write ``surface`` (group ``surface``, unless the folder's store already holds it),
-    each path (group ``paths/NAME``) and the plane.
+    """Write ``surface`` (group ``surface``) and the plane, unless the folder's store already
+    holds them (a run stored tile by tile), and each path (group ``paths/NAME``).
 
     Example:
         >>> import tempfile
@@ -168,10 +168,10 @@ def save_run(
                 )
             shutil.rmtree(folder / DATA)  # an earlier result written here: replaced whole
         surface.to_zarr(folder / DATA, group="surface", mode="w", consolidated=False)
+        if plane is not None:  # a run stored tile by tile saved its plane when it finished
+            plane.save(folder / PLANE)
     for name, path in (paths or {}).items():
         path.to_zarr(folder / DATA, group=f"paths/{name}", mode="w", consolidated=False)
-    if plane is not None:
-        plane.save(folder / PLANE)
     return folder
 
 
