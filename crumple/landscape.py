@@ -203,14 +203,7 @@ class Landscape:
         check_fits(self.model, plane)
         paths_of(cover, plane.ndim)  # checked before the line evaluations
         with evaluation_mode(self.model):
-            evaluate = build(
-                self.model,
-                {"loss": self.fns["loss"]},
-                self.given(),
-                plane,
-                self.settings,
-                recalibrate=self.options.run.recalibrate,
-            )
+            evaluate = self._loss_evaluator(plane)
             task = evaluate.task
 
             def loss_along(k: int, ts: np.ndarray) -> np.ndarray:
@@ -243,16 +236,8 @@ class Landscape:
                 "the same model the plane was built from"
             )
         coords, off_plane = coordinates(trajectory, plane)
-        recalibrate = self.options.run.recalibrate
         with evaluation_mode(self.model):
-            evaluate = build(
-                self.model,
-                {"loss": self.fns["loss"]},
-                self.given(),
-                plane,
-                self.settings,
-                recalibrate=recalibrate,
-            )
+            evaluate = self._loss_evaluator(plane)
             true, on_plane = _path_losses(evaluate, trajectory, names, coords)
         dims = ("alpha", "beta")[: plane.ndim]
         data_vars = {dim: ("step", c.numpy()) for dim, c in zip(dims, coords)}
@@ -263,6 +248,12 @@ class Landscape:
             "recorded_loss": ("step", np.asarray(trajectory.losses, dtype=np.float64)),
         }
         return xr.Dataset(data_vars, coords={"step": ("step", np.asarray(trajectory.steps))})
+
+    def _loss_evaluator(self, plane: Plane):
+        """One evaluator of the loss alone on ``plane`` (the model in evaluation mode)."""
+        loss = {"loss": self.fns["loss"]}
+        recalibrate = self.options.run.recalibrate
+        return build(self.model, loss, self.given(), plane, self.settings, recalibrate=recalibrate)
 
     def _check_against_reference(self, ds: xr.Dataset, plane: Plane, settings: Settings) -> None:
         """Re-do ``check`` random grid points with the reference loop; record the largest
