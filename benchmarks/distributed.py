@@ -36,7 +36,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # as each worker: one thread
-    model = general.cnn().eval()
+    model = general.zoo.cnn().model.eval()
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(512, 3, 32, 32, generator=g), torch.randint(0, 10, (512,), generator=g))
     plane = cr.Plane.random(model, seed=0)
