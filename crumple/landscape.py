@@ -33,6 +33,7 @@ from crumple.checks import (
 )
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation import Points, Settings, build
+from crumple.evaluation.extras import long_names
 from crumple.grid import Grid
 from crumple.hessian.curvature_map import Curvature
 from crumple.params import evaluation_mode
@@ -188,9 +189,8 @@ class Landscape:
         if outcome.finished is not None:
             ds = outcome.finished
         else:
-            long_names = {n: v for e in extras for n, v in e.long_names.items()}
             facts = _facts(outcome, start)
-            ds = grid_dataset(outcome.values, plane, grid, self.fns, facts, long_names)
+            ds = grid_dataset(outcome.values, plane, grid, self.fns, facts, long_names(extras))
         if options.check:
             self._check_against_reference(ds, plane, outcome.settings)
         return driver.finish(outcome, ds, plane) if outcome.finished is None else ds

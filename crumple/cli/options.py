@@ -6,8 +6,8 @@ The options every command that evaluates a user's model shares (``--model``, ``-
 
 This module and the parser import nothing heavy (numpy is imported inside the parsers that
 return arrays), so ``crumple --help`` and a refused option take a fraction of a second; the
-names the command offers are plain tuples here, and a test checks them against the registries
-they mirror.
+names the command offers come from the torch-free :mod:`crumple.names`, which the registries
+read too.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crumple.errors import CrumpleError
+from crumple.names import LOSSES, OPTIMIZERS, STRATEGIES  # noqa: F401  (torch-free --help)
 
 if TYPE_CHECKING:
     import numpy as np
-
-from crumple.names import LOSSES, OPTIMIZERS, STRATEGIES  # noqa: F401  (torch-free --help)
 
 MAX_POINTS_PER_AXIS = 2000
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
