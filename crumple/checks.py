@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.grid import Grid
+from crumple.names import RESERVED
 from crumple.plane import Plane
 
 MEMORY_SHARE = 0.5  # of the machine's memory that a grid's result arrays may take
@@ -55,6 +57,8 @@ def named_functions(
             "metrics holds a function named 'loss', which would replace the loss; give the "
             "loss as loss_fn and name the metric otherwise (e.g. 'loss2')"
         )
+    for name in metrics or {}:
+        check_name(name, "the metric named")
     fns = {"loss": loss_fn, **(metrics or {})}
     for name, fn in fns.items():
         if name == "loss" and isinstance(fn, str) and fn == "model":
@@ -65,6 +69,49 @@ def named_functions(
                 + ("; or 'model' for the loss the model computes" if name == "loss" else "")
             )
     return fns
+
+
+def check_name(name: Any, what: str) -> str:
+    """``name`` if a metric, a path or an extra's variable may take it (``what`` says which,
+    e.g. ``"the metric named"``, ``"--metric"``), else a refusal: it must be a non-empty
+    string that is none of crumple's own names (:data:`crumple.names.RESERVED`) and that a
+    run folder can store as one name (no ``/`` or ``\\``, no leading ``.``, no control
+    character, not ``zarr.json``).
+
+    Example:
+        >>> check_name("accuracy", "the metric named")
+        'accuracy'
+        >>> check_name("../x", "the path named")
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleError: the path named '../x' holds a path separator; ...
+    """
+    if not isinstance(name, str):
+        raise CrumpleTypeError(
+            f"{what} {name!r} is not a string ({type(name).__name__}); name it with one"
+        )
+    if name in RESERVED:
+        why = "is one of crumple's own names"
+    elif not name:
+        why = "is empty"
+    elif "/" in name or "\\" in name:
+        why = "holds a path separator"
+    elif name.startswith("."):
+        why = "starts with '.'"
+    elif name == "zarr.json":
+        why = "is the name of the run folder's own metadata files"
+    elif any(unicodedata.category(c) == "Cc" for c in name):
+        why = "holds a control character"
+    else:
+        return name
+    fixed = "".join("_" if c in "/\\." or unicodedata.category(c) == "Cc" else c for c in name)
+    fixed = fixed.strip("_")
+    fixed = fixed if fixed and fixed not in RESERVED else f"my_{fixed or 'name'}"
+    raise CrumpleError(
+        f"{what} {name!r} {why}; a name may not be empty, start with '.', hold '/', '\\' or "
+        f"control characters, or be one of crumple's own names ({', '.join(RESERVED)}): "
+        f"rename it, e.g. {fixed!r}"
+    )
 
 
 def check_plane_and_grid(plane: Any, grid: Any = None) -> None:

@@ -33,13 +33,14 @@ from crumple.checks import (
 )
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation import Points, Settings, build
-from crumple.evaluation.extras import long_names
+from crumple.evaluation.extras import check_variables, long_names
 from crumple.grid import Grid
 from crumple.hessian.curvature_map import Curvature
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
 from crumple.run import driver
 from crumple.run.driver import RunOptions
+from crumple.run.lock import writer
 from crumple.run.schema import coord_attrs, grid_dataset
 from crumple.trajectory import Trajectory, coordinates
 
@@ -133,6 +134,7 @@ class Landscape:
         self.options = Options.parse(**options)
         self.model = check_model(model)
         self.fns = named_functions(loss_fn, self.options.metrics)
+        check_variables(self.fns, self.options.run.extras)
         self.data = data
         self._given: Data | None = None
 
@@ -169,9 +171,14 @@ class Landscape:
         return self._evaluate(plane, Grid(alpha))
 
     def _evaluate(self, plane: Plane, grid: Grid) -> xr.Dataset:
-        options = self.options
         check_fits(self.model, plane)
         check_result_size(grid.size, len(self.fns))
+        with writer(self.options.run.store):  # the run folder's one writer, if there is one
+            return self._evaluate_held(plane, grid)
+
+    def _evaluate_held(self, plane: Plane, grid: Grid) -> xr.Dataset:
+        """:meth:`_evaluate`, with the run folder held: resumed or made, filled, finished."""
+        options = self.options
         start = time.perf_counter()
         extras = options.run.extras
         with evaluation_mode(self.model):

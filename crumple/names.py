@@ -45,3 +45,22 @@ HESSIAN = "hessian.zarr"
 HESSIAN_PAGE = "hessian.html"
 SPREAD = "spread.zarr"
 TRAJECTORY_INDEX = "trajectory.jsonl"
+LOCK = "crumple.lock"  # who writes the folder now (crumple.run.lock)
+
+# the bookkeeping arrays beside a tile run's values in landscape.zarr (crumple.run.store):
+# each tile's digest (0 while not done), and the unchecked done flags of runs written before
+# digests; no metric or variable may take these names
+TILE_DIGEST = "tile_digest"
+TILE_DONE = "tile_done"
+RUN_BOOKKEEPING = (TILE_DIGEST, TILE_DONE)
+
+# names no metric, path or evaluation extra's variable may take (crumple.checks.check_name):
+# the coordinates of a grid, a path and a spread; the variables crumple writes itself; a
+# run's bookkeeping arrays and their dimension; "surface", a run's key beside its paths
+RESERVED = (
+    *("alpha", "beta", "step", "direction", "seed"),
+    *("loss", "loss_on_plane", "off_plane", "recorded_loss"),
+    *RUN_BOOKKEEPING,
+    "tile",
+    "surface",
+)

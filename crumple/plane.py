@@ -269,22 +269,47 @@ class Plane:
         """
         from safetensors import safe_open
 
+        fix = "write it again with plane.save(path) (crumple surface writes it with the run)"
+        if not Path(path).is_file():
+            raise CrumpleError(f"no plane at {str(path)!r}: there is no such file; {fix}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = (f.metadata() or {}).get("crumple_plane")
                 tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
-        except (OSError, ValueError, Exception) as e:
-            raise CrumpleError(f"cannot read a plane from {str(path)!r}: {e}") from e
+        except Exception as e:
+            said = str(e).splitlines()[0][:200] if str(e) else ""
+            raise CrumpleError(
+                f"cannot read a plane from {str(path)!r} ({type(e).__name__}: {said}): it is "
+                f"truncated or damaged; {fix}"
+            ) from e
         if meta is None:
             raise CrumpleError(f"{str(path)!r} is a safetensors file but not a crumple plane")
-        attrs = json.loads(meta)
+        try:
+            return cls._from_parts(tensors, meta)
+        except (CrumpleError, ValueError) as e:
+            raise CrumpleError(f"the plane in {str(path)!r} is damaged: {e}; {fix}") from e
+
+    @classmethod
+    def _from_parts(cls, tensors: Params, meta: str) -> Plane:
+        """The plane of a file's tensors (``origin/NAME``, ``directionK/NAME``) and its
+        ``crumple_plane`` metadata; a ``ValueError`` (or :class:`CrumpleError`) if they are
+        not a plane's."""
+        try:
+            attrs = json.loads(meta)
+        except ValueError:
+            raise ValueError(f"its metadata {meta[:80]!r} is not JSON") from None
+        if not isinstance(attrs, dict) or not isinstance(attrs.get("axis_names", []), list):
+            raise ValueError(f"its metadata {meta[:80]!r} is not a plane's (with axis_names)")
         attrs["axis_names"] = tuple(attrs.get("axis_names", ()))
         parts: dict[str, Params] = {}
         for key, t in tensors.items():
-            part, name = key.split("/", 1)
+            part, _, name = key.partition("/")
             parts.setdefault(part, {})[name] = t
-        directions = tuple(parts[f"direction{k}"] for k in range(len(parts) - 1))
-        return cls(parts["origin"], directions, attrs)
+        ndim = len(parts) - 1
+        expected = {"origin", *(f"direction{k}" for k in range(ndim))}
+        if parts.keys() != expected or ndim < 1:
+            raise ValueError(f"it holds the tensors of {sorted(parts)}, not origin, direction0..")
+        return cls(parts["origin"], tuple(parts[f"direction{k}"] for k in range(ndim)), attrs)
 
     def at(self, *coords: Tensor | float) -> Params:
         """The weights at the given coordinates (works under ``torch.func.vmap``).

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import xarray as xr
 
+from crumple.checks import check_name
 from crumple.grid import Grid
 from crumple.names import PAGE
+from crumple.run.lock import writer
 
 if TYPE_CHECKING:
     from crumple.landscape import Landscape
@@ -54,8 +56,9 @@ def write_run(
         >>> run.surface.loss.shape, run.page.name
         ((3, 2), 'landscape.html')
     """
-    ds, paths = save_surface(folder, landscape, plane, grid, trajectory=trajectory, paths=paths)
-    return Run(ds, paths, write_page(folder, ds, paths, title=title))
+    with writer(folder):  # one writer from the surface to the page
+        ds, paths = save_surface(folder, landscape, plane, grid, trajectory=trajectory, paths=paths)
+        return Run(ds, paths, write_page(folder, ds, paths, title=title))
 
 
 def save_surface(
@@ -85,12 +88,15 @@ def save_surface(
     """
     from crumple.run import store
 
-    ds = landscape.surface(plane, grid)
-    paths = dict(paths or {})
-    if trajectory is not None:
-        paths["path"] = landscape.project(trajectory, plane)
-    ds.attrs["n_parameters"] = sum(p.numel() for p in landscape.model.parameters())
-    store.save_run(folder, ds, paths, plane)
+    for name in paths or {}:  # before the surface is computed
+        check_name(name, "the path named")
+    with writer(folder):  # its one writer, from the resume check (a landscape's store) on
+        ds = landscape.surface(plane, grid)
+        paths = dict(paths or {})
+        if trajectory is not None:
+            paths["path"] = landscape.project(trajectory, plane)
+        ds.attrs["n_parameters"] = sum(p.numel() for p in landscape.model.parameters())
+        store.save_run(folder, ds, paths, plane)
     return ds, paths
 
 
@@ -132,7 +138,7 @@ def write_page(
     """The run's page, ``folder/landscape.html`` (:func:`crumple.plot.report`). ``stores``
     are the results kept beside the surface that the page draws, as ``report``'s keywords
     (``hessian=``, ``spread=``); without any, those the folder holds
-    (:func:`crumple.run.store.beside`).
+    (:func:`crumple.run.store.beside`: a damaged one is left out, and the page says so).
 
     Example:
         >>> import tempfile
@@ -145,9 +151,10 @@ def write_page(
     from crumple.run import store
 
     folder = Path(folder)
-    stores = stores or store.beside(folder)
-    title = title or f"crumple: {surface.attrs.get('loss_name', 'loss')} landscape"
-    return plot.report(folder / PAGE, surface, paths, title=title, **stores)
+    with writer(folder):
+        stores = stores or store.beside(folder)
+        title = title or f"crumple: {surface.attrs.get('loss_name', 'loss')} landscape"
+        return plot.report(folder / PAGE, surface, paths, title=title, **stores)
 
 
 def covering_grid(

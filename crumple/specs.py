@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from crumple.batches import Data
 from crumple.errors import CrumpleError
+from crumple.files import inside
 from crumple.losses import Objective
 from crumple.names import LOSSES as LOSS_NAMES
 from crumple.params import cast, evaluation_mode
@@ -250,8 +251,7 @@ def _load_hf_weights(model: nn.Module, path: Path, spec: str, option: str) -> No
     for name in ("model.safetensors", "pytorch_model.bin"):
         index = path / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            files = [path / shard for shard in shards]
+            files = _shards(index, option)
         elif (path / name).is_file():
             files = [path / name]
         if files:
@@ -280,6 +280,31 @@ def _load_hf_weights(model: nn.Module, path: Path, spec: str, option: str) -> No
             f"{missing[:8]}, unexpected {list(result.unexpected_keys)[:8]}; save them again "
             "with save_pretrained of this transformers version"
         )
+
+
+def _shards(index: Path, option: str) -> list[Path]:
+    """The weight files a sharded model's ``index`` names in its ``weight_map`` (parameter
+    name -> file name), each inside the index's folder (:func:`crumple.files.inside`)."""
+    fix = "save the model again with model.save_pretrained(FOLDER), which writes it"
+    try:
+        weight_map = json.loads(index.read_bytes()).get("weight_map")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CrumpleError(
+            f"{option}: the shard index {str(index)!r} is not a JSON object "
+            f"({type(e).__name__}: {str(e)[:200]}); {fix}"
+        ) from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CrumpleError(
+            f"{option}: the shard index {str(index)!r} has no weight_map (parameter name -> "
+            f"file name), it has {weight_map!r:.80}; {fix}"
+        )
+    bad = {k: v for k, v in weight_map.items() if not isinstance(v, str)}
+    if bad:
+        raise CrumpleError(
+            f"{option}: the weight_map of {str(index)!r} maps {next(iter(bad))!r} to "
+            f"{next(iter(bad.values()))!r}, not to a file name; {fix}"
+        )
+    return [inside(index.parent, shard, index) for shard in sorted(set(weight_map.values()))]
 
 
 def load_data(spec: str) -> Any:

@@ -4,6 +4,8 @@ on a plane (:func:`coordinates`; :func:`crumple.project` evaluates them too)."""
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError, CrumpleTypeError
-from crumple.files import save_tensors
+from crumple.files import append_text, inside, save_tensors
 from crumple.names import TRAJECTORY_INDEX
 from crumple.params import Params, parameters_of
 from crumple.plane import Plane
@@ -27,6 +29,78 @@ def index_row(step: int, loss: float) -> str:
         '{"step": 3, "loss": 0.5}\\n'
     """
     return json.dumps({"step": step, "loss": loss}) + "\n"
+
+
+def read_index(index: Path) -> list[tuple[int, int, float]]:
+    """The rows of a trajectory's index as (line number, step, loss). A last line without
+    its line end that is not a whole row (a run stopped while writing it) is left out with
+    a warning; any other line that is not a row, or a step that does not come after the
+    one before, is a :class:`CrumpleError` naming the file and the line.
+
+    Example:
+        >>> import tempfile, warnings
+        >>> index = Path(tempfile.mkdtemp()) / INDEX
+        >>> _ = index.write_text(index_row(0, 1.0) + index_row(5, 0.5) + '{"step": 1')
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     read_index(index)
+        [(1, 0, 1.0), (2, 5, 0.5)]
+        >>> "half-written" in str(caught[0].message)
+        True
+    """
+    try:
+        text = index.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise CrumpleError(f"cannot read the trajectory index {str(index)!r}: {e}") from e
+    lines = text.split("\n")  # the last is "" when the file ends a line
+    rows: list[tuple[int, int, float]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            step, loss = _row(line, rows[-1][1] if rows else None)
+        except ValueError as e:
+            if number < len(lines) or _is_json(line):  # a line cut short is not JSON
+                raise CrumpleError(
+                    f"{str(index)!r}, line {number}: {e}. The trajectory's index is damaged: "
+                    f"restore it, or delete line {number} to leave that step out (each line is "
+                    '{"step": N, "loss": X}, for the snapshot step_N.safetensors beside it)'
+                ) from None
+            warnings.warn(
+                f"crumple: {str(index)!r} ends in a half-written line ({line[:60]!r}: the run "
+                f"was stopped while recording); reading the {len(rows)} whole lines before it",
+                stacklevel=3,
+            )
+            continue
+        rows.append((number, step, loss))
+    return rows
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _row(line: str, last: int | None) -> tuple[int, float]:
+    """The step and the loss of a line of the index (``last``: the step before it), or a
+    ``ValueError`` that says what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise ValueError(f"{line[:80]!r} is not JSON") from None
+    if not isinstance(row, dict) or not {"step", "loss"} <= row.keys():
+        raise ValueError(f'{line[:80]!r} is not a row {{"step": N, "loss": X}}')
+    step, loss = row["step"], row["loss"]
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError(f"the step {step!r} is not a whole number")
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+        raise ValueError(f"the loss {loss!r} is not a number")
+    if last is not None and step <= last:
+        raise ValueError(f"the step {step} does not come after the step before it, {last}")
+    return step, float(loss)
 
 
 class Trajectory:
@@ -57,7 +131,10 @@ class Trajectory:
 
     @classmethod
     def load(cls, folder: str | Path) -> Trajectory:
-        """Open a trajectory a ``Recorder(model, to=folder)`` wrote.
+        """Open a trajectory a ``Recorder(model, to=folder)`` wrote. A half-written last
+        line of its index (a run stopped while recording) is left out with a warning; any
+        other damage, or a snapshot that is missing or lies outside the folder, is a
+        :class:`CrumpleError` naming the file.
 
         Example:
             >>> import tempfile
@@ -73,8 +150,17 @@ class Trajectory:
                 f"{str(folder)!r} holds no trajectory ({INDEX} is missing); "
                 "pass the folder given to Recorder(model, to=...)"
             )
-        rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
-        return cls([r["step"] for r in rows], None, [r["loss"] for r in rows], folder)
+        rows = read_index(index)
+        trajectory = cls([s for _, s, _ in rows], None, [x for _, _, x in rows], folder)
+        for line, step, _ in rows:
+            file = inside(folder, trajectory._file(step).name, index)
+            if not file.is_file():
+                raise CrumpleError(
+                    f"the snapshot {str(file)!r} of step {step} (line {line} of {str(index)!r}) "
+                    f"is missing; restore it, or delete line {line} of {INDEX} to leave that "
+                    "step out"
+                )
+        return trajectory
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -113,7 +199,7 @@ class Trajectory:
             return self.weights[k]
         from safetensors.torch import load_file
 
-        return load_file(str(self._file(self.steps[k])))
+        return self._read(self.steps[k], lambda file: load_file(str(file)))
 
     def series(self, name: str) -> Tensor:
         """One parameter across all snapshots, stacked along a new first axis.
@@ -130,14 +216,35 @@ class Trajectory:
             return torch.stack([w[name] for w in self.weights])
         from safetensors import safe_open
 
-        tensors = []
-        for step in self.steps:
-            with safe_open(str(self._file(step)), framework="pt") as f:
-                tensors.append(f.get_tensor(name))
-        return torch.stack(tensors)
+        def read(file: Path) -> Tensor:
+            with safe_open(str(file), framework="pt") as f:
+                if name not in f.keys():  # noqa: SIM118
+                    raise CrumpleError(
+                        f"the snapshot {str(file)!r} holds no parameter {name!r} (it holds "
+                        f"{sorted(f.keys())[:8]}); its trajectory was recorded from another model"
+                    )
+                return f.get_tensor(name)
+
+        return torch.stack([self._read(step, read) for step in self.steps])
 
     def _file(self, step: int) -> Path:
         return self.folder / f"step_{step:09d}.safetensors"
+
+    def _read(self, step: int, read):
+        """``read(file)`` of the snapshot of ``step``; a file that cannot be read (missing,
+        truncated, damaged, or without the tensor asked for) as a :class:`CrumpleError`."""
+        file = self._file(step)
+        try:
+            return read(file)
+        except CrumpleError:
+            raise
+        except Exception as e:
+            said = str(e).splitlines()[0][:200] if str(e) else ""
+            raise CrumpleError(
+                f"the snapshot {str(file)!r} of step {step} in {INDEX} cannot be read "
+                f"({type(e).__name__}: {said}); it is missing, truncated or damaged: restore "
+                f"it, or delete the line of step {step} from {INDEX} to leave that step out"
+            ) from e
 
 
 class Recorder:
@@ -172,8 +279,7 @@ class Recorder:
                     f"{str(folder)!r} already holds a trajectory; record into a new folder "
                     "or delete the old one first"
                 )
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / INDEX).touch()
+            append_text(folder / INDEX, "")  # the folder and an empty index
         self.trajectory = Trajectory(folder=to)
 
     def record(self, loss: float | Tensor | None = None, step: int | None = None) -> None:
@@ -211,11 +317,31 @@ class Recorder:
             else:
                 contiguous = {n: w.contiguous() for n, w in weights.items()}
                 save_tensors(contiguous, t._file(self.step))
-                with open(t.folder / INDEX, "a") as index:
-                    index.write(index_row(self.step, value))
+                _end_line(t.folder / INDEX)
+                append_text(t.folder / INDEX, index_row(self.step, value))
             t.steps.append(self.step)
             t.losses.append(value)
         self.step += 1
+
+
+def _end_line(index: Path) -> None:
+    """Before a row is appended to ``index``: a last line without its line end gets one if
+    it is a whole row, and is cut off if it is half-written (a run stopped while recording,
+    which :func:`read_index` left out), so that the new row starts a line of its own."""
+    if not index.is_file():
+        return
+    with open(index, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - 1, 0))
+        if size == 0 or f.read(1) == b"\n":
+            return
+        f.seek(0)
+        text = f.read()
+        start = text.rfind(b"\n") + 1
+        if _is_json(text[start:].decode("utf-8", errors="replace")):
+            f.write(b"\n")
+        else:
+            f.truncate(start)
 
 
 def coordinates(trajectory: Trajectory, plane: Plane) -> tuple[Tensor, Tensor]:

@@ -119,3 +119,66 @@ def test_page_renders_offline_with_every_path_and_a_working_slider(browser, page
     assert errors == []
     assert remote == []
     page.close()
+
+
+# texts that would run code or hide the page's own script if a page embedded them raw
+HOSTILE = {
+    "comment": "<!--<script>",
+    "img": "<img src=x onerror=\"window.pwned='img'; document.title='pwned'\">",
+    "close": "</script><script>window.pwned='script'; document.title='pwned'</script>",
+    "lines": "line\u2028and\u2029para",
+}
+
+
+def test_hostile_names_are_drawn_as_text_and_run_nothing(browser, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    import crumple as cr
+    from crumple import report
+    from crumple.run.store import open_run, save_run
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    x = torch.randn(8, 2)
+    data = (x, x[:, :1])
+    plane = cr.Plane.random(net, seed=0)
+    metrics = {HOSTILE["comment"]: F.l1_loss, HOSTILE["img"]: F.l1_loss}
+    grid = cr.Grid([-1.0, 0.0, 1.0], [0.0, 1.0])
+    ds = cr.surface(net, F.mse_loss, data, plane, grid, metrics=metrics, progress=False)
+    rec = cr.Recorder(net)
+    rec.record(loss=1.0)
+    rec.record(loss=0.5)
+    path = cr.project(rec.trajectory, plane, net, F.mse_loss, data)
+    # path names may not hold "/" (a run folder could not store them): the rest may; one is
+    # called as the page's hover cursor
+    names = [HOSTILE["comment"], HOSTILE["img"], HOSTILE["lines"], "cursor"]
+    for var in ("alpha", "beta", "loss"):
+        ds[var].attrs["long_name"] = f"{var} {HOSTILE['close']} {HOSTILE['comment']}"
+    ds.attrs |= {"loss_name": HOSTILE["close"], "grid_chosen": HOSTILE["img"]}
+    ds.attrs["strategy"] = HOSTILE["lines"] + HOSTILE["comment"]
+    save_run(tmp_path, ds, {name: path for name in names}, plane)
+    run = open_run(tmp_path)
+    surface = run.pop("surface")
+    file = report.write_page(tmp_path, surface, run)
+
+    page, errors = opened(browser, file)
+    assert page.evaluate("window.pwned") is None
+    assert page.title() == f"crumple: {HOSTILE['close']} landscape"
+    assert page.locator("img").count() == 0
+    legend = page.locator("#figure-0 .legendtext").all_text_contents()
+    assert all(name in legend for name in names), legend
+    facts = page.locator(".facts").inner_text()
+    assert HOSTILE["img"] in facts and HOSTILE["comment"] in facts, facts
+    axis = page.locator("#figure-1 .xtitle").text_content()
+    assert HOSTILE["close"] in axis and HOSTILE["comment"] in axis, axis
+    # hovering the contour view moves the cursor, not the path called "cursor"
+    contour = page.locator("#figure-1 .nsewdrag").first.bounding_box()
+    page.mouse.move(contour["x"] + contour["width"] * 0.5, contour["y"] + contour["height"] * 0.5)
+    page.wait_for_timeout(500)
+    points = page.evaluate(
+        "document.getElementById('figure-0')._fullData.filter((t) => t.name === 'cursor')"
+        ".map((t) => [t.meta || 'path', t.x.length])"
+    )
+    assert sorted(points) == [["cursor", 1], ["path", 2]], points
+    assert errors == []

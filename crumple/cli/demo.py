@@ -62,11 +62,18 @@ def add(commands) -> None:
 
 
 def execute(args: argparse.Namespace) -> None:
-    if lm.chosen(args):
-        return lm.execute(args)
-    n = types.demo_grid_size(args.w_min, args.w_max, args.step)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from crumple.run.lock import writer
 
+    if lm.chosen(args):
+        with writer(args.out):  # the one writer of --out: another is refused before training
+            return lm.execute(args)
+    n = types.demo_grid_size(args.w_min, args.w_max, args.step)
+    with writer(args.out):
+        _train_and_write(args, n)
+
+
+def _train_and_write(args: argparse.Namespace, n: int) -> None:
+    """The article's run of ``execute`` (an ``n`` x ``n`` grid), with --out held."""
     from crumple.examples import seed
 
     optimizers = args.compare or (args.optimizer,)

@@ -100,8 +100,16 @@ def add(commands) -> None:
 
 def execute(args: argparse.Namespace) -> None:
     """Check the options and the folder, compute, write, and say what was found."""
+    from crumple.run.lock import writer
+
     _check_options(args)
     _check_folder(args.out)
+    with writer(args.out):  # the one writer of --out, before it is read: another is refused
+        _compute_and_write(args)
+
+
+def _compute_and_write(args: argparse.Namespace) -> None:
+    """The work of ``execute``, with --out held."""
     model, loss_fn, batches = types.load_inputs(args)
     surface_run = _check_surface_run(args.out, model, batches)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)

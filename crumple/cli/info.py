@@ -7,6 +7,7 @@ from pathlib import Path
 
 from crumple import planes
 from crumple.cli import options as types
+from crumple.errors import CrumpleError
 from crumple.names import HESSIAN, HESSIAN_PAGE, PLANE, SPREAD
 
 ABOUT = (
@@ -42,21 +43,31 @@ def describe(folder: str | Path) -> str:
     """
     import numpy as np
 
-    from crumple.run.store import open_run, open_spread
+    from crumple.run.store import open_run
 
     run = open_run(folder)
     surface = run.pop("surface")
     values = surface.loss.values
     missing = int(np.isnan(values).sum())
-    done = surface.attrs.get("tiles_done")
-    state = "complete" if missing == 0 else f"{values.size - missing} of {values.size} points"
-    if done and missing:
-        state += f" ({done} tiles done; run the same command again to resume)"
+    done = surface.attrs.get("tiles_done")  # "25 of 27", in a run stored tile by tile
+    broken = int(surface.attrs.get("tiles_damaged", 0))  # shown as nan by open_run
+    whole = missing == 0 and not broken
+    state = "complete" if whole else f"{values.size - missing} of {values.size} points"
+    if done and not whole:
+        rerun = "run the same command again to resume"
+        if broken:
+            rerun = f"{broken} tile(s) damaged: rerun the same command to recompute them"
+        state += f" ({done} tiles done; {rerun})"
     dims = " x ".join(f"{d} {surface.sizes[d]}" for d in surface.loss.dims)
     lines = [
         f"run {str(folder)!r}",
         f"surface: {', '.join(surface.data_vars)} over {dims}, {state}",
     ]
+    if "tiles_unverified" in surface.attrs:
+        lines.append(
+            f"  unverified: {surface.attrs['tiles_unverified']} tiles, written by a crumple "
+            "that kept no digests: a changed value in them cannot be detected"
+        )
     plane = {
         k.removeprefix("plane_"): v for k, v in surface.attrs.items() if k.startswith("plane_")
     }
@@ -85,13 +96,26 @@ def describe(folder: str | Path) -> str:
         lines.append(f"path {name!r}: {path.sizes['step']} steps")
     if (Path(folder) / PLANE).is_file():
         lines.append(f"plane: {PLANE}")
-    if (Path(folder) / HESSIAN).is_dir():
-        lines.append(f"hessian: {HESSIAN} (crumple hessian; its page is {HESSIAN_PAGE})")
-    spread = open_spread(folder)
-    if spread is not None:
-        seeds = spread.attrs.get("seeds", [])
-        lines.append(
-            f"spread: {SPREAD}, {spread.sizes['direction']} random directions (seeds {seeds}) "
-            f"over {' x '.join(f'{d} {spread.sizes[d]}' for d in spread.loss.dims[1:])}"
-        )
-    return "\n".join(lines)
+    return "\n".join(lines + _beside(folder))
+
+
+def _beside(folder: str | Path) -> list[str]:
+    """The lines on the stores beside the surface: what each holds, or what is wrong with it."""
+    from crumple.run.store import open_hessian, open_spread
+
+    lines = []
+    for name, opener in (("hessian", open_hessian), ("spread", open_spread)):
+        try:
+            ds = opener(folder)
+        except CrumpleError as e:
+            lines.append(f"{name}: {e}")
+            continue
+        if ds is not None and name == "hessian":
+            lines.append(f"hessian: {HESSIAN} (crumple hessian; its page is {HESSIAN_PAGE})")
+        elif ds is not None:
+            seeds = ds.attrs.get("seeds", [])
+            lines.append(
+                f"spread: {SPREAD}, {ds.sizes['direction']} random directions (seeds {seeds}) "
+                f"over {' x '.join(f'{d} {ds.sizes[d]}' for d in ds.loss.dims[1:])}"
+            )
+    return lines

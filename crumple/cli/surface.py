@@ -131,15 +131,27 @@ def _plane(args: argparse.Namespace, kind, model, loss_fn, batches, trajectory):
 
 
 def execute(args: argparse.Namespace) -> None:
+    from crumple.run.lock import writer
+
     kind = _plane_kind(args)
+    with writer(args.out):  # the one writer of --out, before it is read: another is refused
+        _write_run(args, kind)
+
+
+def _write_run(args: argparse.Namespace, kind) -> None:
+    """The run of ``execute``: inputs, plane, grid, surface, spread and page."""
     import crumple as cr
     from crumple import report, specs
+    from crumple.checks import check_name
     from crumple.landscape import OPTIONS, Landscape
 
-    model, loss_fn, batches = types.load_inputs(args)
     metrics = {
-        m.rpartition(":")[2]: specs.loss_function(m, "--metric", specs.METRICS) for m in args.metric
+        check_name(m.rpartition(":")[2], "--metric"): specs.loss_function(
+            m, "--metric", specs.METRICS
+        )
+        for m in args.metric
     }
+    model, loss_fn, batches = types.load_inputs(args)
     trajectory = cr.Trajectory.load(args.trajectory) if args.trajectory else None
     plane = _plane(args, kind, model, loss_fn, batches, trajectory)
     # how evaluation runs: cr.surface's options as given (unset ones left to it); those

@@ -28,10 +28,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
+
+from crumple.checks import check_name
+from crumple.errors import CrumpleError
 
 
 @runtime_checkable
@@ -59,3 +62,29 @@ class Extra(Protocol):
 def long_names(extras: Sequence[Extra]) -> dict[str, str]:
     """The long name of every variable the extras add."""
     return {name: long for extra in extras for name, long in extra.long_names.items()}
+
+
+def check_variables(functions: Iterable[str], extras: Sequence[Extra]) -> None:
+    """Refuse an extra's variable name that a run cannot store
+    (:func:`crumple.checks.check_name`) or that a function (the loss, a metric) or another
+    extra already gives.
+
+    Example:
+        >>> class Twin:
+        ...     key, names, long_names = "twin", ("accuracy",), {}
+        >>> check_variables(["loss", "accuracy"], [Twin()])
+        Traceback (most recent call last):
+        ...
+        crumple.errors.CrumpleError: the twin extra's variable 'accuracy' is also ...
+    """
+    given = {name: "a function's (the loss or a metric)" for name in functions}
+    for extra in extras:
+        for name in extra.names:
+            what = f"the {extra.key} extra's variable"
+            check_name(name, what)
+            if name in given:
+                raise CrumpleError(
+                    f"{what} {name!r} is also {given[name]} variable; rename the metric, or "
+                    "leave one of the two out"
+                )
+            given[name] = f"the {extra.key} extra's"

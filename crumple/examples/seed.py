@@ -259,19 +259,21 @@ def write(result: SeedRun, folder) -> tuple[Path, Path]:
     """Write the run (``landscape.zarr``: groups ``surface`` and ``paths/NAME``; the plane)
     and the page ``landscape.html``."""
     from crumple import plot
+    from crumple.run.lock import writer
 
-    folder = save_run(folder, result.surface, result.paths, result.plane)
-    more = {"epochs": result.path.sizes["step"] - 1}
-    outside = points_outside(result)
-    if outside:
-        total = sum(p.sizes["step"] for p in result.paths.values())
-        more["path points outside the grid"] = f"{outside} of {total}"
-    page_path = plot.report(
-        folder / "landscape.html",
-        result.surface,
-        result.paths,
-        title="crumple: the article's loss landscape",
-        more_facts=more,
-        more_figures=[fit_figure(result)],
-    )
+    with writer(folder):  # the folder's one writer, from the data to the page
+        folder = save_run(folder, result.surface, result.paths, result.plane)
+        more = {"epochs": result.path.sizes["step"] - 1}
+        outside = points_outside(result)
+        if outside:
+            total = sum(p.sizes["step"] for p in result.paths.values())
+            more["path points outside the grid"] = f"{outside} of {total}"
+        page_path = plot.report(
+            folder / "landscape.html",
+            result.surface,
+            result.paths,
+            title="crumple: the article's loss landscape",
+            more_facts=more,
+            more_figures=[fit_figure(result)],
+        )
     return page_path, folder / DATA

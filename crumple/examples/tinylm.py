@@ -372,25 +372,28 @@ def _write(folder: Path, ds, path, plane, ends_ds, facts) -> Path:
 
     from crumple import plot
     from crumple.plot.scale import Scale
+    from crumple.run.lock import writer
     from crumple.run.store import DATA, save_run
 
     for result in (ds, ends_ds):
         result.loss.attrs["long_name"] = "held-out loss per token"
     ends_ds.alpha.attrs["long_name"] = "weights: initial (0) to trained (1)"
-    save_run(folder, ds, {PATH: path}, plane)
-    ends_ds.to_zarr(folder / DATA, group="lines/initial_to_trained", mode="w", consolidated=False)
     figure = plot.line(
         {"held-out loss": ends_ds},
         title="From the initial (0) to the trained (1) weights",
     )
     ends = [float(path.loss[0]), float(path.loss[-1])]
     figure.add_trace(go.Scatter(x=[0, 1], y=ends, mode="markers", name="the recorded weights"))
-    return plot.report(
-        folder / "landscape.html",
-        ds,
-        {PATH: path},
-        title="crumple: a small language model's loss landscape",
-        more_facts=facts,
-        more_figures=[figure],
-        zmax=max(Scale(ds.loss.values).cap, float(path.loss.max())),
-    )
+    with writer(folder):  # the folder's one writer, from the data to the page
+        save_run(folder, ds, {PATH: path}, plane)
+        lines = "lines/initial_to_trained"
+        ends_ds.to_zarr(folder / DATA, group=lines, mode="w", consolidated=False)
+        return plot.report(
+            folder / "landscape.html",
+            ds,
+            {PATH: path},
+            title="crumple: a small language model's loss landscape",
+            more_facts=facts,
+            more_figures=[figure],
+            zmax=max(Scale(ds.loss.values).cap, float(path.loss.max())),
+        )

@@ -18,6 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# the attributes that hold numbers (beside every sharpness_* one)
+NUMBERS = (
+    *("n_parameters", "n_samples", "seed", "eigen_tol", "seconds"),
+    *("trace", "trace_stderr", "trace_probes", "density_probes", "density_steps"),
+    "density_width",
+)
+
 
 def results(found: dict[str, Any], attrs: dict, top: int, bottom: int | None):
     """The dataset of ``found`` (see the module's notes), with ``attrs``.
@@ -92,6 +99,27 @@ def results(found: dict[str, Any], attrs: dict, top: int, bottom: int | None):
     if "sharpness" in found:
         ds.attrs |= {f"sharpness_{k}": float(v) for k, v in found["sharpness"].as_dict().items()}
     return ds
+
+
+def check(ds) -> None:
+    """A ``ValueError`` naming the first attribute of ``ds`` (the results as :func:`results`
+    makes them, read back from ``hessian.zarr``) that is not a number where the pages draw
+    one: the counts, times and estimates in :data:`NUMBERS` and every ``sharpness_*``.
+
+    Example:
+        >>> import xarray as xr
+        >>> check(xr.Dataset({"eigenvalues": ("rank", [4.0])}, attrs={"trace": 7.5}))
+        >>> check(xr.Dataset(attrs={"trace": "7.5"}))
+        Traceback (most recent call last):
+        ...
+        ValueError: its attribute 'trace' is '7.5', not a number
+    """
+    import numpy as np
+
+    for key, value in ds.attrs.items():
+        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        if (key in NUMBERS or key.startswith("sharpness_")) and not number:
+            raise ValueError(f"its attribute {key!r} is {value!r:.80}, not a number")
 
 
 def _ends(largest, smallest, field: str, top: int, bottom: int):

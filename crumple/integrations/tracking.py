@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from crumple.errors import CrumpleError, CrumpleTypeError
+from crumple.files import written
 
 PLANES = ("pca", "random")
 MAX_NUM = 2000  # grid points per axis, as crumple surface allows
@@ -237,7 +238,8 @@ def truncate(trajectory, step: int) -> None:
         del trajectory.weights[keep:]
         return
     rows = map(index_row, trajectory.steps, trajectory.losses)
-    (trajectory.folder / INDEX).write_text("".join(rows))
+    with written(trajectory.folder / INDEX) as temporary:
+        temporary.write_text("".join(rows))
     for s in dropped:
         trajectory._file(s).unlink(missing_ok=True)
 

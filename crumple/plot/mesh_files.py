@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from crumple.errors import CrumpleError, require_extra
-from crumple.files import suffixed_path
+from crumple.files import suffixed_path, written
 from crumple.plot.meshes import Heights, check_flag, heights, mesh
 
 SUFFIXES = (".vtu", ".vtk", ".stl", ".obj", ".glb")
@@ -67,8 +67,8 @@ def save_mesh(
     base: float | None = None,
 ) -> Path:
     """Write the landscape to a mesh file; the format follows the suffix (``.vtu``,
-    ``.vtk``, ``.stl``, ``.obj``, ``.glb``: see the module's notes), and an existing file
-    is replaced. Needs the ``mesh`` extra.
+    ``.vtk``, ``.stl``, ``.obj``, ``.glb``: see the module's notes), whole or not at all
+    (:func:`crumple.files.written`); an existing file is replaced. Needs the ``mesh`` extra.
 
     Args:
         ds: a surface from :func:`crumple.surface` (or ``crumple.open(RUN)["surface"]``).
@@ -101,20 +101,20 @@ def save_mesh(
             )
         meshio = require_extra("meshio", "mesh")
         h = heights(ds, **scaling)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meshio.write(path, _vtk_mesh(meshio, ds, h), binary=True)
-        if suffix == ".vtu":
-            _add_field_data(path, h)
+        with written(path) as temporary:
+            meshio.write(temporary, _vtk_mesh(meshio, ds, h), binary=True)
+            if suffix == ".vtu":
+                _add_field_data(temporary, h)
         return path
     closed = suffix == ".stl" if solid is None else bool(solid)
     shape = mesh(ds, **scaling, solid=closed, base=base)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".stl":
-        shape.export(path, file_type="stl")
-    elif suffix == ".obj":
-        shape.export(path, file_type="obj", header=_header(shape.metadata["crumple"]))
-    else:
-        _write_glb(shape, path)
+    with written(path) as temporary:
+        if suffix == ".stl":
+            shape.export(temporary, file_type="stl")
+        elif suffix == ".obj":
+            shape.export(temporary, file_type="obj", header=_header(shape.metadata["crumple"]))
+        else:
+            _write_glb(shape, temporary)
     return path
 
 

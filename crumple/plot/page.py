@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from crumple.files import written
+
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -64,10 +66,10 @@ h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
     divs.push(div);
   }}
   // the contour view drives a cursor in the 3-D view
-  const scene = divs.find((d) => d.data.some((t) => t.name === "cursor"));
+  const scene = divs.find((d) => d.data.some((t) => t.meta === "cursor"));
   const flat = divs.find((d) => d.data.length && d.data[0].type === "contour");
   if (scene && flat) {{
-    const cursor = scene.data.findIndex((t) => t.name === "cursor");
+    const cursor = scene.data.findIndex((t) => t.meta === "cursor");
     flat.on("plotly_hover", (ev) => {{
       const surface = scene._fullData[0];  // arrays decoded
       const p = ev.points[0];
@@ -82,6 +84,22 @@ h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
 </body>
 </html>
 """
+
+
+# what a JSON text may not hold inside an HTML <script>: "<" (a "</script>" ends the
+# script early, a "<!--<script>" makes the browser read past its end), and ">", "&",
+# U+2028 and U+2029 with it, written as JSON escapes, which read back the same
+_SCRIPT_ESCAPES = str.maketrans({c: f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
+
+
+def script_json(value: object) -> str:
+    """``value`` as JSON that an HTML ``<script>`` holds whole, whatever its texts say.
+
+    Example:
+        >>> print(script_json({"name": "</script><!--<script>"}))
+        {"name":"\\u003c/script\\u003e\\u003c!--\\u003cscript\\u003e"}
+    """
+    return json.dumps(value, separators=(",", ":")).translate(_SCRIPT_ESCAPES)
 
 
 @functools.cache
@@ -121,12 +139,13 @@ def page(
         panels=panels,
         height=height,
         plotly=_packed_plotly(),
-        figures=json.dumps(specs, separators=(",", ":")).replace("</", "<\\/"),
+        figures=script_json(specs),
     )
 
 
 def write_page(path: str | Path, figures: Sequence[go.Figure], **kwargs) -> Path:
-    """Write :func:`page` to ``path`` (folders are created) and return the path.
+    """Write :func:`page` to ``path`` (folders are created), whole or not at all
+    (:func:`crumple.files.written`), and return the path.
 
     Example:
         >>> import tempfile, plotly.graph_objects as go
@@ -135,6 +154,7 @@ def write_page(path: str | Path, figures: Sequence[go.Figure], **kwargs) -> Path
         'page.html'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page(figures, **kwargs), encoding="utf-8")
+    text = page(figures, **kwargs)
+    with written(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return path

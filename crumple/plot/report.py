@@ -136,6 +136,7 @@ def report(
     zmax: float | None = None,
     hessian: xr.Dataset | None = None,
     spread: xr.Dataset | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
     curves, the curvature map (of ``curvature=True``), the band of ``spread`` (a
@@ -144,6 +145,8 @@ def report(
     (:func:`facts`: what was clipped, or that there is nothing to draw; the curvature from
     ``hessian``, the Hessian results of the run's folder; the spread's widest point).
     ``log`` and ``zmax`` are :func:`crumple.plot.surface`'s (``log`` also the band's).
+    ``notes`` are said on the page above the figures (what was left out and why, as
+    :func:`crumple.run.store.beside` gives them).
 
     Example:
         >>> import tempfile
@@ -174,5 +177,5 @@ def report(
         figures,
         title=title,
         facts={**drawn, **(more_facts or {})},
-        notes=[note] if note else [],
+        notes=[*notes, *([note] if note else [])],
     )

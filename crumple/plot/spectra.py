@@ -167,7 +167,7 @@ def _curve(name, x, y, floor: float, colour: str, width: float, dash: str = "sol
         name=name,
         mode="lines",
         line=dict(color=colour, width=width, dash=dash),
-        hovertemplate="eigenvalue %{x:.4g}<br>density %{y:.3g}<extra>" + name + "</extra>",
+        hovertemplate="eigenvalue %{x:.4g}<br>density %{y:.3g}<extra>%{fullData.name}</extra>",
     )
 
 

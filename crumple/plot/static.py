@@ -11,7 +11,7 @@ import xarray as xr
 
 from crumple.analysis import critical_points
 from crumple.errors import require_extra
-from crumple.files import suffixed_path
+from crumple.files import suffixed_path, written
 from crumple.plot.scale import Scale
 from crumple.plot.style import check_paths, colours, display_grid, label
 
@@ -79,9 +79,11 @@ def save_static(
         ax2.legend(loc="upper right", fontsize=8)
     fig.suptitle("\n".join([title] + [n for n in (note, scale.note()) if n]))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with written(path) as temporary:
+            fig.savefig(temporary, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

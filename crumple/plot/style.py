@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
+from crumple.checks import check_name
 from crumple.errors import CrumpleError
 
 # the first path is drawn as in the article: a red line with yellow markers
@@ -85,7 +86,7 @@ def display_grid(ds: xr.Dataset, max_points: int = DISPLAY_MAX) -> tuple[xr.Data
 
 def check_paths(paths: object, needs: tuple[str, ...] = ("alpha", "beta", "loss")) -> dict:
     """``paths`` as a dict name -> path dataset, or a :class:`CrumpleError` naming what is
-    missing.
+    missing or a name a path may not take (:func:`crumple.checks.check_name`).
 
     Example:
         >>> p = xr.Dataset({"alpha": ("step", [0.0]), "beta": ("step", [0.0]),
@@ -106,6 +107,7 @@ def check_paths(paths: object, needs: tuple[str, ...] = ("alpha", "beta", "loss"
             "paths={'SGD': path} with each path from crumple.project"
         )
     for name, path in paths.items():
+        check_name(name, "the path named")
         if not isinstance(path, xr.Dataset):
             raise CrumpleError(
                 f"paths[{name!r}]={_short(path)} is not an xarray Dataset; give the dataset "

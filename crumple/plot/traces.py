@@ -12,6 +12,7 @@ from crumple.plot.scale import Scale
 from crumple.plot.style import CRITICAL_STYLES, Paths, colours, off_plane
 
 CRITICAL_NAMES = {"minima": "local minima", "maxima": "local maxima", "saddles": "saddle points"}
+NAME = "%{fullData.name}"  # a trace's name in its hover text, read by plotly, not spliced in
 
 
 def add_path(fig: go.Figure, name: str, path: xr.Dataset, k: int, scale: Scale, three_d: bool):
@@ -50,11 +51,11 @@ def add_path(fig: go.Figure, name: str, path: xr.Dataset, k: int, scale: Scale, 
     if not three_d:
         marker = dict(size=[s + 2 for s in sizes], color=marker_color, symbol=symbols)
         fig.add_trace(
-            go.Scatter(marker=marker, hovertemplate=f"{where}<extra>{name}</extra>", **common)
+            go.Scatter(marker=marker, hovertemplate=f"{where}<extra>{NAME}</extra>", **common)
         )
         return
     marker = dict(size=sizes, color=marker_color, symbol=symbols)
-    hover = f"{where}<br>loss %{{z:.5g}}<extra>{name}</extra>"
+    hover = f"{where}<br>loss %{{z:.5g}}<extra>{NAME}</extra>"
     fig.add_trace(
         go.Scatter3d(z=scale(path.loss.values), marker=marker, hovertemplate=hover, **common)
     )
@@ -176,6 +177,7 @@ def add_cursor(fig: go.Figure) -> None:
             z=[],
             mode="markers",
             name="cursor",
+            meta="cursor",  # the page finds it by this, which no path's trace has
             showlegend=False,
             marker=dict(size=6, color="white", symbol="diamond-open"),
             hoverinfo="skip",

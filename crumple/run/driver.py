@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,9 +26,11 @@ from crumple.batches import Data, inputs_only
 from crumple.errors import CrumpleError
 from crumple.evaluation import Choice, Extra, Points, Settings, build
 from crumple.grid import Grid
+from crumple.names import DATA
 from crumple.plane import Plane
 from crumple.progress import tqdm
 from crumple.run.fingerprint import fingerprint, ordered_digest, unmatched
+from crumple.run.lock import make_folder
 from crumple.run.store import PLANE, RunStore, damaged, open_run
 
 TILE_SECONDS = 0.25
@@ -87,7 +88,7 @@ def evaluate_grid(
     address are checked before any work."""
     store = options.store
     if store is not None:
-        _check_folder(store)
+        make_folder(store)
     cluster = None
     if options.dask is not None:
         from crumple.run.distributed import connect
@@ -271,23 +272,12 @@ def _resume(folder, fp: Mapping[str, str], ordered: Callable[[], str]) -> RunSto
             "dtype and recalibration data; to start a fresh run, choose another folder or "
             f"delete this one.{hint}"
         )
-    return stored
-
-
-def _check_folder(store) -> None:
-    """Refuse a run folder that is a file, or cannot be made, before any work."""
-    folder = Path(store)
-    if folder.exists() and not folder.is_dir():
-        raise CrumpleError(
-            f"store {str(store)!r} is a file, not a folder; give a folder for the run "
-            "(it is made if missing)"
+    broken = stored.tiles().damaged
+    if broken:
+        print(
+            f"crumple: {len(broken)} damaged tile(s) in {str(Path(folder) / DATA)!r} (tiles "
+            f"{', '.join(map(str, broken[:10]))}{' ...' * (len(broken) > 10)}; a chunk missing, "
+            "unreadable or not matching its digest) are computed again",
+            file=sys.stderr,
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CrumpleError(
-            f"cannot make the run folder {str(store)!r} ({e.strerror or e}); choose a folder "
-            "you can write to"
-        ) from None
-    if not os.access(folder, os.W_OK):
-        raise CrumpleError(f"cannot write to the run folder {str(store)!r}; choose another")
+    return stored

@@ -11,24 +11,32 @@ recomputed. A folder made for other inputs is refused, never mixed or overwritte
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-from collections.abc import Mapping
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from crumple.checks import check_name
 from crumple.errors import CrumpleError
-from crumple.names import DATA, HESSIAN, PLANE, SPREAD  # noqa: F401  (the folder's files)
+from crumple.files import write_error, written
+from crumple.names import DATA, HESSIAN, PLANE, RUN_BOOKKEEPING, SPREAD  # noqa: F401
 from crumple.plane import Plane
-
-DONE = "tile_done"
+from crumple.run.lock import writer
+from crumple.run.tiles import DIGEST, DONE, Tiles, bookkeeping, digest, verify
 
 
 class RunStore:
-    """The surface of a run on disk, tile by tile: values, which tiles are done, and the
-    attributes the run's owner (``crumple.run.driver``) keeps there (fingerprint, plan).
+    """The surface of a run on disk, tile by tile: values, each finished tile's digest
+    (:mod:`crumple.run.tiles`), and the attributes the run's owner (``crumple.run.driver``)
+    keeps there (fingerprint, plan). A write that fails (disk full, no permission) raises a
+    :class:`CrumpleError` naming the store; the tiles written before it stay, to resume.
 
     Example:
         >>> import tempfile, crumple as cr
@@ -42,6 +50,7 @@ class RunStore:
     def __init__(self, folder: Path, names: list[str]) -> None:
         self.folder, self.names = folder, names
         self._arrays: dict | None = None  # opened on the first write
+        self._tiles: Tiles | None = None  # read and verified on first use
 
     @classmethod
     def open(cls, folder) -> RunStore | None:
@@ -50,7 +59,7 @@ class RunStore:
         if not (folder / DATA).exists():
             return None
         group = _surface_group(folder)
-        names = [n for n in group.array_keys() if n not in (DONE, "alpha", "beta")]
+        names = [n for n in group.array_keys() if n not in (*RUN_BOOKKEEPING, "alpha", "beta")]
         return cls(folder, sorted(names, key=lambda n: n != "loss"))
 
     @property
@@ -81,12 +90,12 @@ class RunStore:
         attrs: Mapping[str, str],
         coord_attrs: Mapping[str, dict] | None = None,
     ) -> RunStore:
-        """Start a run in ``folder``: every value nan, every tile not done, chunks of the
-        first tile's shape."""
+        """Start a run in ``folder``: every value nan, every tile not done (digest 0), chunks
+        of the first tile's shape: tile ``k`` is chunk ``k``, row by row."""
         folder = Path(folder)
         template = xr.Dataset(
             {name: (grid.dims, np.full(grid.shape, np.nan)) for name in names}
-            | {DONE: (("tile",), np.zeros(len(tiles), dtype=bool))},
+            | {DIGEST: (("tile",), np.zeros(len(tiles), dtype=np.uint64))},
             coords={
                 d: (d, a, dict((coord_attrs or {}).get(d, {})))
                 for d, a in zip(grid.dims, grid.axes)
@@ -94,35 +103,69 @@ class RunStore:
             attrs=dict(attrs),
         )
         tile_shape = tuple(s.stop - s.start for s in tiles[0])
-        encoding = {name: {"chunks": tile_shape} for name in names} | {DONE: {"chunks": (1,)}}
-        folder.mkdir(parents=True, exist_ok=True)
-        template.to_zarr(
-            folder / DATA, group="surface", mode="w", encoding=encoding, consolidated=False
-        )
-        return cls(folder, list(names))
+        encoding = {name: {"chunks": tile_shape} for name in names} | {DIGEST: {"chunks": (1,)}}
+        with _writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            template.to_zarr(
+                folder / DATA, group="surface", mode="w", encoding=encoding, consolidated=False
+            )
+        run = cls(folder, list(names))
+        run._tiles = Tiles.fresh(len(tiles))
+        return run
+
+    def tiles(self) -> Tiles:
+        """The tiles as read from the store (once), each finished tile checked against its
+        digest: damaged ones are not done."""
+        if self._tiles is None:
+            group = _surface_group(self.folder)
+            try:
+                self._tiles = verify(group, self.names)
+            except Exception as e:  # arrays that do not fit, metadata that does not parse
+                raise damaged(self.folder, e) from e
+        return self._tiles
 
     def done(self) -> list[bool]:
-        """Which tiles are finished."""
-        return [bool(v) for v in _surface_group(self.folder)[DONE][:]]
+        """Which tiles are finished (and verified)."""
+        return list(self.tiles().done)
 
     def write(self, k: int, tile: tuple[slice, ...], values: Mapping[str, np.ndarray]) -> None:
-        """Store tile ``k``'s values at ``tile``, then mark it finished."""
-        if self._arrays is None:
-            group = _surface_group(self.folder, mode="r+")
-            self._arrays = {name: group[name] for name in (*self.names, DONE)}
-        for name, v in values.items():
-            self._arrays[name][tile] = v
-        self._arrays[DONE][k] = True
+        """Store tile ``k``'s values at ``tile``, then its digest (in a run written before
+        digests: its done flag)."""
+        values = {name: values[name] for name in self.names}
+        with _writing(self.folder):
+            if self._arrays is None:
+                group = _surface_group(self.folder, mode="r+")
+                self._arrays = {name: group[name] for name in (*self.names, bookkeeping(group))}
+            for name, v in values.items():
+                self._arrays[name][tile] = v
+            if DIGEST in self._arrays:
+                self._arrays[DIGEST][k] = digest(k, values)
+            else:
+                self._arrays[DONE][k] = True
+        if self._tiles is not None:
+            self._tiles.finished(k)
 
     def set_attrs(self, **attrs: str) -> None:
-        _surface_group(self.folder, mode="r+").attrs.update(attrs)
+        with _writing(self.folder):
+            _surface_group(self.folder, mode="r+").attrs.update(attrs)
 
     def finish(self, attrs: Mapping[str, object], var_attrs: Mapping[str, dict]) -> xr.Dataset:
-        group = _surface_group(self.folder, mode="r+")
-        group.attrs.update({k: v for k, v in attrs.items()})
-        for name, a in var_attrs.items():
-            group[name].attrs.update(a)
+        with _writing(self.folder):
+            group = _surface_group(self.folder, mode="r+")
+            group.attrs.update({k: v for k, v in attrs.items()})
+            for name, a in var_attrs.items():
+                group[name].attrs.update(a)
         return open_run(self.folder)["surface"]
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """An OSError met writing the run's store (disk full, ``ulimit -f``, no permission,
+    read-only) as a CrumpleError naming the store and the cause."""
+    try:
+        yield
+    except OSError as e:
+        raise write_error(Path(folder) / DATA, e) from e
 
 
 def _surface_group(folder: Path, mode: str = "r"):
@@ -148,7 +191,10 @@ def save_run(
     plane: Plane | None = None,
 ) -> Path:
     """Write ``surface`` (group ``surface``) and the plane, unless the folder's store already
-    holds them (a run stored tile by tile), and each path (group ``paths/NAME``).
+    holds them (a run stored tile by tile), and each path (group ``paths/NAME``; each name
+    checked first, :func:`crumple.checks.check_name`), as the folder's one writer
+    (:func:`crumple.run.lock.writer`). An earlier result written here is replaced whole: the
+    new store is written beside it and swapped in by rename.
 
     Example:
         >>> import tempfile
@@ -157,22 +203,74 @@ def save_run(
         >>> open_run(folder)["surface"].loss.shape
         (2, 2)
     """
+    for name in paths or {}:  # before anything is written
+        check_name(name, "the path named")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not same_folder(surface.attrs.get("store"), folder):
-        if (folder / DATA).exists():
-            if "fingerprint" in _surface_group(folder).attrs:
-                raise CrumpleError(
-                    f"{str(folder)!r} holds a resumable surface run; it is left as it is: "
-                    "write to another folder"
-                )
-            shutil.rmtree(folder / DATA)  # an earlier result written here: replaced whole
-        surface.to_zarr(folder / DATA, group="surface", mode="w", consolidated=False)
-        if plane is not None:  # a run stored tile by tile saved its plane when it finished
+    with writer(folder):
+        if same_folder(surface.attrs.get("store"), folder):  # stored tile by tile, and its plane
+            with _writing(folder):
+                _write_paths(folder / DATA, paths)
+            return folder
+        if (folder / DATA).exists() and "fingerprint" in _surface_group(folder).attrs:
+            raise CrumpleError(
+                f"{str(folder)!r} holds a resumable surface run; it is left as it is: "
+                "write to another folder"
+            )
+
+        def write(store: Path) -> None:
+            surface.to_zarr(store, group="surface", mode="w", consolidated=False)
+            _write_paths(store, paths)
+
+        _replace_store(folder / DATA, write)  # an earlier result written here: replaced whole
+        if plane is not None:
             plane.save(folder / PLANE)
-    for name, path in (paths or {}).items():
-        path.to_zarr(folder / DATA, group=f"paths/{name}", mode="w", consolidated=False)
     return folder
+
+
+def _write_paths(store: Path, paths: Mapping[str, xr.Dataset] | None) -> None:
+    for name, path in (paths or {}).items():
+        path.to_zarr(store, group=f"paths/{name}", mode="w", consolidated=False)
+
+
+def _replace_store(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a whole zarr store, ``write(temporary)``, beside ``path`` (a hidden name with
+    the process id), then swap it in by renames: ``path`` holds the new store or, after an
+    error, the one it held. An OSError (disk full, ``ulimit -f``, no permission) becomes a
+    CrumpleError naming ``path``. The caller holds the folder (:func:`writer`), so hidden
+    stores of ``path`` left by a writer that died are its own: removed first, or the store
+    it held put back if it died between the renames."""
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale.suffix == ".old" and not path.exists():
+            stale.rename(path)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    previous = path.with_name(f".{path.name}.{os.getpid()}.old")
+    try:
+        write(temporary)
+        if path.exists():
+            path.rename(previous)
+        try:
+            temporary.rename(path)
+        except OSError:
+            if previous.exists():
+                previous.rename(path)  # the store it held, back
+            raise
+    except OSError as e:
+        raise write_error(path, e) from e
+    finally:
+        _remove_store(temporary)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _remove_store(path: Path) -> None:
+    """Remove the store ``path`` that a failed write left. zarr goes on writing its other
+    chunks for a moment after the first error, so it is removed until it stays gone."""
+    for _ in range(50):  # a second at most
+        if not path.exists():
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.02)
 
 
 def same_folder(a: str | Path | None, b: str | Path) -> bool:
@@ -187,10 +285,13 @@ def same_folder(a: str | Path | None, b: str | Path) -> bool:
 
 
 def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
-    """The datasets of a run: ``"surface"`` and one entry per path name. A run that is not
-    complete has nan at the points not yet computed, and ``attrs["tiles_done"]``. The
-    stores beside the surface are opened by their own functions (:func:`open_hessian`,
-    :func:`open_spread`), so that a path's name never clashes with theirs.
+    """The datasets of a run: ``"surface"`` and one entry per path name. A run stored tile
+    by tile shows only the tiles that are finished and match their digests (nan elsewhere),
+    with ``attrs["tiles_done"]`` (e.g. ``"25 of 27"``) and ``attrs["tiles_damaged"]`` (the
+    finished tiles found damaged: running the same call again computes them); a run written
+    before digests also has ``attrs["tiles_unverified"]``. The stores beside the surface
+    are opened by their own functions (:func:`open_hessian`, :func:`open_spread`), so that
+    a path's name never clashes with theirs.
 
     Example:
         >>> open_run("no/such/run")
@@ -202,7 +303,12 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
     if not data.is_dir():
         raise CrumpleError(f"{str(folder)!r} holds no crumple run ({DATA} is missing)")
     try:
-        surface = xr.open_zarr(data, group="surface", consolidated=False).load()
+        lazy = xr.open_zarr(data, group="surface", consolidated=False)
+        names = [name for name in lazy.data_vars if name not in RUN_BOOKKEEPING]
+        if len(names) < len(lazy.data_vars):  # a run stored tile by tile
+            surface = RunStore(Path(folder), names).tiles().shown(lazy)
+        else:
+            surface = lazy.load()
         out = {"surface": surface}
         paths = data / "paths"
         for group in (
@@ -215,13 +321,6 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
         raise damaged(folder, e) from e
     if "loss" not in surface:
         raise damaged(folder, KeyError("the surface has no loss variable"))
-    if DONE in surface:
-        done = surface[DONE].values
-        surface = surface.drop_vars(DONE)
-        surface.attrs["tiles_done"] = f"{int(done.sum())} of {done.size}"
-        for key in ("fingerprint", "plan"):
-            surface.attrs.pop(key, None)
-        out["surface"] = surface
     return out
 
 
@@ -242,13 +341,17 @@ def save_hessian(folder: str | Path, results: xr.Dataset) -> Path:
 
 
 def open_hessian(folder: str | Path) -> xr.Dataset | None:
-    """The Hessian results in a run folder, or ``None`` if it holds none.
+    """The Hessian results in a run folder, or ``None`` if it holds none. A store that
+    cannot be read, or whose numbers are not numbers (:func:`crumple.hessian.results.check`),
+    is a :class:`CrumpleError` naming it and the fix.
 
     Example:
         >>> open_hessian("no/such/run") is None
         True
     """
-    return _open_beside(folder, HESSIAN)
+    from crumple.hessian.results import check
+
+    return _open_beside(folder, HESSIAN, check)
 
 
 def save_spread(folder: str | Path, spread: xr.Dataset) -> Path:
@@ -276,50 +379,88 @@ def save_spread(folder: str | Path, spread: xr.Dataset) -> Path:
 
 
 def open_spread(folder: str | Path) -> xr.Dataset | None:
-    """The spread over random directions in a run folder, or ``None`` if it holds none.
+    """The spread over random directions in a run folder, or ``None`` if it holds none. A
+    store that cannot be read, or is not a spread of numbers, is a :class:`CrumpleError`
+    naming it and the fix.
 
     Example:
         >>> open_spread("no/such/run") is None
         True
     """
-    return _open_beside(folder, SPREAD)
+    return _open_beside(folder, SPREAD, _check_spread)
+
+
+def _check_spread(ds: xr.Dataset) -> None:
+    if "loss" not in ds or "direction" not in ds.loss.dims:
+        raise ValueError(f"it holds {sorted(map(str, ds.data_vars))}, not a loss by direction")
 
 
 def _save_beside(folder: str | Path, name: str, results: xr.Dataset) -> Path:
     """Write ``results`` as ``folder/name`` (a zarr store beside the surface), replacing any
-    written before."""
+    written before whole (:func:`_replace_store`), as the folder's one writer."""
     path = Path(folder) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    results.to_zarr(path, mode="w", consolidated=False)
+    with writer(folder):
+        _replace_store(path, lambda store: results.to_zarr(store, mode="w", consolidated=False))
     return path
 
 
-def _open_beside(folder: str | Path, name: str) -> xr.Dataset | None:
-    """The store ``folder/name`` read whole, or ``None`` if there is none."""
+def _open_beside(folder: str | Path, name: str, check) -> xr.Dataset | None:
+    """The store ``folder/name`` read whole, its variables numbers and ``check(ds)`` passed
+    (it raises a ``ValueError`` for what the pages cannot draw), or ``None`` if there is none;
+    else an error that names the store and a fix that touches it alone."""
     path = Path(folder) / name
-    if not path.is_dir():
+    if not path.exists():
         return None
     try:
-        return xr.open_zarr(path, consolidated=False).load()
+        ds = xr.open_zarr(path, consolidated=False).load()
+        for var, values in ds.data_vars.items():
+            if values.dtype.kind not in "iuf":
+                raise ValueError(f"its variable {var!r} holds {values.dtype} values, not numbers")
+        check(ds)
     except Exception as e:
-        raise damaged(folder, e) from e
+        raise _damaged_beside(path, e) from e
+    return ds
 
 
-def beside(folder: str | Path) -> dict[str, xr.Dataset | None]:
+def _damaged_beside(path: Path, e: Exception) -> CrumpleError:
+    folder = str(path.parent)
+    again = {
+        HESSIAN: f"crumple hessian --out {folder!r}",
+        SPREAD: f"crumple surface ... --spread N --out {folder!r} (the run's own options: "
+        "its tiles are read, not recomputed)",
+    }.get(path.name, "the command that wrote it")
+    said = str(e).splitlines()[0][:200] if str(e) else ""
+    return CrumpleError(
+        f"{str(path)!r} is damaged and cannot be read ({type(e).__name__}: {said}); the surface "
+        f"in {DATA} is not affected: write it again with {again}, or delete just {str(path)!r}"
+    )
+
+
+def beside(folder: str | Path) -> dict[str, xr.Dataset | list[str] | None]:
     """The results kept beside a run's surface that its page draws, as
     :func:`crumple.plot.report`'s keywords: ``hessian`` and ``spread`` (``None`` for one the
-    folder does not hold).
+    folder does not hold), and ``notes``: for each store that is damaged, left out so that
+    the surface is still drawn, what is wrong and the fix (also given as a warning).
 
     Example:
         >>> beside("no/such/run")
-        {'hessian': None, 'spread': None}
+        {'hessian': None, 'spread': None, 'notes': []}
     """
-    return {"hessian": open_hessian(folder), "spread": open_spread(folder)}
+    out: dict = {}
+    notes = []
+    for name, opener in (("hessian", open_hessian), ("spread", open_spread)):
+        try:
+            out[name] = opener(folder)
+        except CrumpleError as e:
+            out[name] = None
+            notes.append(f"{name} not drawn: {e}")
+            warnings.warn(f"crumple: {notes[-1]}", stacklevel=2)
+    return out | {"notes": notes}
 
 
 def export_netcdf(folder: str | Path, file: str | Path) -> Path:
-    """One netCDF file with the surface and every path (``path{k}_*`` variables along
-    ``step{k}``, the path's name in their ``path_name`` attribute), for sharing.
+    """One netCDF file, written whole or not at all, with the surface and every path
+    (``path{k}_*`` variables along ``step{k}``, named in their ``path_name`` attribute).
 
     Example:
         >>> import tempfile
@@ -343,5 +484,6 @@ def export_netcdf(folder: str | Path, file: str | Path) -> Path:
     }
     merged.attrs = {k: v for k, v in attrs.items() if v is not None}
     file = Path(file)
-    merged.to_netcdf(file)
+    with written(file) as temporary:
+        merged.to_netcdf(temporary)
     return file
