@@ -3,35 +3,63 @@ written whole or not at all, damaged side files named, names checked where they 
 folders that stay folders. Faults are made for real: racing processes, deleted and flipped
 chunk bytes, a full disk under ``ulimit -f``, truncated and hostile files."""
 
+import contextlib
+import errno
+import hashlib
+import html
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import xarray as xr
+
+import crumple as cr
+from crumple import report
+from crumple.checks import check_name
+from crumple.cli import main
+from crumple.errors import CrumpleError, CrumpleTypeError
+from crumple.evaluation.extras import check_variables
+from crumple.files import umask, written
+from crumple.landscape import Landscape
+from crumple.names import (
+    DATA,
+    HESSIAN,
+    LOCK,
+    PAGE,
+    RESERVED,
+    SPREAD,
+    TILE_DIGEST,
+    TILE_DONE,
+    TRAJECTORY_INDEX,
+)
+from crumple.plot.page import page as html_page
+from crumple.report import write_page
+from crumple.run import store as run_store
+from crumple.run.lock import holder, writer
+from crumple.run.store import open_run
+from tests import cli_fixtures
+
 # --- one writer (lock) ---
 
-import contextlib as lock_contextlib  # noqa: E402
-import hashlib as lock_hashlib  # noqa: E402
-import os as lock_os  # noqa: E402
-import shutil as lock_shutil  # noqa: E402
-import signal as lock_signal  # noqa: E402
-import subprocess as lock_subprocess  # noqa: E402
-import sys as lock_sys  # noqa: E402
-import threading as lock_threading  # noqa: E402
-import time as lock_time  # noqa: E402
-from pathlib import Path as LockPath  # noqa: E402
 
-import numpy as lock_np  # noqa: E402
-import pytest as lock_pytest  # noqa: E402
-import torch as lock_torch  # noqa: E402
-import torch.nn.functional as lock_F  # noqa: E402
-import xarray as lock_xr  # noqa: E402
-
-import crumple as lock_cr  # noqa: E402
-from crumple.errors import CrumpleError as LockCrumpleError  # noqa: E402
-from crumple.run.lock import holder as lock_holder  # noqa: E402
-from crumple.run.lock import writer as lock_writer  # noqa: E402
-
-LOCK_ROOT = LockPath(__file__).parents[1]
-LOCK_ENV = {**lock_os.environ, "OMP_NUM_THREADS": "1"}  # the same bits in every process
+LOCK_ROOT = Path(__file__).parents[1]
+LOCK_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same bits in every process
 # a command-line run that holds its folder for seconds, mostly asleep (the slower loss)
 LOCK_CLI = [
-    *(lock_sys.executable, "-m", "crumple", "surface", "--model", "tests.cli_fixtures:make_mlp"),
+    *(sys.executable, "-m", "crumple", "surface", "--model", "tests.cli_fixtures:make_mlp"),
     *("--data", "tests.cli_fixtures:digits_loader", "--strategy", "loop", "--chunk-size", "4"),
     *("--loss", "tests.cli_fixtures:slower_cross_entropy", "--grid", "-1:1:8"),
 ]
@@ -55,15 +83,15 @@ with writer(sys.argv[1]):
 """
 
 
-@lock_pytest.fixture
+@pytest.fixture
 def lock_processes():
     """Start processes (``Popen``'s arguments); those still running at the end are killed."""
     started = []
 
     def start(args, **kwargs):
-        pipes = {"stdout": lock_subprocess.PIPE, "stderr": lock_subprocess.PIPE, "text": True}
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         kwargs = pipes | kwargs
-        started.append(lock_subprocess.Popen(args, cwd=LOCK_ROOT, env=LOCK_ENV, **kwargs))
+        started.append(subprocess.Popen(args, cwd=LOCK_ROOT, env=LOCK_ENV, **kwargs))
         return started[-1]
 
     yield start
@@ -80,11 +108,11 @@ def _lock_cli(start, out, seed=1):
 def _lock_held_by(folder, process) -> dict:
     """Wait until ``process`` holds ``folder``; what the lock file says of it."""
     while process.poll() is None:
-        named = lock_holder(folder)
+        named = holder(folder)
         if named is not None and named["pid"] == process.pid:
             return named
-        lock_time.sleep(0.02)
-    lock_pytest.fail(f"the writer ended before it held {folder}: {process.communicate()}")
+        time.sleep(0.02)
+    pytest.fail(f"the writer ended before it held {folder}: {process.communicate()}")
 
 
 def _lock_run(folder) -> dict:
@@ -93,7 +121,7 @@ def _lock_run(folder) -> dict:
 
     surface = zarr.open_group(str(folder / "landscape.zarr"), mode="r", path="surface")
     return {
-        "loss": lock_cr.open_run(folder)["surface"].loss.values.tobytes(),
+        "loss": cr.open_run(folder)["surface"].loss.values.tobytes(),
         "fingerprint": surface.attrs["fingerprint"],
         "files": sorted(str(p.relative_to(folder)) for p in folder.rglob("*")),
     }
@@ -101,13 +129,13 @@ def _lock_run(folder) -> dict:
 
 def _lock_points(folder) -> int:
     """How many points of a run being written are stored (0 while its store is being made)."""
-    with lock_contextlib.suppress(LockCrumpleError):
-        return int(lock_np.isfinite(lock_cr.open_run(folder)["surface"].loss).sum())
+    with contextlib.suppress(CrumpleError):
+        return int(np.isfinite(cr.open_run(folder)["surface"].loss).sum())
     return 0
 
 
 def _lock_digest(folder) -> str:
-    h = lock_hashlib.sha256()
+    h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
         if p.is_file():
             h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
@@ -121,37 +149,37 @@ def test_one_writer_per_folder_nested_in_one_thread_refused_in_another(tmp_path)
 
     def other_thread():
         try:
-            with lock_writer(folder):
+            with writer(folder):
                 pass
-        except LockCrumpleError as e:
+        except CrumpleError as e:
             refused.append(str(e))
 
-    with lock_writer(folder):
-        named = lock_holder(folder)
-        assert named["pid"] == lock_os.getpid() and named["host"] and named["since"][:2] == "20"
-        with lock_writer(tmp_path / "." / "run"):  # nested, spelled otherwise: the same writer
-            assert lock_holder(folder) == named
-        assert lock_holder(folder) == named  # the inner writer did not release it
-        thread = lock_threading.Thread(target=other_thread)
+    with writer(folder):
+        named = holder(folder)
+        assert named["pid"] == os.getpid() and named["host"] and named["since"][:2] == "20"
+        with writer(tmp_path / "." / "run"):  # nested, spelled otherwise: the same writer
+            assert holder(folder) == named
+        assert holder(folder) == named  # the inner writer did not release it
+        thread = threading.Thread(target=other_thread)
         thread.start()
         thread.join()
     assert len(refused) == 1, refused
-    assert f"{str(folder)!r} is being written by process {lock_os.getpid()} on host" in refused[0]
+    assert f"{str(folder)!r} is being written by process {os.getpid()} on host" in refused[0]
     assert "wait for it to finish or write to another folder" in refused[0]
     assert (folder / "crumple.lock").read_text() == ""  # released: kept, empty
-    assert lock_holder(folder) is None
-    with lock_writer(None):  # no run folder: nothing held
-        assert lock_holder(folder) is None
+    assert holder(folder) is None
+    with writer(None):  # no run folder: nothing held
+        assert holder(folder) is None
     made = tmp_path / "made" / "run"
-    with lock_writer(made):  # a writer that wrote nothing in the folders it made
-        assert lock_holder(made)["pid"] == lock_os.getpid()
+    with writer(made):  # a writer that wrote nothing in the folders it made
+        assert holder(made)["pid"] == os.getpid()
     assert not (tmp_path / "made").exists()  # leaves none of them
-    with lock_writer(made):
+    with writer(made):
         (made / "written").write_text("x")
     assert sorted(p.name for p in made.iterdir()) == ["crumple.lock", "written"]
 
 
-@lock_pytest.mark.slow
+@pytest.mark.slow
 def test_every_writer_is_refused_while_another_process_holds_the_folder(
     tmp_path, lock_processes, capsys
 ):
@@ -163,20 +191,20 @@ def test_every_writer_is_refused_while_another_process_holds_the_folder(
 
     folder, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     model, data = cli_fixtures.make_mlp(), cli_fixtures.digits_loader()
-    plane, grid = lock_cr.Plane.random(model, seed=1), lock_cr.Grid([-1.0, 0.0, 1.0], [0.0, 1.0])
+    plane, grid = cr.Plane.random(model, seed=1), cr.Grid([-1.0, 0.0, 1.0], [0.0, 1.0])
 
     def surface():
-        return lock_cr.surface(model, lock_F.cross_entropy, data, plane, grid, store=folder)
+        return cr.surface(model, F.cross_entropy, data, plane, grid, store=folder)
 
     ds = surface()
-    hessian = lock_xr.Dataset({"eigenvalues": ("rank", [4.0, 1.0])}, coords={"rank": [0, 1]})
+    hessian = xr.Dataset({"eigenvalues": ("rank", [4.0, 1.0])}, coords={"rank": [0, 1]})
     store.save_hessian(folder, hessian)
-    holding = lock_processes([lock_sys.executable, "-c", LOCK_HOLDER, str(folder)], stdin=-1)
+    holding = lock_processes([sys.executable, "-c", LOCK_HOLDER, str(folder)], stdin=-1)
     assert holding.stdout.readline() == "held\n"
     before = _lock_digest(folder)  # the lock file naming the holder included
     message = f"is being written by process {holding.pid} on host"
-    landscape = Landscape(model, lock_F.cross_entropy, data, store=folder)
-    spread = lock_xr.Dataset({"loss": (("direction", "alpha"), lock_np.ones((2, 3)))})
+    landscape = Landscape(model, F.cross_entropy, data, store=folder)
+    spread = xr.Dataset({"loss": (("direction", "alpha"), np.ones((2, 3)))})
     for name, write in {
         "cr.surface": surface,
         "save_run": lambda: store.save_run(folder, ds.drop_attrs()),
@@ -185,19 +213,19 @@ def test_every_writer_is_refused_while_another_process_holds_the_folder(
         "write_run": lambda: report.write_run(folder, landscape, plane, grid),
         "write_page": lambda: report.write_page(folder, ds),
     }.items():
-        with lock_pytest.raises(LockCrumpleError, match=message):
+        with pytest.raises(CrumpleError, match=message):
             write()
         assert _lock_digest(folder) == before, f"{name} touched the folder"
     model_options = ["--model", "tests.cli_fixtures:make_mlp"]
     model_options += ["--data", "tests.cli_fixtures:digits_loader", "--out", str(folder)]
     for command in (["surface", *model_options], ["hessian", *model_options], ["demo"]):
         args = command + ["--out", str(folder)] * (command == ["demo"])
-        with lock_pytest.raises(SystemExit) as info:
+        with pytest.raises(SystemExit) as info:
             main(args)
         assert info.value.code == 2 and message in capsys.readouterr().err, command
         assert _lock_digest(folder) == before, f"crumple {command[0]} touched the folder"
     # readers read while the folder is held
-    assert lock_cr.open_run(folder)["surface"].loss.values.tobytes() == ds.loss.values.tobytes()
+    assert cr.open_run(folder)["surface"].loss.values.tobytes() == ds.loss.values.tobytes()
     main(["info", str(folder)])
     assert "surface: loss over alpha 3 x beta 2, complete" in capsys.readouterr().out
     main(["plot", str(folder), "--html", str(elsewhere / "page.html")])
@@ -216,12 +244,12 @@ def _lock_race_references(start, root) -> dict:
     return {seed: _lock_run(root / f"seed{seed}") for seed in runs}
 
 
-@lock_pytest.fixture(scope="module")
+@pytest.fixture(scope="module")
 def lock_references(tmp_path_factory):
     started = []
 
     def start(args, **kwargs):
-        started.append(lock_subprocess.Popen(args, cwd=LOCK_ROOT, env=LOCK_ENV, **kwargs))
+        started.append(subprocess.Popen(args, cwd=LOCK_ROOT, env=LOCK_ENV, **kwargs))
         return started[-1]
 
     try:
@@ -233,8 +261,8 @@ def lock_references(tmp_path_factory):
                 process.wait()
 
 
-@lock_pytest.mark.slow
-@lock_pytest.mark.parametrize(
+@pytest.mark.slow
+@pytest.mark.parametrize(
     "planes, started",
     [("same", "together"), ("other", "together"), ("same", "after"), ("other", "after")],
 )
@@ -250,7 +278,7 @@ def test_two_command_line_writers_race_one_writes(
         _lock_held_by(out, first)
     second = _lock_cli(lock_processes, out, seeds[1])
     while first.poll() is None and second.poll() is None:
-        lock_time.sleep(0.02)
+        time.sleep(0.02)
     loser = first if first.poll() is not None else second
     winner = second if loser is first else first
     assert winner.poll() is None, "both ended: neither was refused at once"
@@ -266,17 +294,17 @@ def test_two_command_line_writers_race_one_writes(
     found = _lock_run(out)
     assert found["fingerprint"] == expected["fingerprint"]
     assert found["files"] == expected["files"]
-    a, b = (lock_np.frombuffer(r["loss"]) for r in (found, expected))
-    assert a.tobytes() == b.tobytes(), f"loss differs at {lock_np.argwhere(a != b)[:5]}"
+    a, b = (np.frombuffer(r["loss"]) for r in (found, expected))
+    assert a.tobytes() == b.tobytes(), f"loss differs at {np.argwhere(a != b)[:5]}"
 
 
-@lock_pytest.mark.slow
+@pytest.mark.slow
 def test_python_and_command_line_writers_take_the_same_lock(tmp_path, lock_processes, capsys):
     from crumple.cli import main
     from tests import cli_fixtures
 
     out = tmp_path / "python"
-    python = lock_processes([lock_sys.executable, "-c", LOCK_API, str(out)])
+    python = lock_processes([sys.executable, "-c", LOCK_API, str(out)])
     _lock_held_by(out, python)
     cli = _lock_cli(lock_processes, out)
     _, refusal = cli.communicate()
@@ -284,52 +312,52 @@ def test_python_and_command_line_writers_take_the_same_lock(tmp_path, lock_proce
     assert python.poll() is None  # refused at once, while the Python writer writes
     # a reader reads a folder being written (once its store is made)
     while python.poll() is None and _lock_points(out) == 0:
-        lock_time.sleep(0.05)
+        time.sleep(0.05)
     main(["info", str(out)])
     assert f"run {str(out)!r}" in capsys.readouterr().out
-    assert lock_holder(out)["pid"] == python.pid  # still held: read while written
+    assert holder(out)["pid"] == python.pid  # still held: read while written
     assert python.wait() == 0, python.communicate()
     # the other way round: a command-line writer refuses cr.surface(store=...) here
     out = tmp_path / "cli"
     cli = _lock_cli(lock_processes, out)
     _lock_held_by(out, cli)
     model = cli_fixtures.make_mlp()
-    with lock_pytest.raises(LockCrumpleError, match=f"by process {cli.pid} on host"):
-        lock_cr.surface(
-            model, lock_F.cross_entropy, cli_fixtures.digits_loader(), lock_cr.Plane.random(model),
-            lock_cr.Grid([0.0, 1.0], [0.0, 1.0]), store=out,
+    with pytest.raises(CrumpleError, match=f"by process {cli.pid} on host"):
+        cr.surface(
+            model, F.cross_entropy, cli_fixtures.digits_loader(), cr.Plane.random(model),
+            cr.Grid([0.0, 1.0], [0.0, 1.0]), store=out,
         )  # fmt: skip
     assert cli.poll() is None
     assert cli.wait() == 0, cli.communicate()
 
 
-@lock_pytest.mark.slow
+@pytest.mark.slow
 def test_a_writer_killed_holding_the_lock_is_taken_over_and_resumed(
     tmp_path, lock_processes, capfd
 ):
     from tests import cli_fixtures
 
-    lock_torch.set_num_threads(1)
+    torch.set_num_threads(1)
     model = cli_fixtures.make_mlp()
     loss = cli_fixtures.slower_cross_entropy
-    grid = lock_cr.Grid(lock_np.linspace(-1, 1, 6), lock_np.linspace(-1, 1, 5))
+    grid = cr.Grid(np.linspace(-1, 1, 6), np.linspace(-1, 1, 5))
 
     def surface(store):
-        return lock_cr.surface(
-            model, loss, cli_fixtures.digits_loader(), lock_cr.Plane.random(model, seed=1), grid,
+        return cr.surface(
+            model, loss, cli_fixtures.digits_loader(), cr.Plane.random(model, seed=1), grid,
             store=store, strategy="loop", chunk_size=4,
         )  # fmt: skip
 
     whole = surface(tmp_path / "whole")  # uninterrupted, for its bits
     out = tmp_path / "run"
-    child = lock_processes([lock_sys.executable, "-c", LOCK_API, str(out)])
+    child = lock_processes([sys.executable, "-c", LOCK_API, str(out)])
     _lock_held_by(out, child)
     while child.poll() is None and _lock_points(out) < 8:  # two tiles or more
-        lock_time.sleep(0.05)
+        time.sleep(0.05)
     assert child.poll() is None, f"the run ended before it could be killed: {child.communicate()}"
-    child.send_signal(lock_signal.SIGKILL)
+    child.send_signal(signal.SIGKILL)
     child.wait()
-    assert lock_holder(out)["pid"] == child.pid  # it died holding it: still named
+    assert holder(out)["pid"] == child.pid  # it died holding it: still named
     capfd.readouterr()
     resumed = surface(out)
     note = capfd.readouterr().err
@@ -337,8 +365,8 @@ def test_a_writer_killed_holding_the_lock_is_taken_over_and_resumed(
     assert "its lock is taken over" in note
     assert 0 < resumed.attrs["tiles_computed"] < whole.attrs["tiles_computed"]  # not again
     a, b = resumed.loss.values, whole.loss.values
-    assert a.tobytes() == b.tobytes(), f"loss differs at {lock_np.argwhere(a != b)[:5]}"
-    assert lock_holder(out) is None
+    assert a.tobytes() == b.tobytes(), f"loss differs at {np.argwhere(a != b)[:5]}"
+    assert holder(out) is None
 
 
 LOCK_FULL_DISK = """
@@ -366,7 +394,7 @@ print(json.dumps(said))
 """
 
 
-@lock_pytest.mark.slow
+@pytest.mark.slow
 def test_a_failed_store_write_keeps_the_previous_store(tmp_path, lock_processes):
     """``save_hessian``, ``save_spread`` and ``save_run`` (over an earlier result) write a
     whole new store under a file size limit that it exceeds: each is refused naming the
@@ -377,17 +405,17 @@ def test_a_failed_store_write_keeps_the_previous_store(tmp_path, lock_processes)
     from crumple.run import store
 
     folder = tmp_path / "run"
-    hessian = lock_xr.Dataset({"eigenvalues": ("rank", [4.0, 1.0])}, coords={"rank": [0, 1]})
-    spread = lock_xr.Dataset(
-        {"loss": (("direction", "alpha"), lock_np.ones((2, 3)))}, coords={"alpha": [-1.0, 0.0, 1.0]}
+    hessian = xr.Dataset({"eigenvalues": ("rank", [4.0, 1.0])}, coords={"rank": [0, 1]})
+    spread = xr.Dataset(
+        {"loss": (("direction", "alpha"), np.ones((2, 3)))}, coords={"alpha": [-1.0, 0.0, 1.0]}
     )
-    surface = lock_xr.Dataset({"loss": (("alpha", "beta"), lock_np.arange(6.0).reshape(3, 2))})
+    surface = xr.Dataset({"loss": (("alpha", "beta"), np.arange(6.0).reshape(3, 2))})
     store.save_hessian(folder, hessian)
     store.save_spread(folder, spread)
     store.save_run(folder, surface)
     (folder / "hessian.zarr").rename(folder / ".hessian.zarr.99999.old")  # killed between
-    lock_shutil.copytree(folder / "spread.zarr", folder / ".spread.zarr.99999.new")  # mid-write
-    child = lock_processes([lock_sys.executable, "-c", LOCK_FULL_DISK, str(folder)])
+    shutil.copytree(folder / "spread.zarr", folder / ".spread.zarr.99999.new")  # mid-write
+    child = lock_processes([sys.executable, "-c", LOCK_FULL_DISK, str(folder)])
     out, err = child.communicate()
     assert child.returncode == 0, err
     said = json.loads(out)
@@ -396,32 +424,13 @@ def test_a_failed_store_write_keeps_the_previous_store(tmp_path, lock_processes)
         assert f"could not write {str(folder / name)!r}: [Errno 27]" in said[name]
     assert store.open_hessian(folder).identical(hessian)
     assert store.open_spread(folder).loss.values.tolist() == spread.loss.values.tolist()
-    assert lock_cr.open_run(folder)["surface"].loss.values.tolist() == surface.loss.values.tolist()
+    assert cr.open_run(folder)["surface"].loss.values.tolist() == surface.loss.values.tolist()
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["crumple.lock", "hessian.zarr", "landscape.zarr", "spread.zarr"], names
 
 
-# --- end one writer ---
-
 # --- verified tiles ---
 
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import subprocess as tiles_subprocess  # noqa: E402
-import sys as tiles_sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch as tiles_torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import crumple as cr  # noqa: E402
-from crumple.cli import main as tiles_main  # noqa: E402
-from crumple.names import DATA, TILE_DIGEST, TILE_DONE  # noqa: E402
-from crumple.run.store import open_run  # noqa: E402
-from tests import cli_fixtures  # noqa: E402
 
 # 27 tiles of one row by two columns, the last of each row one point (a chunk's edge)
 TILES_GRID = cr.Grid(np.linspace(-1, 1, 9), np.linspace(-1, 1, 5))
@@ -429,7 +438,7 @@ TILES_HIT = (0, 13, 26)  # first (timed when the tiles were sized), middle, last
 
 
 def tiles_surface(store, loss=F.cross_entropy):
-    tiles_torch.set_num_threads(1)
+    torch.set_num_threads(1)
     model = cli_fixtures.make_mlp()
     plane = cr.Plane.random(model, seed=1)
     data = cli_fixtures.digits_loader()
@@ -476,7 +485,7 @@ TILES_FAULTS = {
 
 def tiles_state(capsys, store: Path) -> str:
     """The surface line of ``crumple info``."""
-    tiles_main(["info", str(store)])
+    main(["info", str(store)])
     out = capsys.readouterr().out
     return next(line for line in out.splitlines() if line.startswith("surface:"))
 
@@ -556,7 +565,7 @@ def test_a_run_written_before_digests_reads_and_resumes_unverified(
     assert surface.attrs["tiles_done"] == "24 of 27"
     assert (surface.attrs["tiles_damaged"], surface.attrs["tiles_unverified"]) == (1, 24)
     assert int(np.isnan(surface.loss.values).sum()) == 5  # tiles 4, 5 (at the edge), 7
-    tiles_main(["info", str(store)])
+    main(["info", str(store)])
     assert "unverified: 24 tiles, written by a crumple that kept no" in capsys.readouterr().out
     resumed = tiles_surface(store)
     assert resumed.attrs["tiles_computed"] == 3
@@ -592,10 +601,10 @@ def test_a_file_size_limit_mid_run_names_the_store_and_the_rerun_resumes(tiles_r
     """The run's process meets a file size limit of 0 (as a full disk) part-way: a
     CrumpleError names the store and the cause; the tiles written stay, and resume."""
     store = tmp_path / "run"
-    child = tiles_subprocess.Popen(
-        [tiles_sys.executable, "-c", TILES_RUN.format(store=str(store))],
+    child = subprocess.Popen(
+        [sys.executable, "-c", TILES_RUN.format(store=str(store))],
         cwd=Path(__file__).parents[1],
-        stderr=tiles_subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.time() + 120
@@ -615,22 +624,8 @@ def test_a_file_size_limit_mid_run_names_the_store_and_the_rerun_resumes(tiles_r
     assert resumed.loss.values.tobytes() == tiles_reference[1].tobytes()
 
 
-# --- end verified tiles ---
-
 # --- atomic files ---
 
-import errno  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from crumple.errors import CrumpleError  # noqa: E402
-from crumple.files import umask, written  # noqa: E402
 
 ATOMIC_ROOT = Path(__file__).resolve().parents[1]
 
@@ -870,45 +865,21 @@ def test_recorder_past_the_limit_names_the_snapshot_and_the_index(tmp_path):
     assert done.stdout.startswith(f"CrumpleError could not write {str(index)!r}: [Errno 27]")
 
 
-# --- end atomic files ---
-
 # --- damaged side files ---
 
-import json as side_json  # noqa: E402
-import re as side_re  # noqa: E402
-import shutil as side_shutil  # noqa: E402
-import subprocess as side_subprocess  # noqa: E402
-import sys as side_sys  # noqa: E402
-import warnings as side_warnings  # noqa: E402
-from pathlib import Path as SidePath  # noqa: E402
 
-import pytest as side_pytest  # noqa: E402
-import torch as side_torch  # noqa: E402
-import xarray as side_xr  # noqa: E402
-
-import crumple as side_cr  # noqa: E402
-from crumple.cli import main as side_main  # noqa: E402
-from crumple.errors import CrumpleError as SideError  # noqa: E402
-from crumple.names import DATA as SIDE_DATA  # noqa: E402
-from crumple.names import HESSIAN as SIDE_HESSIAN  # noqa: E402
-from crumple.names import PAGE as SIDE_PAGE  # noqa: E402
-from crumple.names import SPREAD as SIDE_SPREAD  # noqa: E402
-from crumple.names import TRAJECTORY_INDEX as SIDE_INDEX  # noqa: E402
-from crumple.report import write_page as side_write_page  # noqa: E402
-from crumple.run import store as side_store  # noqa: E402
-
-SIDE_ROOT = SidePath(__file__).resolve().parents[1]
+SIDE_ROOT = Path(__file__).resolve().parents[1]
 SIDE_MODEL = "tests.cli_fixtures:make_tiny64"
 SIDE_DATA_SPEC = "tests.cli_fixtures:digits_pair"
 
 
-def side_recorded(folder: SidePath, steps: int = 3) -> SidePath:
+def side_recorded(folder: Path, steps: int = 3) -> Path:
     """A trajectory folder of ``steps`` snapshots of a small model, as a Recorder writes it."""
-    side_torch.manual_seed(0)
-    model = side_torch.nn.Linear(3, 2)
-    recorder = side_cr.Recorder(model, to=folder)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    recorder = cr.Recorder(model, to=folder)
     for step in range(steps):
-        with side_torch.no_grad():
+        with torch.no_grad():
             model.weight.add_(0.1)
         recorder.record(loss=1.0 / (step + 1))
     return folder
@@ -916,29 +887,29 @@ def side_recorded(folder: SidePath, steps: int = 3) -> SidePath:
 
 def test_a_half_written_last_line_is_read_up_to_it_and_the_next_row_starts_a_line(tmp_path):
     folder = side_recorded(tmp_path / "traj")
-    index = folder / SIDE_INDEX
+    index = folder / TRAJECTORY_INDEX
     with open(index, "a") as f:
         f.write('{"step": 3, "lo')  # the run was stopped while writing this row
-    with side_pytest.warns(UserWarning, match=rf"{SIDE_INDEX}' ends in a half-written line"):
-        trajectory = side_cr.Trajectory.load(folder)
+    with pytest.warns(UserWarning, match=rf"{TRAJECTORY_INDEX}' ends in a half-written line"):
+        trajectory = cr.Trajectory.load(folder)
     assert trajectory.steps == [0, 1, 2]
     assert trajectory.series("weight").shape == (3, 2, 3)
     # a training run taken up again (the callbacks' resume) appends after the whole lines
-    recorder = side_cr.Recorder(side_torch.nn.Linear(3, 2))
+    recorder = cr.Recorder(torch.nn.Linear(3, 2))
     recorder.trajectory, recorder.step = trajectory, 3
     recorder.record(loss=0.25)
-    with side_warnings.catch_warnings():
-        side_warnings.simplefilter("error")
-        again = side_cr.Trajectory.load(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = cr.Trajectory.load(folder)
     assert again.steps == [0, 1, 2, 3] and again.losses[-1] == 0.25
     # a whole row that lost only its line end is kept, and the next row gets a line of its own
     index.write_text(index.read_text().rstrip("\n"))
-    assert side_cr.Trajectory.load(folder).steps == [0, 1, 2, 3]
+    assert cr.Trajectory.load(folder).steps == [0, 1, 2, 3]
     recorder.record(loss=0.125)
-    assert side_cr.Trajectory.load(folder).steps == [0, 1, 2, 3, 4]
+    assert cr.Trajectory.load(folder).steps == [0, 1, 2, 3, 4]
 
 
-@side_pytest.mark.parametrize(
+@pytest.mark.parametrize(
     "line, said",
     [
         ('{"step": 1, "loss": 0.5', "is not JSON"),
@@ -952,19 +923,19 @@ def test_a_half_written_last_line_is_read_up_to_it_and_the_next_row_starts_a_lin
 )
 def test_a_damaged_line_of_a_trajectory_index_is_named(tmp_path, line, said):
     folder = side_recorded(tmp_path / "traj")
-    index = folder / SIDE_INDEX
+    index = folder / TRAJECTORY_INDEX
     rows = index.read_text().splitlines()
     for lines in ([rows[0], line, rows[2]], [rows[0], line]):  # in the middle, or last
         index.write_text("\n".join(lines) + "\n")
-        with side_pytest.raises(SideError) as caught:
-            side_cr.Trajectory.load(folder)
+        with pytest.raises(CrumpleError) as caught:
+            cr.Trajectory.load(folder)
         message = str(caught.value)
         assert f"{str(index)!r}, line 2: " in message and said in message, message
         assert "delete line 2" in message
     if said != "is not JSON":  # a whole row without its line end is not a half-written one
         index.write_text(f"{rows[0]}\n{line}")
-        with side_pytest.raises(SideError, match="line 2: "):
-            side_cr.Trajectory.load(folder)
+        with pytest.raises(CrumpleError, match="line 2: "):
+            cr.Trajectory.load(folder)
 
 
 def test_a_missing_truncated_or_flipped_snapshot_is_named(tmp_path):
@@ -972,20 +943,20 @@ def test_a_missing_truncated_or_flipped_snapshot_is_named(tmp_path):
     snapshot = folder / "step_000000001.safetensors"
     whole = snapshot.read_bytes()
     snapshot.unlink()
-    with side_pytest.raises(SideError) as caught:
-        side_cr.Trajectory.load(folder)
+    with pytest.raises(CrumpleError) as caught:
+        cr.Trajectory.load(folder)
     assert f"the snapshot {str(snapshot)!r} of step 1 (line 2 of" in str(caught.value)
     assert "is missing; restore it, or delete line 2" in str(caught.value)
     snapshot.write_bytes(whole[: len(whole) - 7])  # truncated
-    trajectory = side_cr.Trajectory.load(folder)
-    with side_pytest.raises(SideError, match=rf"the snapshot '{snapshot}' of step 1 .*cannot"):
+    trajectory = cr.Trajectory.load(folder)
+    with pytest.raises(CrumpleError, match=rf"the snapshot '{snapshot}' of step 1 .*cannot"):
         trajectory.series("weight")
     snapshot.write_bytes(b"\xff" * 8 + whole[8:])  # its header's length flipped
-    with side_pytest.raises(SideError, match=rf"the snapshot '{snapshot}' .*truncated or"):
+    with pytest.raises(CrumpleError, match=rf"the snapshot '{snapshot}' .*truncated or"):
         trajectory.snapshot(1)
     snapshot.write_bytes(whole)
     assert trajectory.snapshot(1).keys() == {"weight", "bias"}
-    with side_pytest.raises(SideError, match=r"step_000000000.safetensors' holds no param"):
+    with pytest.raises(CrumpleError, match=r"step_000000000.safetensors' holds no param"):
         trajectory.series("nope")
 
 
@@ -993,33 +964,33 @@ def test_a_snapshot_linked_to_a_file_outside_its_folder_is_refused(tmp_path):
     folder = side_recorded(tmp_path / "traj")
     outside = tmp_path / "elsewhere.safetensors"
     snapshot = folder / "step_000000002.safetensors"
-    side_shutil.move(snapshot, outside)
+    shutil.move(snapshot, outside)
     snapshot.symlink_to(outside)  # a readable, valid snapshot, but not in the folder
-    with side_pytest.raises(SideError) as caught:
-        side_cr.Trajectory.load(folder)
+    with pytest.raises(CrumpleError) as caught:
+        cr.Trajectory.load(folder)
     message = str(caught.value)
-    assert f"{str(folder / SIDE_INDEX)!r} names 'step_000000002.safetensors'" in message
+    assert f"{str(folder / TRAJECTORY_INDEX)!r} names 'step_000000002.safetensors'" in message
     assert "outside" in message and "through a symbolic link" in message
     snapshot.unlink()
     inner = folder / "kept" / "step_2.safetensors"  # a link within the folder is fine
     inner.parent.mkdir()
-    side_shutil.move(outside, inner)
+    shutil.move(outside, inner)
     snapshot.symlink_to(inner)
-    assert side_cr.Trajectory.load(folder).series("weight").shape == (3, 2, 3)
+    assert cr.Trajectory.load(folder).series("weight").shape == (3, 2, 3)
 
 
 def test_a_missing_truncated_or_damaged_plane_file_is_named(tmp_path):
     from safetensors.torch import save_file
 
-    plane = side_cr.Plane.random(side_torch.nn.Linear(3, 2), seed=1)
+    plane = cr.Plane.random(torch.nn.Linear(3, 2), seed=1)
     path = plane.save(tmp_path / "plane.safetensors")
     whole = path.read_bytes()
     missing = tmp_path / "none.safetensors"
-    with side_pytest.raises(SideError, match=rf"no plane at '{missing}': there is no such file"):
-        side_cr.Plane.load(missing)
+    with pytest.raises(CrumpleError, match=rf"no plane at '{missing}': there is no such file"):
+        cr.Plane.load(missing)
     path.write_bytes(whole[:-5])
-    with side_pytest.raises(SideError, match=rf"'{path}' .*truncated or damaged; write it again"):
-        side_cr.Plane.load(path)
+    with pytest.raises(CrumpleError, match=rf"'{path}' .*truncated or damaged; write it again"):
+        cr.Plane.load(path)
     tensors = {f"origin/{n}": t for n, t in plane.origin.items()}
     tensors |= {f"direction0/{n}": t for n, t in plane.directions[0].items()}
     for meta, said in [
@@ -1028,24 +999,24 @@ def test_a_missing_truncated_or_damaged_plane_file_is_named(tmp_path):
         ('{"axis_names": 3}', "is not a plane's"),
     ]:
         save_file(tensors, str(path), metadata={"crumple_plane": meta})
-        with side_pytest.raises(SideError, match=rf"the plane in '{path}' is damaged: "):
-            side_cr.Plane.load(path)
-        with side_pytest.raises(SideError, match=side_re.escape(said)):
-            side_cr.Plane.load(path)
+        with pytest.raises(CrumpleError, match=rf"the plane in '{path}' is damaged: "):
+            cr.Plane.load(path)
+        with pytest.raises(CrumpleError, match=re.escape(said)):
+            cr.Plane.load(path)
     only_origin = {k: v for k, v in tensors.items() if k.startswith("origin/")}
     save_file(only_origin, str(path), metadata={"crumple_plane": "{}"})
-    with side_pytest.raises(SideError, match=rf"'{path}' is damaged: it holds the tensors of"):
-        side_cr.Plane.load(path)
-    bent = tensors | {"direction0/weight": side_torch.ones(5)}
+    with pytest.raises(CrumpleError, match=rf"'{path}' is damaged: it holds the tensors of"):
+        cr.Plane.load(path)
+    bent = tensors | {"direction0/weight": torch.ones(5)}
     save_file(bent, str(path), metadata={"crumple_plane": "{}"})
-    with side_pytest.raises(SideError, match=rf"'{path}' is damaged: direction 0 must have"):
-        side_cr.Plane.load(path)
+    with pytest.raises(CrumpleError, match=rf"'{path}' is damaged: direction 0 must have"):
+        cr.Plane.load(path)
     path.write_bytes(whole)
-    assert side_cr.Plane.load(path).attrs["seed"] == 1
+    assert cr.Plane.load(path).attrs["seed"] == 1
 
 
-@side_pytest.fixture(scope="module")
-def side_gpt2_folder(tmp_path_factory) -> SidePath:
+@pytest.fixture(scope="module")
+def side_gpt2_folder(tmp_path_factory) -> Path:
     """A tiny GPT-2 saved by save_pretrained in several shards, with their index."""
     from tests.test_hf import tiny_gpt2
 
@@ -1059,9 +1030,9 @@ def test_a_sharded_model_whose_index_is_damaged_is_refused_naming_it(side_gpt2_f
     from crumple.specs import hf_model
 
     folder = tmp_path / "model"
-    side_shutil.copytree(side_gpt2_folder, folder)
+    shutil.copytree(side_gpt2_folder, folder)
     index = folder / "model.safetensors.index.json"
-    good = side_json.loads(index.read_text())
+    good = json.loads(index.read_text())
     shards = sorted(set(good["weight_map"].values()))
     assert len(shards) > 1 and hf_model(folder) is not None
     name = next(iter(good["weight_map"]))
@@ -1070,11 +1041,11 @@ def test_a_sharded_model_whose_index_is_damaged_is_refused_naming_it(side_gpt2_f
         ("[1, 2]", "is not a JSON object (AttributeError"),
         ('{"metadata": {}}', "has no weight_map (parameter name -> file name), it has None"),
         ('{"weight_map": ["a.safetensors"]}', "has no weight_map"),
-        (side_json.dumps({"weight_map": {name: 3}}), f"maps {name!r} to 3, not to a file name"),
-        (side_json.dumps({"weight_map": {name: ""}}), "names '' where a file name belongs"),
+        (json.dumps({"weight_map": {name: 3}}), f"maps {name!r} to 3, not to a file name"),
+        (json.dumps({"weight_map": {name: ""}}), "names '' where a file name belongs"),
     ]:
         index.write_text(text)
-        with side_pytest.raises(SideError) as caught:
+        with pytest.raises(CrumpleError) as caught:
             hf_model(folder)
         assert str(index) in str(caught.value) and said in str(caught.value), str(caught.value)
 
@@ -1083,44 +1054,44 @@ def test_a_shard_outside_the_model_folder_is_never_read(side_gpt2_folder, tmp_pa
     from crumple.specs import hf_model
 
     folder = tmp_path / "model"
-    side_shutil.copytree(side_gpt2_folder, folder)
+    shutil.copytree(side_gpt2_folder, folder)
     index = folder / "model.safetensors.index.json"
-    good = side_json.loads(index.read_text())
+    good = json.loads(index.read_text())
     moved = sorted(set(good["weight_map"].values()))[0]
     (tmp_path / "outside").mkdir()
-    side_shutil.move(folder / moved, tmp_path / "outside" / moved)
+    shutil.move(folder / moved, tmp_path / "outside" / moved)
     for named, how in [
         (f"../outside/{moved}", "outside"),
         (str(tmp_path / "outside" / moved), "outside"),
         (f"sub/../../outside/{moved}", "outside"),
     ]:
         weight_map = {k: named if v == moved else v for k, v in good["weight_map"].items()}
-        index.write_text(side_json.dumps(good | {"weight_map": weight_map}))
-        with side_pytest.raises(SideError) as caught:
+        index.write_text(json.dumps(good | {"weight_map": weight_map}))
+        with pytest.raises(CrumpleError) as caught:
             hf_model(folder)
         message = str(caught.value)
         assert f"{str(index)!r} names {named!r}, which lies {how} {str(folder)!r}" in message
         assert "through a symbolic link" not in message
-    index.write_text(side_json.dumps(good))
+    index.write_text(json.dumps(good))
     (folder / moved).symlink_to(tmp_path / "outside" / moved)
-    with side_pytest.raises(SideError, match=r"lies outside .* through a symbolic link"):
+    with pytest.raises(CrumpleError, match=r"lies outside .* through a symbolic link"):
         hf_model(folder)
     (folder / moved).unlink()
-    side_shutil.move(tmp_path / "outside" / moved, folder / moved)
+    shutil.move(tmp_path / "outside" / moved, folder / moved)
     assert hf_model(folder) is not None
 
 
-@side_pytest.fixture(scope="module")
-def side_run(tmp_path_factory) -> SidePath:
+@pytest.fixture(scope="module")
+def side_run(tmp_path_factory) -> Path:
     """A surface run of crumple surface, with crumple hessian's results and a spread beside."""
     out = tmp_path_factory.mktemp("side") / "run"
     inputs = ["--model", SIDE_MODEL, "--data", SIDE_DATA_SPEC]
-    side_main(["surface", *inputs, "--grid", "-1:1:3", "--spread", "2", "--out", str(out)])
-    side_main(["hessian", *inputs, "--top", "2", "--trace", "--probes", "4", "--out", str(out)])
+    main(["surface", *inputs, "--grid", "-1:1:3", "--spread", "2", "--out", str(out)])
+    main(["hessian", *inputs, "--top", "2", "--trace", "--probes", "4", "--out", str(out)])
     return out
 
 
-def side_damage(store: SidePath, how: str) -> None:
+def side_damage(store: Path, how: str) -> None:
     """Damage a zarr store for real: a chunk replaced by garbage, its zarr.json cut short,
     or text written where a number belongs."""
     if how == "chunk garbage":
@@ -1131,115 +1102,97 @@ def side_damage(store: SidePath, how: str) -> None:
         meta.write_text(meta.read_text()[:30])
     else:
         meta = store / "zarr.json"
-        group = side_json.loads(meta.read_text())
+        group = json.loads(meta.read_text())
         group["attributes"]["trace"] = "3.5e2 (about)"
-        meta.write_text(side_json.dumps(group))
+        meta.write_text(json.dumps(group))
 
 
 DAMAGES = ("chunk garbage", "zarr.json truncated", "text where a number belongs")
 
 
-@side_pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("how", DAMAGES)
 def test_a_damaged_hessian_store_is_named_and_the_surface_is_still_drawn(side_run, tmp_path, how):
     run = tmp_path / "run"
-    side_shutil.copytree(side_run, run)
-    assert side_store.open_hessian(run).attrs["trace"] > 0
-    side_damage(run / SIDE_HESSIAN, how)
-    with side_pytest.raises(SideError) as caught:
-        side_store.open_hessian(run)
+    shutil.copytree(side_run, run)
+    assert run_store.open_hessian(run).attrs["trace"] > 0
+    side_damage(run / HESSIAN, how)
+    with pytest.raises(CrumpleError) as caught:
+        run_store.open_hessian(run)
     message = str(caught.value)
-    assert message.startswith(f"{str(run / SIDE_HESSIAN)!r} is damaged"), message
+    assert message.startswith(f"{str(run / HESSIAN)!r} is damaged"), message
     assert f"crumple hessian --out {str(run)!r}" in message and "delete just" in message
     assert "delete the folder" not in message
     if how == "text where a number belongs":
         assert "its attribute 'trace' is '3.5e2 (about)', not a number" in message
     page = tmp_path / "page.html"
-    with side_pytest.warns(UserWarning, match="hessian not drawn: .*hessian.zarr' is damaged"):
-        side_main(["plot", str(run), "--html", str(page)])
+    with pytest.warns(UserWarning, match="hessian not drawn: .*hessian.zarr' is damaged"):
+        main(["plot", str(run), "--html", str(page)])
     text = page.read_text()
     assert "hessian not drawn: " in text and "is damaged and cannot be read" in text
     assert "top eigenvalue" not in text  # the facts of the damaged store are left out
     assert "random directions" in text  # the spread beside it is drawn
-    with side_pytest.warns(UserWarning, match="hessian not drawn"):  # crumple surface's page
-        written = side_write_page(run, side_cr.open_run(run)["surface"])
-    assert written == run / SIDE_PAGE and "hessian not drawn: " in written.read_text()
-    info = side_subprocess.run(
-        [side_sys.executable, "-m", "crumple", "info", str(run)],
+    with pytest.warns(UserWarning, match="hessian not drawn"):  # crumple surface's page
+        written = write_page(run, cr.open_run(run)["surface"])
+    assert written == run / PAGE and "hessian not drawn: " in written.read_text()
+    info = subprocess.run(
+        [sys.executable, "-m", "crumple", "info", str(run)],
         cwd=SIDE_ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert info.returncode == 0, info.stderr
-    assert f"hessian: {str(run / SIDE_HESSIAN)!r} is damaged" in info.stdout
+    assert f"hessian: {str(run / HESSIAN)!r} is damaged" in info.stdout
     assert "spread: spread.zarr, 2 random directions" in info.stdout
 
 
 def test_crumple_plot_draws_the_surface_beside_a_damaged_store_and_says_so(side_run, tmp_path):
     run = tmp_path / "run"
-    side_shutil.copytree(side_run, run)
-    side_damage(run / SIDE_SPREAD, "chunk garbage")
-    side_damage(run / SIDE_HESSIAN, "zarr.json truncated")
+    shutil.copytree(side_run, run)
+    side_damage(run / SPREAD, "chunk garbage")
+    side_damage(run / HESSIAN, "zarr.json truncated")
     page = tmp_path / "page.html"
-    done = side_subprocess.run(
-        [side_sys.executable, "-m", "crumple", "plot", str(run), "--html", str(page)],
+    done = subprocess.run(
+        [sys.executable, "-m", "crumple", "plot", str(run), "--html", str(page)],
         cwd=SIDE_ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"wrote {page}" in done.stdout
-    for name in (SIDE_HESSIAN, SIDE_SPREAD):
+    for name in (HESSIAN, SPREAD):
         assert f"not drawn: {str(run / name)!r} is damaged" in done.stderr, done.stderr
     text = page.read_text()
     assert "hessian not drawn: " in text and "spread not drawn: " in text
     assert "random directions" not in text
     # the fixes the messages give: write each store again, and the page draws them
     inputs = ["--model", SIDE_MODEL, "--data", SIDE_DATA_SPEC, "--out", str(run)]
-    side_main(["hessian", *inputs, "--top", "2"])
-    side_main(["surface", *inputs, "--grid", "-1:1:3", "--spread", "2"])
-    with side_warnings.catch_warnings():
-        side_warnings.simplefilter("error")
-        side_main(["plot", str(run), "--html", str(page)])
+    main(["hessian", *inputs, "--top", "2"])
+    main(["surface", *inputs, "--grid", "-1:1:3", "--spread", "2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        main(["plot", str(run), "--html", str(page)])
     text = page.read_text()
     assert "not drawn" not in text and "top eigenvalue" in text and "random directions" in text
 
 
 def test_a_store_beside_that_is_a_file_or_holds_no_spread_is_named(side_run, tmp_path):
     run = tmp_path / "run"
-    side_shutil.copytree(side_run, run, ignore=side_shutil.ignore_patterns(SIDE_HESSIAN))
-    (run / SIDE_HESSIAN).write_text("not a store")
-    with side_pytest.raises(SideError, match=rf"'{run / SIDE_HESSIAN}' is damaged"):
-        side_store.open_hessian(run)
-    side_shutil.rmtree(run / SIDE_SPREAD)
-    side_store.save_hessian(run / "other", side_cr.open_run(run)["surface"])
-    side_shutil.move(run / "other" / SIDE_HESSIAN, run / SIDE_SPREAD)  # a store, not a spread
-    with side_pytest.raises(SideError, match=r"spread.zarr' is damaged .*not a loss by direction"):
-        side_store.open_spread(run)
-    texts = side_xr.Dataset({"eigenvalues": ("rank", ["4", "1"])}, coords={"rank": [0, 1]})
-    with side_warnings.catch_warnings():
-        side_warnings.simplefilter("ignore")  # zarr: no Zarr v3 specification for text
-        side_store.save_hessian(run, texts)
-    with side_pytest.raises(SideError, match=r"its variable 'eigenvalues' holds <U1 values, not"):
-        side_store.open_hessian(run)
-    assert (run / SIDE_DATA).is_dir()
+    shutil.copytree(side_run, run, ignore=shutil.ignore_patterns(HESSIAN))
+    (run / HESSIAN).write_text("not a store")
+    with pytest.raises(CrumpleError, match=rf"'{run / HESSIAN}' is damaged"):
+        run_store.open_hessian(run)
+    shutil.rmtree(run / SPREAD)
+    run_store.save_hessian(run / "other", cr.open_run(run)["surface"])
+    shutil.move(run / "other" / HESSIAN, run / SPREAD)  # a store, not a spread
+    with pytest.raises(CrumpleError, match=r"spread.zarr' is damaged .*not a loss by direction"):
+        run_store.open_spread(run)
+    texts = xr.Dataset({"eigenvalues": ("rank", ["4", "1"])}, coords={"rank": [0, 1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: no Zarr v3 specification for text
+        run_store.save_hessian(run, texts)
+    with pytest.raises(CrumpleError, match=r"its variable 'eigenvalues' holds <U1 values, not"):
+        run_store.open_hessian(run)
+    assert (run / DATA).is_dir()
 
-
-# --- end damaged side files ---
 
 # --- names and folders ---
 
-import html as names_html  # noqa: E402
-import json as names_json  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as names_F  # noqa: E402
-
-import crumple as cr  # noqa: E402
-from crumple import report as names_report  # noqa: E402
-from crumple.checks import check_name  # noqa: E402
-from crumple.cli import main as names_main  # noqa: E402
-from crumple.errors import CrumpleTypeError  # noqa: E402
-from crumple.evaluation.extras import check_variables  # noqa: E402
-from crumple.landscape import Landscape  # noqa: E402
-from crumple.names import LOCK, RESERVED  # noqa: E402
-from crumple.plot.page import page as names_page  # noqa: E402
-from crumple.run import store as names_store  # noqa: E402
 
 # names a run cannot store or that would shadow crumple's own: each is refused
 NAMES_REFUSED = [
@@ -1277,7 +1230,7 @@ def names_path(net, data, plane) -> xr.Dataset:
     rec = cr.Recorder(net)
     rec.record(loss=1.0)
     rec.record(loss=0.5)
-    return cr.project(rec.trajectory, plane, net, names_F.mse_loss, data)
+    return cr.project(rec.trajectory, plane, net, F.mse_loss, data)
 
 
 def names_refusal(error: pytest.ExceptionInfo, name: str) -> None:
@@ -1294,11 +1247,11 @@ def test_metric_names_a_run_cannot_hold_are_refused_before_any_work(tmp_path, na
 
     def metric(pred, y):
         calls.append(1)
-        return names_F.l1_loss(pred, y)
+        return F.l1_loss(pred, y)
 
     folder = tmp_path / "run"
     with pytest.raises(CrumpleError) as e:
-        cr.surface(net, names_F.mse_loss, data, plane, grid, metrics={name: metric}, store=folder)
+        cr.surface(net, F.mse_loss, data, plane, grid, metrics={name: metric}, store=folder)
     if name != "loss":  # the loss's own refusal (a metric named loss replaces it) comes first
         names_refusal(e, name)
     assert calls == [] and not folder.exists() and not (tmp_path / "x").exists()
@@ -1306,12 +1259,12 @@ def test_metric_names_a_run_cannot_hold_are_refused_before_any_work(tmp_path, na
 
 def test_hostile_looking_names_are_stored_and_read_back_whole(tmp_path):
     net, data, plane, grid = names_problem()
-    metrics = {name: names_F.l1_loss for name in NAMES_HOSTILE}
+    metrics = {name: F.l1_loss for name in NAMES_HOSTILE}
     ds = cr.surface(
-        net, names_F.mse_loss, data, plane, grid, metrics=metrics, store=tmp_path, progress=False
+        net, F.mse_loss, data, plane, grid, metrics=metrics, store=tmp_path, progress=False
     )
     path = names_path(net, data, plane)
-    names_store.save_run(tmp_path, ds, {name: path for name in NAMES_HOSTILE})
+    run_store.save_run(tmp_path, ds, {name: path for name in NAMES_HOSTILE})
     run = cr.open_run(tmp_path)
     assert sorted(run) == sorted(["surface", *NAMES_HOSTILE])
     assert sorted(map(str, run["surface"].data_vars)) == sorted(["loss", *NAMES_HOSTILE])
@@ -1319,14 +1272,22 @@ def test_hostile_looking_names_are_stored_and_read_back_whole(tmp_path):
     assert sorted(p.name for p in stored.iterdir() if p.is_dir()) == sorted(NAMES_HOSTILE)
 
 
+def test_a_path_group_named_like_the_surface_is_refused_on_reading(tmp_path):
+    net, data, plane, grid = names_problem()
+    run_store.save_run(tmp_path, cr.surface(net, F.mse_loss, data, plane, grid))
+    (tmp_path / DATA / "paths" / "surface").mkdir(parents=True)  # made by hand
+    with pytest.raises(CrumpleError, match="'surface' is one of crumple's own names"):
+        cr.open_run(tmp_path)
+
+
 @pytest.mark.parametrize("name", ["../../../x", "surface", "loss", "a/b", "", "zarr.json"])
 def test_path_names_are_refused_before_anything_is_written(tmp_path, name):
     net, data, plane, grid = names_problem()
     path = names_path(net, data, plane)
-    ds = cr.surface(net, names_F.mse_loss, data, plane, grid)
+    ds = cr.surface(net, F.mse_loss, data, plane, grid)
     folder = tmp_path / "a" / "b" / "run"
     with pytest.raises(CrumpleError) as e:
-        names_store.save_run(folder, ds, {name: path})
+        run_store.save_run(folder, ds, {name: path})
     names_refusal(e, name)
     assert not (tmp_path / "a").exists() and not (tmp_path / "x").exists()
     # write_run refuses it before the surface is computed: the loss is never called
@@ -1334,11 +1295,11 @@ def test_path_names_are_refused_before_anything_is_written(tmp_path, name):
 
     def loss(pred, y):
         calls.append(1)
-        return names_F.mse_loss(pred, y)
+        return F.mse_loss(pred, y)
 
     land = Landscape(net, loss, data, progress=False)
     with pytest.raises(CrumpleError) as e:
-        names_report.write_run(folder, land, plane, grid, paths={name: path})
+        report.write_run(folder, land, plane, grid, paths={name: path})
     names_refusal(e, name)
     written = [p for p in tmp_path.rglob("*") if not p.is_dir() and p.name != LOCK]
     assert calls == [] and written == []  # the lock, taken first, is all there is
@@ -1347,7 +1308,7 @@ def test_path_names_are_refused_before_anything_is_written(tmp_path, name):
 @pytest.mark.parametrize("draw", ["surface", "contour", "losses", "report"])
 def test_plot_functions_refuse_a_path_name_a_run_cannot_hold(tmp_path, draw):
     net, data, plane, grid = names_problem()
-    ds = cr.surface(net, names_F.mse_loss, data, plane, grid)
+    ds = cr.surface(net, F.mse_loss, data, plane, grid)
     paths = {"a/b": names_path(net, data, plane)}
     with pytest.raises(CrumpleError) as e:
         if draw == "report":
@@ -1371,7 +1332,7 @@ def test_a_name_that_is_not_a_string_is_a_type_error():
 def test_cli_metric_names_are_refused_before_the_model_loads(tmp_path, capsys, metric, name):
     argv = ["surface", "--model", "no.such.module:model", "--data", "no.such.module:data"]
     with pytest.raises(SystemExit) as e:
-        names_main([*argv, "--metric", metric, "--out", str(tmp_path / "run")])
+        main([*argv, "--metric", metric, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"--metric {name!r}" in err and "no.such.module" not in err, err
     assert [p.name for p in tmp_path.rglob("*") if not p.is_dir()] in ([], [LOCK])
@@ -1380,9 +1341,7 @@ def test_cli_metric_names_are_refused_before_the_model_loads(tmp_path, capsys, m
 def test_extra_variables_are_checked_against_each_other_and_the_functions(tmp_path):
     net, data, plane, grid = names_problem()
     with pytest.raises(CrumpleError, match="'lambda_max' is also a function's"):
-        Landscape(
-            net, names_F.mse_loss, data, metrics={"lambda_max": names_F.l1_loss}, curvature=True
-        )
+        Landscape(net, F.mse_loss, data, metrics={"lambda_max": F.l1_loss}, curvature=True)
 
     class Extra:
         key, long_names = "mine", {}
@@ -1403,7 +1362,7 @@ def test_every_array_a_run_store_adds_is_a_reserved_name(tmp_path):
     import zarr
 
     net, data, plane, grid = names_problem()
-    cr.surface(net, names_F.mse_loss, data, plane, grid, store=tmp_path, progress=False)
+    cr.surface(net, F.mse_loss, data, plane, grid, store=tmp_path, progress=False)
     group = zarr.open_group(str(tmp_path / "landscape.zarr"), mode="r", path="surface")
     added = set(group.array_keys()) - {"loss"}
     assert added and added <= set(RESERVED), sorted(added - set(RESERVED))
@@ -1422,16 +1381,13 @@ def test_page_scripts_hold_hostile_texts_escaped_and_whole():
     figures = [
         go.Figure([go.Scatter(x=[0], y=[0], name=n) for n in hostile], layout_title_text=hostile[4])
     ]
-    text = names_page(figures, title=hostile[4], facts={hostile[0]: hostile[1]}, notes=hostile[2:])
+    text = html_page(figures, title=hostile[4], facts={hostile[0]: hostile[1]}, notes=hostile[2:])
     script = names_figures_script(text)
     assert not {"<", ">", "&", "\u2028", "\u2029"} & set(script), script[:200]
-    specs = names_json.loads(script)
+    specs = json.loads(script)
     assert [t["name"] for t in specs[0]["data"]] == hostile
     assert specs[0]["layout"]["title"]["text"] == hostile[4]
     # the rest of the page holds them as HTML text only
     for n in hostile:
-        assert n not in text.replace(names_html.escape(n), ""), n
+        assert n not in text.replace(html.escape(n), ""), n
     assert text.count("<script") == 3 and text.count("</script>") == 3
-
-
-# --- end names and folders ---

@@ -205,19 +205,21 @@ def _collect(
         delay=PROGRESS_AFTER,
     )
     first = time.perf_counter()
-    for n, (k, values) in enumerate(results):
-        values = {name: np.asarray(torch.as_tensor(v).double().cpu()) for name, v in values.items()}
-        for name, v in values.items():
-            out[name][tiles[k]] = v
-        if stored is not None:
-            if n == 0:
-                stored.set_attrs(plan=evaluator.settings.to_json())
-            stored.write(k, tiles[k], values)
-        if n == 0 and progress and len(todo) > 1:
-            done_before = precomputed if k == 0 else 0
-            _estimate(bar, [tiles[j] for j in todo], done_before, time.perf_counter() - first)
-        bar.update()
-    bar.close()
+    with bar:  # closed on an error too, so that no half-drawn bar precedes its message
+        for n, (k, values) in enumerate(results):
+            values = {
+                name: np.asarray(torch.as_tensor(v).double().cpu()) for name, v in values.items()
+            }
+            for name, v in values.items():
+                out[name][tiles[k]] = v
+            if stored is not None:
+                if n == 0:
+                    stored.set_attrs(plan=evaluator.settings.to_json())
+                stored.write(k, tiles[k], values)
+            if n == 0 and progress and len(todo) > 1:
+                done_before = precomputed if k == 0 else 0
+                _estimate(bar, [tiles[j] for j in todo], done_before, time.perf_counter() - first)
+            bar.update()
     return out
 
 
@@ -227,6 +229,7 @@ def _estimate(bar, tiles: list, done_before: int, first_seconds: float) -> None:
     points = [math.prod(s.stop - s.start for s in tile) for tile in tiles]
     estimate = first_seconds / max(points[0] - done_before, 1) * (sum(points) - done_before)
     if estimate > PROGRESS_AFTER:
+        bar.delay = 0  # write() draws the bar: from now on it is drawn and closed whole
         bar.write(
             f"crumple: {len(tiles)} tiles to compute, about {estimate:.3g} s in all",
             file=sys.stderr,

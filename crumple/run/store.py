@@ -314,6 +314,7 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
         for group in (
             sorted(p.name for p in paths.iterdir() if p.is_dir()) if paths.is_dir() else []
         ):
+            check_name(group, f"the path stored in {str(data / 'paths')!r} as")
             out[group] = xr.open_zarr(data, group=f"paths/{group}", consolidated=False).load()
     except CrumpleError:
         raise
