@@ -1391,3 +1391,29 @@ def test_page_scripts_hold_hostile_texts_escaped_and_whole():
     for n in hostile:
         assert n not in text.replace(html.escape(n), ""), n
     assert text.count("<script") == 3 and text.count("</script>") == 3
+
+
+def test_static_figures_draw_names_as_text(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from crumple.plot.static import save_static
+
+    a = np.linspace(-1, 1, 5)
+    ds = xr.Dataset(
+        {"loss": (("alpha", "beta"), a[:, None] ** 2 + a[None, :] ** 2, {"long_name": "$x^$"})},
+        coords={"alpha": a, "beta": a},
+    )
+    path = xr.Dataset({v: ("step", [0.0, 0.5]) for v in ("alpha", "beta", "loss")})
+    legends = []
+    save = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        legends.extend(
+            t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+        )
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    out = save_static(ds, tmp_path / "s.png", paths={"$x^$": path, "_sgd": path}, title="$a^")
+    assert out.stat().st_size > 0
+    assert "$x^$" in legends and "\u200b_sgd" in legends

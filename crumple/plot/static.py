@@ -64,6 +64,11 @@ def save_static(
     import matplotlib.pyplot as plt
 
     view, note = display_grid(ds)
+    with matplotlib.rc_context({"text.parse_math": False}):  # names drawn as they are: "$x^$"
+        return _save(plt, ds, view, path, paths, scale, [title, note, scale.note()], dpi)
+
+
+def _save(plt, ds, view, path: Path, paths, scale: Scale, title: list, dpi: int) -> Path:
     fig = plt.figure(figsize=(13, 5.5))
     ax3 = fig.add_subplot(1, 2, 1, projection="3d")
     ax2 = fig.add_subplot(1, 2, 2)
@@ -77,7 +82,7 @@ def save_static(
     ax3.set_zlabel(scale.title(label(ds.loss)))
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend(loc="upper right", fontsize=8)
-    fig.suptitle("\n".join([title] + [n for n in (note, scale.note()) if n]))
+    fig.suptitle("\n".join(n for n in title if n))
     fig.tight_layout()
     try:
         with written(path) as temporary:
@@ -109,6 +114,7 @@ def _draw_paths(ax3, ax2, paths: Mapping[str, xr.Dataset], scale: Scale) -> None
     for k, (name, p) in enumerate(paths.items()):
         color = colours(k)[0]
         x, y, zp = p.alpha.values, p.beta.values, scale(p.loss.values)
+        name = f"\u200b{name}" if name.startswith("_") else name  # "_x" would leave the legend
         ax3.plot(x, y, zp, color=color, lw=2, label=name, zorder=10)
         ax2.plot(x, y, color=color, lw=2, marker="o", ms=3, label=name)
         ax2.plot(x[:1], y[:1], "D", color=color, ms=7)
