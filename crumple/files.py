@@ -106,9 +106,10 @@ def write_error(path: str | Path, error: OSError, note: str = "") -> CrumpleErro
     return CrumpleError(message + noted)
 
 
-def append_text(path: str | Path, text: str) -> None:
-    """Append ``text`` to the file ``path`` (made, with its folders, if missing); an
-    :class:`OSError` becomes a :class:`CrumpleError` naming the file (see :func:`write_error`).
+def append_text(path: str | Path, text: str, new: bool = False) -> None:
+    """Append ``text`` to the file ``path`` (made, with its folders, if missing; with
+    ``new``, made here or a :class:`FileExistsError`, so two writers cannot both start it); any
+    other :class:`OSError` becomes a :class:`CrumpleError` naming the file (:func:`write_error`).
 
     Example:
         >>> import tempfile
@@ -118,8 +119,10 @@ def append_text(path: str | Path, text: str) -> None:
     """
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as file:
+        with open(path, "x" if new else "a", encoding="utf-8") as file:
             file.write(text)
+    except FileExistsError:
+        raise
     except OSError as e:
         raise write_error(path, e) from e
 

@@ -273,13 +273,13 @@ class Recorder:
         self.every = every
         self.step = 0
         if to is not None:
-            folder = Path(to)
-            if (folder / INDEX).exists():
+            try:  # the folder and an empty index, made by this Recorder alone
+                append_text(Path(to) / INDEX, "", new=True)
+            except FileExistsError:
                 raise CrumpleError(
-                    f"{str(folder)!r} already holds a trajectory; record into a new folder "
+                    f"{str(to)!r} already holds a trajectory; record into a new folder "
                     "or delete the old one first"
-                )
-            append_text(folder / INDEX, "")  # the folder and an empty index
+                ) from None
         self.trajectory = Trajectory(folder=to)
 
     def record(self, loss: float | Tensor | None = None, step: int | None = None) -> None:
