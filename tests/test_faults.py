@@ -1092,11 +1092,12 @@ def side_run(tmp_path_factory) -> Path:
 
 
 def side_damage(store: Path, how: str) -> None:
-    """Damage a zarr store for real: a chunk replaced by garbage, its zarr.json cut short,
-    or text written where a number belongs."""
-    if how == "chunk garbage":
+    """Damage a zarr store for real: a chunk replaced by garbage or deleted (read back as
+    the fill value: only the store's digest finds it), its zarr.json cut short, or text
+    written where a number belongs."""
+    if how.startswith("chunk"):
         chunk = next(p for p in store.rglob("c/*") if p.is_file() and "rank" not in p.parts)
-        chunk.write_bytes(b"\x8f garbage \x00" * 3)
+        chunk.write_bytes(b"\x8f garbage \x00" * 3) if how == "chunk garbage" else chunk.unlink()
     elif how == "zarr.json truncated":
         meta = store / "zarr.json"
         meta.write_text(meta.read_text()[:30])
@@ -1107,7 +1108,7 @@ def side_damage(store: Path, how: str) -> None:
         meta.write_text(json.dumps(group))
 
 
-DAMAGES = ("chunk garbage", "zarr.json truncated", "text where a number belongs")
+DAMAGES = ("chunk garbage", "chunk deleted", "zarr.json truncated", "text where a number belongs")
 
 
 @pytest.mark.parametrize("how", DAMAGES)

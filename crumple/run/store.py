@@ -1,12 +1,8 @@
-"""A run on disk: one folder whose ``landscape.zarr`` holds the surface (written tile by tile
-as tiles finish), the recorded paths and a fingerprint of everything that determines the
-numbers; the plane sits beside it as ``plane.safetensors``, the curvature at the
-model's weights (``crumple hessian``) as ``hessian.zarr`` and the loss along several random
-directions (:func:`crumple.spread`) as ``spread.zarr``, stores of their own, so that each
-can be written, replaced or resumed without touching the others.
-
-Running the same surface into the same folder again resumes: finished tiles are read, not
-recomputed. A folder made for other inputs is refused, never mixed or overwritten.
+"""A run on disk: one folder whose ``landscape.zarr`` holds the surface (written tile by tile,
+each tile checked against its digest), the recorded paths and a fingerprint of the inputs;
+beside it ``plane.safetensors``, ``hessian.zarr`` (``crumple hessian``) and ``spread.zarr``
+(:func:`crumple.spread`), each written, replaced or resumed without touching the others.
+The same surface run into the same folder resumes; a folder made for other inputs is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +26,8 @@ from crumple.names import DATA, HESSIAN, PLANE, RUN_BOOKKEEPING, SPREAD  # noqa:
 from crumple.plane import Plane
 from crumple.run.lock import writer
 from crumple.run.tiles import DIGEST, DONE, Tiles, bookkeeping, digest, verify
+
+VALUES_DIGEST = "values_digest"  # attribute of a store beside the surface
 
 
 class RunStore:
@@ -398,11 +396,17 @@ def _check_spread(ds: xr.Dataset) -> None:
 
 def _save_beside(folder: str | Path, name: str, results: xr.Dataset) -> Path:
     """Write ``results`` as ``folder/name`` (a zarr store beside the surface), replacing any
-    written before whole (:func:`_replace_store`), as the folder's one writer."""
+    written before whole (:func:`_replace_store`), as the folder's one writer, with a digest
+    of its values (checked when it is opened: a chunk deleted or changed is found)."""
     path = Path(folder) / name
+    results = results.assign_attrs({VALUES_DIGEST: str(_digest(results))})
     with writer(folder):
         _replace_store(path, lambda store: results.to_zarr(store, mode="w", consolidated=False))
     return path
+
+
+def _digest(ds: xr.Dataset) -> int:
+    return digest(0, {name: values.values for name, values in ds.data_vars.items()})
 
 
 def _open_beside(folder: str | Path, name: str, check) -> xr.Dataset | None:
@@ -418,6 +422,9 @@ def _open_beside(folder: str | Path, name: str, check) -> xr.Dataset | None:
             if values.dtype.kind not in "iuf":
                 raise ValueError(f"its variable {var!r} holds {values.dtype} values, not numbers")
         check(ds)
+        recorded = ds.attrs.pop(VALUES_DIGEST, None)  # none in a store written before digests
+        if recorded is not None and recorded != str(_digest(ds)):
+            raise ValueError("its values do not match their digest (a chunk missing or changed)")
     except Exception as e:
         raise _damaged_beside(path, e) from e
     return ds
