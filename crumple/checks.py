@@ -189,3 +189,26 @@ def whole_number(
         span = f"from {least} to {most}" if most is not None else f">= {least}"
         raise CrumpleError(f"{name} must be a whole number {span}{why}, got {value!r}")
     return int(value)
+
+
+def check_numbers(attrs: Mapping[str, Any], names: tuple[str, ...], prefixes=()) -> None:
+    """A ``ValueError`` naming the first of ``attrs`` (read back from a store) that should
+    hold a number (or ``None``), or a list of numbers, and does not: those in ``names`` and
+    those whose name starts with one of ``prefixes``.
+
+    Example:
+        >>> check_numbers({"seconds": 1.5, "plane_eigenvalues": [2.0, 1.0]},
+        ...               ("seconds", "plane_eigenvalues"))
+        >>> check_numbers({"trace": "7.5"}, ("trace",))
+        Traceback (most recent call last):
+        ...
+        ValueError: its attribute 'trace' is '7.5', not a number
+    """
+
+    def number(v: Any) -> bool:  # None: not known (a random plane without a seed)
+        return v is None or isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    for key, value in attrs.items():
+        listed = isinstance(value, list) and all(map(number, value))
+        if (key in names or key.startswith(tuple(prefixes))) and not (number(value) or listed):
+            raise ValueError(f"its attribute {key!r} is {value!r:.80}, not a number")

@@ -5,6 +5,7 @@ onto the plane, the data (``landscape.zarr``, ``plane.safetensors``) and the pag
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from crumple.checks import check_name
+from crumple.files import written
 from crumple.grid import Grid
 from crumple.names import PAGE
 from crumple.run.lock import writer
@@ -199,3 +201,37 @@ def outside(paths: Mapping[str, xr.Dataset], grid: Grid) -> int:
             inside &= (values >= axis[0]) & (values <= axis[-1])
         count += int((~inside).sum())
     return count
+
+
+def export_netcdf(folder: str | Path, file: str | Path) -> Path:
+    """One netCDF file, written whole or not at all, with the surface and every path
+    (``path{k}_*`` variables along ``step{k}``, named in their ``path_name`` attribute).
+
+    Example:
+        >>> import tempfile
+        >>> from crumple.run.store import save_run
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.ones((2, 2)))},
+        ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0]})
+        >>> folder = save_run(tempfile.mkdtemp(), ds)
+        >>> float(xr.open_dataset(export_netcdf(folder, f"{folder}/run.nc")).loss.sum())
+        4.0
+    """
+    from crumple.run.store import open_run
+
+    run = open_run(folder)
+    merged = run.pop("surface").copy()
+    for k, (name, path) in enumerate(run.items()):
+        renamed = path.rename({"step": f"step{k}"}).rename(
+            {v: f"path{k}_{v}" for v in path.data_vars}
+        )
+        for v in renamed.data_vars:
+            renamed[v].attrs["path_name"] = name
+        merged = merged.merge(renamed)
+    attrs = {
+        k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in merged.attrs.items()
+    }
+    merged.attrs = {k: v for k, v in attrs.items() if v is not None}
+    file = Path(file)
+    with written(file) as temporary:
+        merged.to_netcdf(temporary)
+    return file

@@ -1418,3 +1418,19 @@ def test_static_figures_draw_names_as_text(tmp_path, monkeypatch):
     out = save_static(ds, tmp_path / "s.png", paths={"$x^$": path, "_sgd": path}, title="$a^")
     assert out.stat().st_size > 0
     assert "$x^$" in legends and "\u200b_sgd" in legends
+
+
+@pytest.mark.parametrize("key, value", [("n_samples", "many"), ("plane_eigenvalues", [1.0, "x"])])
+def test_text_where_the_surface_holds_a_number_is_named(tmp_path, key, value):
+    a = np.linspace(-1, 1, 3)
+    ds = xr.Dataset(
+        {"loss": (("alpha", "beta"), np.ones((3, 3)))},
+        coords={"alpha": a, "beta": a},
+        attrs={"n_samples": 10, "plane_seed": None, key: value},
+    )
+    run_store.save_run(tmp_path, ds)
+    with pytest.raises(CrumpleError, match=f"its attribute {key!r} is .*, not a number"):
+        cr.open_run(tmp_path)
+    ds.attrs[key] = 3.0
+    run_store.save_run(tmp_path, ds)
+    assert cr.open_run(tmp_path)["surface"].attrs[key] == 3.0

@@ -23,11 +23,11 @@ def add(commands) -> None:
 
 
 def execute(args: argparse.Namespace) -> None:
-    from crumple.run import store
+    from crumple.report import export_netcdf
 
     print(describe(args.folder))
     if args.netcdf:
-        print(f"wrote {store.export_netcdf(args.folder, args.netcdf)}")
+        print(f"wrote {export_netcdf(args.folder, args.netcdf)}")
 
 
 def describe(folder: str | Path) -> str:

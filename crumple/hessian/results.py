@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from crumple.checks import check_numbers
+
 # the attributes that hold numbers (beside every sharpness_* one)
 NUMBERS = (
     *("n_parameters", "n_samples", "seed", "eigen_tol", "seconds"),
@@ -114,12 +116,7 @@ def check(ds) -> None:
         ...
         ValueError: its attribute 'trace' is '7.5', not a number
     """
-    import numpy as np
-
-    for key, value in ds.attrs.items():
-        number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-        if (key in NUMBERS or key.startswith("sharpness_")) and not number:
-            raise ValueError(f"its attribute {key!r} is {value!r:.80}, not a number")
+    check_numbers(ds.attrs, NUMBERS, prefixes=("sharpness_",))
 
 
 def _ends(largest, smallest, field: str, top: int, bottom: int):

@@ -13,6 +13,13 @@ from crumple.grid import Grid
 from crumple.plane import Plane
 from crumple.version import __version__
 
+# the surface's attributes that hold numbers (or lists of numbers), checked when it is read
+NUMBERS = (
+    *("n_samples", "n_target_tokens", "n_parameters", "seconds", "tiles_computed"),
+    *("batch_size", "chunk_size", "points_per_call", "check_max_rel_diff"),
+    *("plane_seed", "plane_cosine", "plane_eigenvalues"),
+)
+
 
 def function_name(fn: Callable | str) -> str:
     """A function's name; ``"model"`` (the loss the model computes) is named so."""

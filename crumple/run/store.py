@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from crumple.checks import check_name
+from crumple.checks import check_name, check_numbers
 from crumple.errors import CrumpleError
-from crumple.files import write_error, written
+from crumple.files import write_error
 from crumple.names import DATA, HESSIAN, PLANE, RUN_BOOKKEEPING, SPREAD  # noqa: F401
 from crumple.plane import Plane
 from crumple.run.lock import writer
+from crumple.run.schema import NUMBERS
 from crumple.run.tiles import DIGEST, DONE, Tiles, bookkeeping, digest, verify
 
 VALUES_DIGEST = "values_digest"  # attribute of a store beside the surface
@@ -320,6 +321,10 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
         raise damaged(folder, e) from e
     if "loss" not in surface:
         raise damaged(folder, KeyError("the surface has no loss variable"))
+    try:
+        check_numbers(surface.attrs, NUMBERS)
+    except ValueError as e:
+        raise damaged(folder, e) from e
     return out
 
 
@@ -464,34 +469,3 @@ def beside(folder: str | Path) -> dict[str, xr.Dataset | list[str] | None]:
             notes.append(f"{name} not drawn: {e}")
             warnings.warn(f"crumple: {notes[-1]}", stacklevel=2)
     return out | {"notes": notes}
-
-
-def export_netcdf(folder: str | Path, file: str | Path) -> Path:
-    """One netCDF file, written whole or not at all, with the surface and every path
-    (``path{k}_*`` variables along ``step{k}``, named in their ``path_name`` attribute).
-
-    Example:
-        >>> import tempfile
-        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.ones((2, 2)))},
-        ...                 coords={"alpha": [0.0, 1.0], "beta": [0.0, 1.0]})
-        >>> folder = save_run(tempfile.mkdtemp(), ds)
-        >>> float(xr.open_dataset(export_netcdf(folder, f"{folder}/run.nc")).loss.sum())
-        4.0
-    """
-    run = open_run(folder)
-    merged = run.pop("surface").copy()
-    for k, (name, path) in enumerate(run.items()):
-        renamed = path.rename({"step": f"step{k}"}).rename(
-            {v: f"path{k}_{v}" for v in path.data_vars}
-        )
-        for v in renamed.data_vars:
-            renamed[v].attrs["path_name"] = name
-        merged = merged.merge(renamed)
-    attrs = {
-        k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in merged.attrs.items()
-    }
-    merged.attrs = {k: v for k, v in attrs.items() if v is not None}
-    file = Path(file)
-    with written(file) as temporary:
-        merged.to_netcdf(temporary)
-    return file
