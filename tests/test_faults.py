@@ -1158,6 +1158,18 @@ def test_crumple_plot_draws_the_surface_beside_a_damaged_store_and_says_so(side_
     assert f"wrote {page}" in done.stdout
     for name in (HESSIAN, SPREAD):
         assert f"not drawn: {str(run / name)!r} is damaged" in done.stderr, done.stderr
+    warned = done.stderr.splitlines()  # one line each, the command's own, no source lines
+    assert [line.split(" not drawn")[0] for line in warned] == [
+        "crumple plot: warning: hessian",
+        "crumple plot: warning: spread",
+    ], done.stderr
+    for reader in ("head -1", "true"):  # true has gone before crumple writes: a broken pipe
+        info = subprocess.run(
+            f"{sys.executable} -m crumple info {str(run)!r} | {reader}",
+            shell=True, cwd=SIDE_ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert info.stdout == ("" if reader == "true" else f"run {str(run)!r}\n")
+        assert info.stderr == "", info.stderr
     text = page.read_text()
     assert "hessian not drawn: " in text and "spread not drawn: " in text
     assert "random directions" not in text

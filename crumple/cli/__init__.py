@@ -6,7 +6,10 @@ arguments are parsed, and nothing in crumple imports this package."""
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from crumple.cli import demo, export, hessian, info, plot, surface
@@ -39,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(types.joined_negative_values(sys.argv[1:] if argv is None else argv))
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = functools.partial(_warning, args.command)
     try:
         args.execute(args)
     except CrumpleError as e:
         parser.exit(2, f"crumple {args.command}: error: {e}\n")
+    except BrokenPipeError:  # `crumple info RUN | head -3`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except KeyboardInterrupt:
         out = args.out if args.command == "surface" else None  # the one that resumes
         kept = (
@@ -50,3 +58,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(f"crumple {args.command}: stopped{kept}", file=sys.stderr)
         sys.exit(130)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _warning(command: str, message, *_, **__) -> str:
+    """A warning as one line of the command's own (not Python's file, line and source)."""
+    return f"crumple {command}: warning: {str(message).removeprefix('crumple: ')}\n"
