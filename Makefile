@@ -42,6 +42,7 @@ bench: $(BENCHED)
 	$(BIN)/python benchmarks/distributed.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/hessian.py
+	$(BIN)/python benchmarks/verified_tiles.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""What checking each tile against its digest costs (issue 20), on a 200 x 200 surface of two
+"""What checking each tile against its digest costs, on a 200 x 200 surface of two
 variables stored in tiles of 100 points (400 tiles) and of 10 points (4000 tiles).
 
 Printed per tile size, in seconds (the median of the rounds): writing every tile through
