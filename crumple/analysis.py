@@ -72,3 +72,20 @@ def critical_points(ds: xr.Dataset, var: str = "loss") -> CriticalPoints:
         return [(int(i) + 1, int(j) + 1) for i, j in np.argwhere(mask)]
 
     return CriticalPoints(where(minima), where(maxima), where(saddles), global_min)
+
+
+EDGE_NOTE = "on the edge of the grid: the landscape goes on beyond it; widen the grid"
+
+
+def on_edge(point: tuple[int, int] | None, shape: tuple[int, ...]) -> bool:
+    """Whether grid point ``point`` (indices, as :attr:`CriticalPoints.global_min`) lies on
+    the edge of a grid of ``shape``: a minimum there may not be one, the values may go on
+    falling beyond it (:data:`EDGE_NOTE` says so).
+
+    Example:
+        >>> on_edge((0, 3), (5, 5)), on_edge((2, 3), (5, 5)), on_edge(None, (5, 5))
+        (True, False, False)
+    """
+    if point is None:
+        return False
+    return any(k in (0, n - 1) for k, n in zip(point, shape))

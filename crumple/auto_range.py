@@ -6,6 +6,7 @@ which prepares one evaluator for all of them."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -30,10 +31,7 @@ def auto_extents(loss_along: Callable[[int, np.ndarray], np.ndarray], ndim: int,
         >>> [round(float(t), 2) for t in extents[0]], said
         ([-1.0, 1.0], 'the loss reaches 2 x its centre value (1) at alpha = -0.998 and 0.998')
     """
-    if not (isinstance(rise, (int, float)) and not isinstance(rise, bool) and rise > 1):
-        raise CrumpleError(
-            f"rise must be a number > 1 (the loss's factor at the edges), got {rise!r}"
-        )
+    _check_rise(rise)
     extents, said = [], []
     for k in range(ndim):
 
@@ -56,6 +54,26 @@ def auto_extents(loss_along: Callable[[int, np.ndarray], np.ndarray], ndim: int,
         said.append(f"{DIMS[k]} = {notes[0]} and {notes[1]}")
     sentence = f"the loss reaches {rise:g} x its centre value ({centre:.4g}) at " + ", ".join(said)
     return extents, sentence
+
+
+def check_search(rise: float, num: int) -> None:
+    """Refuse a ``rise`` or ``num`` that ``Grid.auto`` cannot use, before any evaluation.
+
+    Example:
+        >>> check_search(2.0, 2.5)
+        Traceback (most recent call last):
+        crumple.errors.CrumpleError: num must be a whole number >= 2 (points per axis), got 2.5
+    """
+    _check_rise(rise)
+    if not (isinstance(num, numbers.Integral) and not isinstance(num, bool) and num >= 2):
+        raise CrumpleError(f"num must be a whole number >= 2 (points per axis), got {num!r}")
+
+
+def _check_rise(rise) -> None:
+    if not (isinstance(rise, (int, float)) and not isinstance(rise, bool) and rise > 1):
+        raise CrumpleError(
+            f"rise must be a number > 1 (the loss's factor at the edges), got {rise!r}"
+        )
 
 
 def _crossing(loss_at, sign: float, target: float) -> tuple[float, bool]:

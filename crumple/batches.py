@@ -10,6 +10,7 @@ samples can be re-batched to another size (:func:`rebatched`), in memory or stre
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class Batch:
                     f"{self.size} rows; every tensor of a batch needs the same, non-zero "
                     "number of rows (samples) along its first dimension"
                 )
+        check_finite(self, k)
 
     def named_parts(self) -> list[tuple[str, Tensor]]:
         """Every tensor with its name (``x``/``x1``..., the dict keys, ``y``/``labels``)."""
@@ -117,6 +119,32 @@ class Batch:
     def layout(self) -> tuple:
         """What must match for two batches to be concatenated."""
         return tuple((n, t.shape[1:], t.dtype, t.device) for n, t in self.named_parts())
+
+
+def check_finite(batch: Batch, k: int = 0) -> None:
+    """Refuse a batch whose floating-point tensors hold nan or inf, naming the batch (``k``),
+    the sample and the tensor: such data makes the loss nan, whatever the weights.
+
+    Example:
+        >>> x = torch.zeros(3, 2)
+        >>> x[1, 0] = float("nan")
+        >>> check_finite(Batch((x,), {}, torch.zeros(3)), k=4)
+        Traceback (most recent call last):
+        crumple.errors.CrumpleError: batch 4, sample 1 of the data's x holds nan; ...
+    """
+    for name, t in batch.named_parts():
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        bad = ~torch.isfinite(t.reshape(len(t), -1))
+        if not bool(bad.any()):
+            continue
+        row = int(bad.any(1).nonzero()[0])
+        value = t.reshape(len(t), -1)[row][bad[row]][0].item()
+        raise CrumpleError(
+            f"batch {k}, sample {row} of the data's {name} holds {value}; data with nan or inf "
+            "makes the loss nan whatever the weights. Drop or fill those samples (e.g. "
+            "torch.nan_to_num, or a dataset filter) before passing the data"
+        )
 
 
 def load(data: Any, budget: int | None = None, stream: bool | None = None) -> Data:
@@ -215,6 +243,7 @@ class Data:
         self.device = self.dtype = None
         self.batch_size: int | None = None
         self.n_samples = sum(b.size for b in held) if held else None
+        self.passes = Passes()  # streamed: each whole pass compared with the first
 
     @property
     def streamed(self) -> bool:
@@ -225,6 +254,7 @@ class Data:
         moved now, streamed data batch by batch as it is read)."""
         out = Data(self.held, self.source, self.first)
         out.device, out.dtype, out.n_samples = device, dtype, self.n_samples
+        out.passes = self.passes
         out.first = _moved(self.first, device, dtype)
         if self.held is not None:
             out.held = [_moved(b, device, dtype) for b in self.held]
@@ -242,19 +272,94 @@ class Data:
         if self.held is not None:
             yield from self.held
             return
-        batches = self._read()
+        hashes: list[bytes] = []
+        batches = self._read(hashes)
         if self.batch_size is not None:
             batches = rebatched(batches, self.batch_size)
         count = 0
         for batch in batches:
             count += batch.size
             yield batch
+        self.passes.check(count, order_free_digest(hashes))
         self.n_samples = count
 
-    def _read(self) -> Iterator[Batch]:
+    def _read(self, hashes: list[bytes]) -> Iterator[Batch]:
         with user_code("iterating the data"):
             for k, raw in enumerate(self.source):
-                yield _moved(Batch.of(raw, k), self.device, self.dtype)
+                batch = Batch.of(raw, k)
+                hashes += sample_hashes(batch)
+                yield _moved(batch, self.device, self.dtype)
+
+
+class Passes:
+    """The passes over streamed data: each whole pass must read the same samples as the
+    first (their count and :func:`order_free_digest`), else a surface would mix data.
+
+    Example:
+        >>> passes = Passes()
+        >>> passes.check(6, "samples:ab"); passes.check(6, "samples:ab"); passes.count
+        2
+        >>> passes.check(5, "samples:cd")
+        Traceback (most recent call last):
+        crumple.errors.CrumpleError: the streamed data changed between passes: ...
+    """
+
+    def __init__(self) -> None:
+        self.first: tuple[int, str] | None = None
+        self.count = 0
+
+    def check(self, n_samples: int, digest: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = (n_samples, digest)
+            return
+        if (n_samples, digest) == self.first:
+            return
+        change = (
+            f"the first pass read {self.first[0]} samples, pass {self.count} read {n_samples}"
+            if n_samples != self.first[0]
+            else f"pass {self.count} read {n_samples} samples as the first did, but other ones"
+        )
+        raise CrumpleError(
+            f"the streamed data changed between passes: {change}. Streamed data (stream=True, "
+            "or data over the memory budget) is read afresh for each block of points, so data "
+            "that changes would make a patchwork of different data. A DataLoader with "
+            "shuffle=True and drop_last=True drops other samples each pass: use "
+            "drop_last=False; or give data that yields the same samples on every pass, or hold "
+            "it in memory (stream=False, or a larger max_memory). data_id does not help: it "
+            "names the data, the samples read still differ"
+        )
+
+
+def sample_hashes(batch: Batch) -> list[bytes]:
+    """One hash per sample of ``batch``: the bytes of its row in every tensor, with the
+    tensors' dtypes and shapes.
+
+    Example:
+        >>> b = Batch.of((torch.tensor([[1.0], [1.0]]), torch.tensor([0, 0])))
+        >>> h = sample_hashes(b); len(h), h[0] == h[1]
+        (2, True)
+    """
+    parts = [t.detach().cpu().contiguous() for t in batch.parts()]
+    flat = [p.reshape(len(p), -1).view(torch.uint8).numpy() for p in parts]
+    kinds = ";".join(f"{p.dtype}:{tuple(p.shape[1:])}" for p in parts).encode()
+    hashes = []
+    for i in range(len(flat[0])):
+        h = hashlib.blake2b(kinds, digest_size=16)
+        for f in flat:
+            h.update(f[i].tobytes())
+        hashes.append(h.digest())
+    return hashes
+
+
+def order_free_digest(hashes: list[bytes]) -> str:
+    """A digest of samples' hashes that does not depend on their order (they are sorted).
+
+    Example:
+        >>> order_free_digest([b"a", b"b"]) == order_free_digest([b"b", b"a"])
+        True
+    """
+    return "samples:" + hashlib.sha256(b"".join(sorted(hashes))).hexdigest()[:16]
 
 
 def _moved(batch: Batch, device, dtype) -> Batch:

@@ -79,6 +79,22 @@ class Grid:
         """
         return blocks(self.shape, max_points)
 
+    def outside(self, path) -> int:
+        """How many points of ``path`` (from :func:`crumple.project`: the grid's coordinates
+        along ``step``) lie outside the grid's extent; a nan coordinate counts as outside.
+
+        Example:
+            >>> import xarray as xr
+            >>> path = xr.Dataset({"alpha": ("step", [0.0, 2.0]), "beta": ("step", [0.0, 0.0])})
+            >>> Grid([-1.0, 1.0], [-1.0, 1.0]).outside(path)
+            1
+        """
+        inside = np.ones(np.shape(path[self.dims[0]]), dtype=bool)
+        for dim, axis in zip(self.dims, self.axes):
+            values = np.asarray(path[dim], dtype=float)
+            inside &= (values >= axis[0]) & (values <= axis[-1])
+        return int((~inside).sum())
+
     def __repr__(self) -> str:
         parts = [f"{d}=[{a[0]:g} .. {a[-1]:g}] ({len(a)})" for d, a in zip(self.dims, self.axes)]
         return f"Grid({', '.join(parts)})"

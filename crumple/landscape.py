@@ -22,7 +22,7 @@ import xarray as xr
 from torch import nn
 
 from crumple import reference
-from crumple.auto_range import auto_extents, covering, paths_of
+from crumple.auto_range import auto_extents, check_search, covering, paths_of
 from crumple.batches import Data, load
 from crumple.checks import (
     check_fits,
@@ -206,6 +206,7 @@ class Landscape:
         """:meth:`Grid.auto <crumple.grid.Grid.auto>`: every line evaluation of the search
         goes through one evaluator, prepared once (the data read once, the checks and the
         strategy choice made once)."""
+        check_search(rise, num)
         check_plane_and_grid(plane)
         check_fits(self.model, plane)
         paths_of(cover, plane.ndim)  # checked before the line evaluations
@@ -243,9 +244,11 @@ class Landscape:
                 "the same model the plane was built from"
             )
         coords, off_plane = coordinates(trajectory, plane)
+        held, n = trajectory.buffer_counts()
+        own = held > 0 and self.options.run.recalibrate is None
         with evaluation_mode(self.model):
             evaluate = self._loss_evaluator(plane)
-            true, on_plane = _path_losses(evaluate, trajectory, names, coords)
+            true, on_plane = _path_losses(evaluate, trajectory, names, coords, own)
         dims = ("alpha", "beta")[: plane.ndim]
         data_vars = {dim: ("step", c.numpy()) for dim, c in zip(dims, coords)}
         data_vars |= {
@@ -254,7 +257,10 @@ class Landscape:
             "off_plane": ("step", off_plane.numpy()),
             "recorded_loss": ("step", np.asarray(trajectory.losses, dtype=np.float64)),
         }
-        return xr.Dataset(data_vars, coords={"step": ("step", np.asarray(trajectory.steps))})
+        path = xr.Dataset(data_vars, coords={"step": ("step", np.asarray(trajectory.steps))})
+        if any(b.is_floating_point() for b in self.model.buffers()):
+            path.attrs["statistics"] = _statistics(held, n, self.options.run.recalibrate)
+        return path
 
     def _loss_evaluator(self, plane: Plane):
         """One evaluator of the loss alone on ``plane`` (the model in evaluation mode)."""
@@ -338,23 +344,46 @@ def project(
     return landscape.project(trajectory, plane)
 
 
-def _path_losses(evaluate, trajectory: Trajectory, names, coords):
-    """The true loss of each snapshot, and the loss at its projection, chunk by chunk."""
+def _path_losses(evaluate, trajectory: Trajectory, names, coords, own: bool = False):
+    """The true loss of each snapshot (``own``: with the buffers recorded with it, where it
+    has them), and the loss at its projection (the model's buffers), chunk by chunk."""
     reference_tensor = next(iter(evaluate.task.origin.values()))
     true, on_plane = [], []
     for start in range(0, len(trajectory), PROJECT_CHUNK):
         chunk = range(start, min(start + PROJECT_CHUNK, len(trajectory)))
+        point = [c[start : chunk.stop].to(reference_tensor) for c in coords]
+        on_plane.append(evaluate(Points.along(evaluate.task.plane, point))["loss"])  # chosen
         stacked = {
             n: torch.stack([trajectory.snapshot(k)[n] for k in chunk]).to(reference_tensor)
             for n in names
         }
-        true.append(evaluate(Points.weights(stacked))["loss"])
-        point = [c[start : chunk.stop].to(reference_tensor) for c in coords]
-        on_plane.append(evaluate(Points.along(evaluate.task.plane, point))["loss"])
+        if not own:
+            true.append(evaluate(Points.weights(stacked))["loss"])
+            continue
+        for i, k in enumerate(chunk):  # one at a time: each snapshot its own buffers
+            buffers = trajectory.snapshot_buffers(k)
+            evaluator = evaluate.with_buffers(buffers) if buffers else evaluate
+            single = {n: t[i : i + 1] for n, t in stacked.items()}
+            true.append(evaluator(Points.weights(single))["loss"])
     return (
         torch.cat(true).double().cpu().numpy(),
         torch.cat(on_plane).double().cpu().numpy(),
     )
+
+
+def _statistics(held: int, n: int, recalibrate: Any) -> str:
+    """Which BatchNorm statistics (buffers) a path's losses use: its ``statistics`` attr."""
+    plane = "loss_on_plane: the model's, as the surface"
+    if recalibrate is not None:
+        return "loss and loss_on_plane: recomputed at each point (recalibrate), as the surface"
+    if held == n:
+        return f"loss: each snapshot's own (recorded with it); {plane}"
+    if held == 0:
+        return (
+            f"loss: the model's at every snapshot, as the trajectory holds none (recorded by "
+            f"an older crumple: record again, or recalibrate, for each snapshot's own); {plane}"
+        )
+    return f"loss: each snapshot's own where recorded ({held} of {n}), else the model's; {plane}"
 
 
 def _facts(outcome: driver.Outcome, start: float) -> dict[str, Any]:

@@ -71,6 +71,23 @@ def buffers_of(model: nn.Module) -> Params:
     return dict(model.named_buffers())
 
 
+def recorded_buffers(model: nn.Module) -> Params:
+    """Copies (on the CPU, of their own dtypes) of the buffers the model's ``state_dict``
+    holds: BatchNorm running statistics and their counts; not the buffers a model makes
+    again itself (non-persistent ones, such as attention masks).
+
+    Example:
+        >>> sorted(recorded_buffers(torch.nn.BatchNorm1d(2)))
+        ['num_batches_tracked', 'running_mean', 'running_var']
+    """
+    skip = {
+        f"{prefix}.{name}".lstrip(".")
+        for prefix, module in model.named_modules()
+        for name in module._non_persistent_buffers_set
+    }
+    return {n: b.detach().to("cpu", copy=True) for n, b in model.named_buffers() if n not in skip}
+
+
 def parse_entry(spec: str, params: Mapping[str, Tensor]) -> tuple[str, tuple[int, ...]]:
     """Resolve ``"name"`` or ``"name[i, j]"`` to a parameter name and a full index.
 

@@ -201,24 +201,30 @@ class Plane:
         return between_plane(points, model)
 
     @classmethod
-    def pca(cls, trajectory, ndim: int = 2) -> Plane:
-        """The top principal directions of a training path, through its last point.
+    def pca(cls, trajectory, ndim: int = 2, *, origin: nn.Module | Params | None = None) -> Plane:
+        """The top principal directions of a training path, through ``origin`` (a model, or
+        a ``{name: tensor}`` dict of its weights) or, by default, the path's last point.
 
         Works on the ``T x T`` Gram matrix of the (centred) weight changes, so the cost is
         ``T^2`` dot products, whatever the number of parameters. The explained-variance
         ratio of each axis is in ``plane.attrs["explained_variance_ratio"]`` and in the
-        axis names (``"PC1 (87.3%)"``).
+        axis names (``"PC1 (87.3%)"``). ``trajectory``: a :class:`crumple.Trajectory` or the
+        folder a :class:`crumple.Recorder` wrote (``to=``). ``plane.attrs["through"]`` says
+        which weights the plane passes through.
 
         Example:
             >>> from crumple.trajectory import Trajectory
             >>> steps = [{"w": torch.tensor([float(t), 2.0 * t, 0.1 * t * t])} for t in range(5)]
             >>> plane = Plane.pca(Trajectory(list(range(5)), steps, [0.0] * 5))
-            >>> plane.attrs["axis_names"][0]
-            'PC1 (99.7%)'
+            >>> plane.attrs["axis_names"][0], plane.attrs["through"]
+            ('PC1 (99.7%)', "the path's last snapshot (step 4)")
+            >>> Plane.pca(Trajectory(list(range(5)), steps, [0.0] * 5),
+            ...           origin={"w": torch.zeros(3)}).origin
+            {'w': tensor([0., 0., 0.])}
         """
         from crumple.planes import pca_plane  # the builders import this module
 
-        return pca_plane(trajectory, ndim)
+        return pca_plane(trajectory, ndim, origin)
 
     @classmethod
     def hessian(cls, model: nn.Module, loss_fn, data, k: tuple[int, int] = (0, 1), **options):

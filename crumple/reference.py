@@ -45,7 +45,8 @@ def points(
     device: torch.device | str | None = None,
     recalibrate: Any = None,
 ) -> dict[str, list[float]]:
-    """Each function's exact dataset mean at each set of ``weights``.
+    """Each function's exact dataset mean at each set of ``weights`` (parameters, and any
+    buffers they name: a snapshot's own BatchNorm statistics; the model's otherwise).
 
     Example:
         >>> net = torch.nn.Linear(1, 1, bias=False)
@@ -59,11 +60,14 @@ def points(
         recalibrate = Data(inputs_only(recalibrate)).to(device, dtype)
     objective = Objective(model, fns)
     work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    buffers = {name: b.clone() for name, b in work.named_buffers()}
     out: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
-        for point in weights:
+        for point in weights:  # the buffers a point names (a snapshot's own), else the model's
             for name, p in work.named_parameters():
                 p.copy_(point[name])
+            for name, b in work.named_buffers():
+                b.copy_(point.get(name, buffers[name]))
             if recalibrate is not None:
                 recalibrated(work, recalibrate)
             sums, totals = dict.fromkeys(fns, 0.0), dict.fromkeys(fns, 0)

@@ -118,9 +118,10 @@ def choose_grid(
     if isinstance(grid, Grid):
         away = outside(paths, grid)
         if away:
+            total = sum(p.sizes["step"] for p in paths.values())
             warnings.warn(
-                f"crumple: {away} path points lie outside the grid; widen it, or let the "
-                "grid hold the path ('auto', or None: around the path)",
+                f"crumple: {away} of {total} path points lie outside the grid; widen it, or "
+                "let the grid hold the path ('auto', or None: around the path)",
                 stacklevel=3,
             )
         return grid
@@ -186,21 +187,15 @@ def covering_grid(
 
 
 def outside(paths: Mapping[str, xr.Dataset], grid: Grid) -> int:
-    """How many path points lie outside the grid's extent.
+    """How many path points, over all ``paths``, lie outside the grid's extent
+    (:meth:`Grid.outside <crumple.grid.Grid.outside>`).
 
     Example:
         >>> path = xr.Dataset({"alpha": ("step", [0.0, 2.0]), "beta": ("step", [0.0, 0.0])})
         >>> outside({"path": path}, Grid([-1.0, 1.0], [-1.0, 1.0]))
         1
     """
-    count = 0
-    for path in paths.values():
-        inside = np.ones(path.sizes["step"], dtype=bool)
-        for dim, axis in zip(grid.dims, grid.axes):
-            values = path[dim].values
-            inside &= (values >= axis[0]) & (values <= axis[-1])
-        count += int((~inside).sum())
-    return count
+    return sum(grid.outside(path) for path in paths.values())
 
 
 def export_netcdf(folder: str | Path, file: str | Path) -> Path:

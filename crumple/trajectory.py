@@ -15,10 +15,11 @@ from torch import Tensor, nn
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.files import append_text, inside, save_tensors
 from crumple.names import TRAJECTORY_INDEX
-from crumple.params import Params, parameters_of
+from crumple.params import Params, parameters_of, recorded_buffers
 from crumple.plane import Plane
 
 INDEX = TRAJECTORY_INDEX
+BUFFERS = "crumple_buffers"  # a snapshot file's metadata: the names of its buffers (a JSON list)
 
 
 def index_row(step: int, loss: float) -> str:
@@ -106,8 +107,9 @@ def _row(line: str, last: int | None) -> tuple[int, float]:
 class Trajectory:
     """Weight snapshots of a training run, with the step and the loss the loop reported.
 
-    Snapshots live in memory (``weights``), or in a folder written by
-    ``Recorder(model, to=folder)``, one safetensors file per snapshot, read when needed.
+    Snapshots (parameters, and buffers such as BatchNorm statistics) live in memory
+    (``weights``, ``buffers``: ``{}`` where none were recorded), or in a folder written by
+    ``Recorder(model, to=folder)``, one safetensors file each, read when needed.
 
     Example:
         >>> t = Trajectory(steps=[0], weights=[{"w": torch.zeros(2)}], losses=[1.0])
@@ -121,13 +123,21 @@ class Trajectory:
         weights: list[Params] | None = None,
         losses: list[float] | None = None,
         folder: str | Path | None = None,
+        buffers: list[Params] | None = None,
     ) -> None:
         self.steps = list(steps or [])
         self.losses = list(losses or [])
         self.folder = None if folder is None else Path(folder)
         self.weights = None if self.folder is not None else list(weights or [])
-        if self.weights is not None and len(self.weights) != len(self.steps):
-            raise CrumpleError("a trajectory needs one weights dict per step")
+        self.buffers = None
+        if self.weights is not None:
+            self.buffers = [{} for _ in self.steps] if buffers is None else list(buffers)
+            counts = len(self.steps), len(self.weights), len(self.buffers)
+            if len(set(counts)) > 1:
+                raise CrumpleError(
+                    "a trajectory needs one weights dict and one buffers dict per step; got "
+                    f"{counts} (steps, weights, buffers)"
+                )
 
     @classmethod
     def load(cls, folder: str | Path) -> Trajectory:
@@ -141,8 +151,8 @@ class Trajectory:
             >>> folder = tempfile.mkdtemp() + "/run"
             >>> rec = Recorder(torch.nn.Linear(1, 1), to=folder)
             >>> rec.record(loss=0.5)
-            >>> Trajectory.load(folder).losses
-            [0.5]
+            >>> Trajectory.load(folder).steps
+            [0, 1]
         """
         index = Path(folder) / INDEX
         if not index.is_file():
@@ -188,7 +198,7 @@ class Trajectory:
         return list(self.snapshot(0))
 
     def snapshot(self, k: int) -> Params:
-        """The weights of the ``k``-th snapshot.
+        """The weights (parameters) of the ``k``-th snapshot.
 
         Example:
             >>> t = Trajectory([0, 5], [{"w": torch.zeros(1)}, {"w": torch.ones(1)}], [0, 0])
@@ -197,9 +207,37 @@ class Trajectory:
         """
         if self.weights is not None:
             return self.weights[k]
-        from safetensors.torch import load_file
+        return self._read(self.steps[k], _read_snapshot)[0]
 
-        return self._read(self.steps[k], lambda file: load_file(str(file)))
+    def snapshot_buffers(self, k: int) -> Params:
+        """The buffers recorded with the ``k``-th snapshot (BatchNorm running statistics and
+        the like), ``{}`` for a snapshot recorded without them (by an older crumple).
+
+        Example:
+            >>> net = torch.nn.BatchNorm1d(2)
+            >>> Recorder(net).trajectory.snapshot_buffers(0)["running_var"]
+            tensor([1., 1.])
+        """
+        if self.buffers is not None:
+            return self.buffers[k]
+        return self._read(self.steps[k], _read_snapshot)[1]
+
+    def buffer_counts(self) -> tuple[int, int]:
+        """How many snapshots hold their own buffers, of how many (only headers are read).
+
+        Example:
+            >>> Trajectory([0], [{"w": torch.zeros(1)}], [0.0]).buffer_counts()
+            (0, 1)
+        """
+        if self.buffers is not None:
+            return sum(1 for b in self.buffers if b), len(self)
+        from safetensors import safe_open
+
+        def names(file: Path) -> list:
+            with safe_open(str(file), framework="pt") as f:
+                return json.loads((f.metadata() or {}).get(BUFFERS, "[]"))
+
+        return sum(1 for step in self.steps if self._read(step, names)), len(self)
 
     def series(self, name: str) -> Tensor:
         """One parameter across all snapshots, stacked along a new first axis.
@@ -230,6 +268,26 @@ class Trajectory:
     def _file(self, step: int) -> Path:
         return self.folder / f"step_{step:09d}.safetensors"
 
+    def append(self, step: int, loss: float, weights: Params, buffers: Params) -> None:
+        """Add a snapshot after the last one: kept in memory, or written to the folder (its
+        file, then its line of the index).
+
+        Example:
+            >>> t = Trajectory()
+            >>> t.append(0, 1.0, {"w": torch.zeros(1)}, {}); t.steps
+            [0]
+        """
+        if self.folder is None:
+            self.weights.append(weights)
+            self.buffers.append(buffers)
+        else:
+            tensors = {n: t.contiguous() for n, t in {**weights, **buffers}.items()}
+            save_tensors(tensors, self._file(step), metadata={BUFFERS: json.dumps(list(buffers))})
+            _end_line(self.folder / INDEX)
+            append_text(self.folder / INDEX, index_row(step, loss))
+        self.steps.append(step)
+        self.losses.append(loss)
+
     def _read(self, step: int, read):
         """``read(file)`` of the snapshot of ``step``; a file that cannot be read (missing,
         truncated, damaged, or without the tensor asked for) as a :class:`CrumpleError`."""
@@ -248,30 +306,56 @@ class Trajectory:
 
 
 class Recorder:
-    """Keeps a copy of the model's weights each time ``record`` is called.
+    """Keeps a copy of the model's weights (its parameters and buffers) along training: the
+    initial weights when it is made (step 0), then after the optimizer steps, and the final
+    weights when training ends (:meth:`finish`, or the end of a ``with`` block). Call
+    :meth:`record` after each optimizer step; the first call is step 1.
 
     Args:
         model: the model being trained.
-        every: keep one snapshot every ``every`` calls (the first call is always kept).
+        every: keep one snapshot every ``every`` steps (the initial and the final weights
+            are always kept).
         to: a folder to stream snapshots to (one safetensors file each) instead of
             keeping them in memory; it must not hold a trajectory already.
+        loss: the loss at the initial weights, if known (kept beside them).
+        step: the step the model is at now (a run taken up again at its global step).
+        trajectory: a trajectory to go on with (taken up from a checkpoint) instead of a new
+            one; nothing is kept when the recorder is made.
 
     Example:
         >>> net = torch.nn.Linear(1, 1)
-        >>> rec = Recorder(net)
-        >>> rec.record(loss=1.0)
-        >>> len(rec.trajectory)
-        1
+        >>> with Recorder(net, every=5) as rec:
+        ...     for step in range(12):
+        ...         rec.record(loss=1.0)  # after each optimizer step
+        >>> rec.trajectory.steps
+        [0, 5, 10, 12]
     """
 
-    def __init__(self, model: nn.Module, every: int = 1, to: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 1,
+        to: str | Path | None = None,
+        *,
+        loss: float | Tensor | None = None,
+        step: int = 0,
+        trajectory: Trajectory | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise CrumpleTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise CrumpleError(f"every must be a positive integer, got {every!r}")
-        self.model = model
-        self.every = every
-        self.step = 0
+        self.model, self.every, self.step = model, every, _step(step, -1)
+        self.last: tuple[int, float | Tensor | None] = (self.step, loss)
+        if trajectory is not None and to is not None:
+            raise CrumpleError(
+                f"to={str(to)!r} with trajectory=...: the recorder goes on in the "
+                "trajectory's own place; leave out to"
+            )
+        if trajectory is not None:
+            self.trajectory = trajectory
+            self.step = max(self.step, trajectory.steps[-1] + 1 if trajectory.steps else 0)
+            return
         if to is not None:
             try:  # the folder and an empty index, made by this Recorder alone
                 append_text(Path(to) / INDEX, "", new=True)
@@ -281,9 +365,17 @@ class Recorder:
                     "or delete the old one first"
                 ) from None
         self.trajectory = Trajectory(folder=to)
+        self._keep(loss)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:  # training ended; not when it stopped on an error
+            self.finish()
 
     def record(self, loss: float | Tensor | None = None, step: int | None = None) -> None:
-        """Count one step; keep a snapshot (on the CPU) if it is one to keep.
+        """Count one optimizer step; keep a snapshot (on the CPU) if it is one to keep.
 
         Args:
             loss: the step's training loss, kept beside the snapshot.
@@ -301,27 +393,63 @@ class Recorder:
             [0, 2, 4, 10]
         """
         if step is not None:
-            last = self.trajectory.steps[-1] if self.trajectory.steps else -1
-            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step <= last:
-                raise CrumpleError(
-                    f"step must be an integer after the last recorded step ({last}), got "
-                    f"{step!r}; pass the training loop's own step count"
-                )
-            self.step = int(step)
+            self.step = _step(step, self.trajectory.steps[-1] if self.trajectory.steps else -1)
+        self.last = (self.step, loss.detach() if isinstance(loss, Tensor) else loss)  # finish's
         if self.step % self.every == 0:
-            weights = {n: p.cpu() for n, p in parameters_of(self.model).items()}
-            value = float("nan") if loss is None else float(torch.as_tensor(loss).detach())
-            t = self.trajectory
-            if t.folder is None:
-                t.weights.append(weights)
-            else:
-                contiguous = {n: w.contiguous() for n, w in weights.items()}
-                save_tensors(contiguous, t._file(self.step))
-                _end_line(t.folder / INDEX)
-                append_text(t.folder / INDEX, index_row(self.step, value))
-            t.steps.append(self.step)
-            t.losses.append(value)
+            self._keep(loss)
+        else:
+            self.step += 1
+
+    def finish(self, loss: float | Tensor | None = None, step: int | None = None) -> None:
+        """Training ended: keep the final weights, unless the last step was kept already.
+
+        Args:
+            loss: the loss of the final step (by default the one :meth:`record` was given).
+            step: the step training ended at (by default the last one counted).
+
+        Example:
+            >>> rec = Recorder(torch.nn.Linear(1, 1), every=5)
+            >>> for step in range(7):
+            ...     rec.record()
+            >>> rec.finish(); rec.finish(); rec.trajectory.steps
+            [0, 5, 7]
+        """
+        steps = self.trajectory.steps
+        last = steps[-1] if steps else -1
+        step = self.step - 1 if step is None else _step(step, -1)
+        if step > last:
+            if loss is None and self.last[0] == step:
+                loss = self.last[1]
+            self.step = step
+            self._keep(loss)
+
+    def _keep(self, loss: float | Tensor | None) -> None:
+        """Keep the model's weights now as the snapshot of this step, and count it."""
+        weights = {n: p.cpu() for n, p in parameters_of(self.model).items()}
+        value = float("nan") if loss is None else float(torch.as_tensor(loss).detach())
+        self.trajectory.append(self.step, value, weights, recorded_buffers(self.model))
         self.step += 1
+
+
+def _step(step, last: int) -> int:
+    """``step`` as an int, after ``last``; refused with the fix otherwise."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step <= last:
+        raise CrumpleError(
+            f"step must be an integer after the last recorded step ({last}), got "
+            f"{step!r}; pass the training loop's own step count"
+        )
+    return int(step)
+
+
+def _read_snapshot(file: Path) -> tuple[Params, Params]:
+    """A snapshot file's parameters and buffers (the metadata names the buffers)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        names = json.loads((f.metadata() or {}).get(BUFFERS, "[]"))
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    buffers = {n: tensors.pop(n) for n in names}
+    return tensors, buffers
 
 
 def _end_line(index: Path) -> None:

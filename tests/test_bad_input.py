@@ -78,6 +78,12 @@ def other_model_plane(w):
     return cr.Plane.random(torch.nn.Linear(64, 10))
 
 
+def nan_data(w):
+    x = w["x"].clone()
+    x[32 + 2, 0, 4, 4] = float("nan")
+    return [(x[:32], w["y"][:32]), (x[32:], w["y"][32:])]
+
+
 def other_data(w):
     x, y = digits(30, dtype=torch.float32)
     return (x, y)
@@ -137,6 +143,7 @@ PYTHON_CASES = {
         cr.CrumpleError,
         "batch 0.s y has shape \\(2,\\) but the batch has 3 rows",
     ),
+    "data-nan": (dict(data=nan_data), cr.CrumpleError, "batch 1, sample 2 of the data.s x holds"),
     # Dask
     "dask-no-workers": (dict(dask="local:0"), cr.CrumpleError, "local:N with N >= 1"),
     "dask-a-number": (dict(dask=3.5), CrumpleTypeError, "dask must be a distributed.Client"),
@@ -146,7 +153,8 @@ PYTHON_CASES = {
 @pytest.mark.parametrize("case", list(PYTHON_CASES), ids=str)
 def test_python_refusals(world, case):
     changes, error, words = PYTHON_CASES[case]
-    changes = {k: v(world) if callable(v) and k == "plane" else v for k, v in changes.items()}
+    made = (other_model_plane, nan_data)  # made from the world
+    changes = {k: v(world) if any(v is f for f in made) else v for k, v in changes.items()}
     before = snapshot(world["model"])
     stored = folder_hash(world["store"])
     with pytest.raises(error, match=words):
@@ -231,23 +239,38 @@ def test_the_same_run_under_another_spelling_or_copied(world, tmp_path, monkeypa
 
 def test_planes_trajectories_and_runs_refuse_clearly(tmp_path, world):
     a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    rand = cr.Plane.random(a)
     cases = [
         (lambda: cr.Plane.between(a, b, b), cr.CrumpleError, "parallel"),
         (lambda: cr.Plane.between(a, torch.nn.Linear(3, 1)), cr.CrumpleError, "other shapes"),
         (lambda: cr.Plane.random(a, normalize="filters"), cr.CrumpleError, "normalize must be"),
         (lambda: cr.Plane.axes(a, "nope"), cr.CrumpleError, "has no parameter 'nope'"),
         (lambda: cr.Recorder(a, every=0), cr.CrumpleError, "every must be a positive"),
+        (lambda: cr.Recorder(a, step=-1), cr.CrumpleError, "step must be an integer after"),
+        (lambda: cr.Recorder(a).finish(step=1.5), cr.CrumpleError, "step must be an integer"),
         (lambda: cr.open("no/such/run"), cr.CrumpleError, "holds no crumple run"),
         (lambda: cr.Grid([0.0, 1.0, 1.0]), cr.CrumpleError, r"holds \[1.0\] more than once"),
         (lambda: cr.Grid([0.0, np.nan]), cr.CrumpleError, "inf or nan"),
         (lambda: cr.Grid([]), cr.CrumpleError, "non-empty"),
         (lambda: cr.Grid(["a", "b"]), cr.CrumpleError, "must hold numbers"),
         (lambda: cr.Grid(np.zeros((2, 2))), cr.CrumpleError, "1-D"),
+        (lambda: cr.Plane.pca("missing_folder"), cr.CrumpleError, "holds no trajectory"),
+        (
+            lambda: cr.Grid.auto(a, F.mse_loss, (torch.ones(4, 2), torch.ones(4, 1)), rand, num=0),
+            cr.CrumpleError,
+            "num must be a whole number >= 2",
+        ),
     ]
     rec = cr.Recorder(a)
     rec.record()
+    bent = [{"w": torch.tensor([float(t), t * t, 1.0])} for t in range(4)]
     cases += [
         (lambda: cr.Plane.pca(rec.trajectory), cr.CrumpleError, "needs at least 3"),
+        (  # the weights a PCA plane is to pass through are of another model than the path's
+            lambda: cr.Plane.pca(cr.Trajectory(list(range(4)), bent, [0.0] * 4), origin=a),
+            cr.CrumpleError,
+            r"does not match the path's snapshots: parameters only in the origin \['bias'",
+        ),
         (
             lambda: cr.project(
                 rec.trajectory,

@@ -180,5 +180,6 @@ def test_hostile_names_are_drawn_as_text_and_run_nothing(browser, tmp_path):
         "document.getElementById('figure-0')._fullData.filter((t) => t.name === 'cursor')"
         ".map((t) => [t.meta || 'path', t.x.length])"
     )
-    assert sorted(points) == [["cursor", 1], ["path", 2]], points
+    # the path: the Recorder's initial weights and its two records
+    assert sorted(points) == [["cursor", 1], ["path", 3]], points
     assert errors == []

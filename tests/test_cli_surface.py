@@ -88,7 +88,7 @@ def test_pca_plane_from_a_recorded_trajectory(tmp_path, capsys):
     )
     result = cr.open_run(out)
     assert result["surface"].alpha.attrs["long_name"].startswith("PC1 (")
-    assert result["path"].sizes["step"] == 8
+    assert result["path"].sizes["step"] == 9  # the initial weights and 8 steps
     assert float(result["path"].off_plane[-1]) < 1e-5  # the final weights are the origin
 
 

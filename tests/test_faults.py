@@ -848,8 +848,8 @@ def test_recorder_past_the_limit_names_the_snapshot_and_the_index(tmp_path):
     code = (
         "import sys, torch\nimport crumple as cr\n"
         "model = torch.nn.Linear(int(sys.argv[1]), 1)\n"
-        "rec = cr.Recorder(model, to=sys.argv[2])\n"
         "try:\n"
+        "    rec = cr.Recorder(model, to=sys.argv[2])  # keeps step 0\n"
         "    for _ in range(200):\n"
         "        rec.record(loss=1.0)\n"
         "except Exception as e:\n"
@@ -877,8 +877,8 @@ def side_recorded(folder: Path, steps: int = 3) -> Path:
     """A trajectory folder of ``steps`` snapshots of a small model, as a Recorder writes it."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
-    recorder = cr.Recorder(model, to=folder)
-    for step in range(steps):
+    recorder = cr.Recorder(model, to=folder, loss=1.0)  # step 0
+    for step in range(1, steps):
         with torch.no_grad():
             model.weight.add_(0.1)
         recorder.record(loss=1.0 / (step + 1))

@@ -207,13 +207,16 @@ def case_project() -> dict[str, np.ndarray]:
     model, (x, y) = make_mlp()
     trained = copy.deepcopy(model)
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.5)
-    rec = cr.Recorder(trained)
+    rec = None
     for _ in range(6):
         optimizer.zero_grad()
         loss = F.cross_entropy(trained(x), y)
         loss.backward()
         optimizer.step()
-        rec.record(loss=loss)
+        if rec is None:  # the golden file's step 0: after the first update
+            rec = cr.Recorder(trained, loss=loss)
+        else:
+            rec.record(loss=loss)
     plane = cr.Plane.random(trained, seed=3)
     path = cr.project(rec.trajectory, plane, trained, F.cross_entropy, (x, y), strategy="vmap")
     names = ("alpha", "beta", "loss", "loss_on_plane", "off_plane", "recorded_loss")

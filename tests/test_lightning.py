@@ -33,7 +33,7 @@ class Lit(pl.LightningModule):
     def __init__(self, hand: bool = False) -> None:
         super().__init__()
         self.net = MLP()
-        self.hand = cr.Recorder(self, every=EVERY) if hand else None
+        self.hand = cr.Recorder(self, every=EVERY) if hand else None  # keeps step 0 now
 
     def forward(self, x):
         return self.net(x)
@@ -44,10 +44,6 @@ class Lit(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.5)
-
-    def on_train_start(self):
-        if self.hand is not None:
-            self.hand.record()  # the weights before the first step: step 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.hand is not None:

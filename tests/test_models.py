@@ -136,8 +136,8 @@ def test_projected_path_losses_equal_reference(setup, data):
         model,
         {"loss": F.cross_entropy},
         data,
-        [path.snapshot(k) for k in range(len(path))],
-    )["loss"]
+        [path.snapshot(k) | path.snapshot_buffers(k) for k in range(len(path))],
+    )["loss"]  # each snapshot with its own BatchNorm statistics
     assert_close(projected.loss.values, true, rtol=1e-9, label=f"{name} true loss")
     on_plane = reference.points(
         model,

@@ -49,7 +49,7 @@ def test_the_walkthrough_displays_its_results_inline_and_writes_the_page(execute
         for out in cell.get("outputs", []):
             assert out.output_type != "error", out
             assert "Warning" not in out.get("text", ""), out["text"]
-    (trajectory,) = outputs(nb, "rec.record()")
+    (trajectory,) = outputs(nb, "cr.Recorder(")
     assert trajectory.data["text/plain"].startswith("Trajectory(73 snapshots, steps 0 .. 360")
     (surface,) = [o for o in outputs(nb, "cr.surface(") if o.output_type == "execute_result"]
     assert "xr-wrap" in surface.data["text/html"]  # xarray's HTML view

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import crumple as cr
 from crumple import planes
 from tests.cases import MLP, digits, trained
+from tests.test_hessian import steady_clock  # noqa: F401  (the fixture)
 
 
 def synthetic_path(u, v, steps=30, noise=0.0, seed=0):
@@ -115,7 +116,7 @@ def test_recorder_streams_to_disk_and_projects_the_same(tmp_path):
     assert files == [f"step_{s:09d}.safetensors" for s in range(0, 11, 2)]
     loaded = cr.Trajectory.load(tmp_path / "run")
     assert loaded.steps == memory.trajectory.steps == [0, 2, 4, 6, 8, 10]
-    assert loaded.losses == pytest.approx(memory.trajectory.losses)
+    assert loaded.losses == pytest.approx(memory.trajectory.losses, nan_ok=True)  # 0: no loss
     for name in loaded.names():
         assert torch.equal(loaded.series(name), memory.trajectory.series(name)), name
     # the same numbers, up to BLAS summation order on differently aligned memory
@@ -125,7 +126,7 @@ def test_recorder_streams_to_disk_and_projects_the_same(tmp_path):
     a = cr.project(memory.trajectory, plane_mem, model, F.cross_entropy, (x, y))
     b = cr.project(loaded, plane_mem, model, F.cross_entropy, (x, y))
     for var in ("alpha", "beta", "loss", "loss_on_plane", "off_plane", "recorded_loss"):
-        assert np.array_equal(a[var].values, b[var].values), var
+        assert np.array_equal(a[var].values, b[var].values, equal_nan=True), var
     with pytest.raises(cr.CrumpleError, match="already holds a trajectory"):
         cr.Recorder(model, to=tmp_path / "run")
     with pytest.raises(cr.CrumpleError, match="holds no trajectory"):
@@ -135,7 +136,10 @@ def test_recorder_streams_to_disk_and_projects_the_same(tmp_path):
 # the registry of plane kinds
 
 
+@pytest.mark.usefixtures("steady_clock")
 def test_registry_builds_what_the_classmethods_build():
+    """(the clock makes the Hessian's timed choice of vmapped products, which changes the
+    last bits, the same for both builds)"""
     x, y = digits(60)
     model, path = trained(MLP().double(), (x, y), steps=4)
     other = MLP().double()
@@ -152,7 +156,7 @@ def test_registry_builds_what_the_classmethods_build():
             cr.Plane.axes(model, "net.1.bias[0]", "net.4.bias[1]"),
         ),
         "between": (planes.Sources(model, (other,)), cr.Plane.between(model, other)),
-        "pca": (planes.Sources(model, trajectory=path), cr.Plane.pca(path)),
+        "pca": (planes.Sources(model, trajectory=path), cr.Plane.pca(path, origin=model)),
         "hessian": (
             planes.Sources(
                 small, loss_fn=F.cross_entropy, data=pair, options={"eigenvectors": [2, 0]}

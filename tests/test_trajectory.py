@@ -40,9 +40,12 @@ def test_path_over_float64_surface_matches_grid_values_at_grid_nodes(seed_data64
     plane = cr.Plane.axes(model, *seed.AXES)
     axis = np.linspace(-2, 2, 9)
     ds = cr.surface(model, F.mse_loss, seed_data64, plane, cr.Grid(axis, axis))
+    nodes = [(4, 4), (1, 7), (8, 0)]
+    with torch.no_grad():  # the first node before the recorder keeps it as step 0
+        model.Layer_1.weight.fill_(axis[4])
+        model.Layer_2.weight.fill_(axis[4])
     rec = cr.Recorder(model)
-    nodes = [(1, 7), (4, 4), (8, 0)]
-    for i, j in nodes:
+    for i, j in nodes[1:]:
         with torch.no_grad():
             model.Layer_1.weight.fill_(axis[i])
             model.Layer_2.weight.fill_(axis[j])
@@ -85,11 +88,11 @@ def test_projection_recovers_coordinates_of_points_in_the_plane(seed_data64):
 
 def test_recorder_every_and_errors():
     model = seed.SeedNet()
-    rec = cr.Recorder(model, every=3)
-    for k in range(7):
+    rec = cr.Recorder(model, every=3)  # step 0 kept when made, without a loss
+    for k in range(1, 7):
         rec.record(loss=k)
     assert rec.trajectory.steps == [0, 3, 6]
-    assert rec.trajectory.losses == [0.0, 3.0, 6.0]
+    assert np.isnan(rec.trajectory.losses[0]) and rec.trajectory.losses[1:] == [3.0, 6.0]
     with pytest.raises(cr.CrumpleError, match="positive integer"):
         cr.Recorder(model, every=0)
     with pytest.raises(cr.CrumpleError, match="empty"):

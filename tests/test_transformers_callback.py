@@ -56,8 +56,7 @@ class ByHand(transformers.TrainerCallback):
     """A user's own record: cr.Recorder counting the steps itself."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.recorder = cr.Recorder(model, every=EVERY)
-        self.recorder.record()  # step 0, before any update
+        self.recorder = cr.Recorder(model, every=EVERY)  # step 0, before any update
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.recorder.record()

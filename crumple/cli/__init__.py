@@ -12,11 +12,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from crumple.cli import demo, export, hessian, info, plot, surface
+from crumple.cli import demo, export, hessian, info, line, plot, surface
 from crumple.cli import options as types
 from crumple.errors import CrumpleError
 
-SUBCOMMANDS = (demo, surface, hessian, plot, export, info)  # in the order of --help
+SUBCOMMANDS = (demo, surface, line, hessian, plot, export, info)  # in the order of --help
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
     except KeyboardInterrupt:
-        out = args.out if args.command == "surface" else None  # the one that resumes
+        out = args.out if args.command in ("surface", "line") else None  # those that resume
         kept = (
             f"; the finished tiles are kept in {out}: run the same command to resume" if out else ""
         )

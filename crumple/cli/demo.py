@@ -13,7 +13,9 @@ from crumple.cli import options as types
 ABOUT = (
     "the two-weight network of the article: surface, SGD path, HTML page",
     "Train the article's two-weight network, compute its test-MSE surface "
-    "over a grid of the two weights, and write an HTML page and the data.",
+    "over a grid of the two weights, and write an HTML page and the data. Without --min and "
+    "--max the grid is the article's, -2 .. 2, widened to hold every path point unless the "
+    "training is the article's own.",
 )
 
 
@@ -22,8 +24,8 @@ def add(commands) -> None:
     add = demo.add_argument
     number, positive, count = types.finite_float, types.positive_float, types.int_at_least
     for flag, dest, text in (
-        ("--min", "w_min", "lowest weight value on both axes (default -2)"),
-        ("--max", "w_max", "grid end, excluded as in numpy.arange (default 2)"),
+        ("--min", "w_min", "lowest weight value on both axes (default -2, or to hold the paths)"),
+        ("--max", "w_max", "grid end, excluded as in numpy.arange (default 2, or to hold them)"),
     ):
         add(flag, dest=dest, type=number, help=text)
     add(
@@ -67,19 +69,33 @@ def execute(args: argparse.Namespace) -> None:
     if lm.chosen(args):
         with writer(args.out):  # the one writer of --out: another is refused before training
             return lm.execute(args)
+    from crumple.examples.seed import ARTICLE_RANGE
+
+    given = not (args.w_min is None and args.w_max is None)
+    args.w_min = ARTICLE_RANGE[0] if args.w_min is None else args.w_min
+    args.w_max = ARTICLE_RANGE[1] if args.w_max is None else args.w_max
     n = types.demo_grid_size(args.w_min, args.w_max, args.step)
     with writer(args.out):
-        _train_and_write(args, n)
+        _train_and_write(args, n, given)
 
 
-def _train_and_write(args: argparse.Namespace, n: int) -> None:
-    """The article's run of ``execute`` (an ``n`` x ``n`` grid), with --out held."""
+def _article_training(args: argparse.Namespace) -> bool:
+    """Whether the demo trains as the article does (its grid is then kept as it is)."""
+    training = ("epochs", "lr", "optimizer", "compare", "batch_size")
+    return args.seed == 0 and all(getattr(args, d) == lm.ARTICLE[d][1] for d in training)
+
+
+def _train_and_write(args: argparse.Namespace, n: int, given: bool) -> None:
+    """The article's run of ``execute`` (an ``n`` x ``n`` grid; unless ``given`` or trained
+    as the article, widened to hold the paths), with --out held."""
     from crumple.examples import seed
 
+    hold_paths = not (given or _article_training(args))
     optimizers = args.compare or (args.optimizer,)
+    widened = ", widened to hold the paths" if hold_paths else ""
     print(
-        f"crumple demo: {n} x {n} grid, {args.epochs} epochs of {', '.join(optimizers)}, "
-        f"lr {args.lr:g}"
+        f"crumple demo: {n} x {n} grid{widened}, {args.epochs} epochs of "
+        f"{', '.join(optimizers)}, lr {args.lr:g}"
     )
     start = time.perf_counter()
     result = seed.run(
@@ -91,7 +107,11 @@ def _train_and_write(args: argparse.Namespace, n: int) -> None:
         optimizers=optimizers,
         batch_size=args.batch_size,
         seed=args.seed,
+        hold_paths=hold_paths,
     )
+    if hold_paths:
+        shape = " x ".join(map(str, result.surface.loss.shape))
+        print(f"grid: {shape}, {result.surface.attrs['grid_chosen']}")
     page_path, data_path = seed.write(result, args.out)
     ds = result.surface
     print(
@@ -101,5 +121,10 @@ def _train_and_write(args: argparse.Namespace, n: int) -> None:
     )
     outside = seed.points_outside(result)
     if outside:
-        print(f"{outside} path points lie outside the grid; widen --min/--max to see them on it")
+        total = sum(p.sizes["step"] for p in result.paths.values())
+        grid = "the grid given" if given else "the article's grid, kept as the article has it"
+        print(
+            f"{outside} of {total} path points lie outside {grid}; widen --min/--max to see "
+            "them on it"
+        )
     print(f"wrote {page_path} and {data_path}")

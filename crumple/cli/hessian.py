@@ -120,12 +120,14 @@ def _compute_and_write(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     found = _compute(args, model, loss_fn, batches)
     from crumple import plot
+    from crumple.evaluation.recalibration import batchnorm_layers
     from crumple.hessian.results import results, summary
     from crumple.run import store
     from crumple.run.schema import function_name
     from crumple.version import __version__
 
     weight = next(p for p in model.parameters() if p.requires_grad)
+    layers = len(batchnorm_layers(model))
     attrs = {
         "n_parameters": n,
         "n_samples": batches.n_samples,
@@ -135,6 +137,9 @@ def _compute_and_write(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "eigen_tol": args.tol,
         "by": args.by,
+        "batchnorm": f"eval mode, the running statistics of its {layers} layer(s)"
+        if layers
+        else None,
         "seconds": time.perf_counter() - start,
         "crumple_version": __version__,
     }

@@ -43,6 +43,7 @@ def describe(folder: str | Path) -> str:
     """
     import numpy as np
 
+    from crumple.grid import Grid
     from crumple.run.store import open_run
 
     run = open_run(folder)
@@ -88,12 +89,18 @@ def describe(folder: str | Path) -> str:
         "crumple_version",
     ):
         if key in surface.attrs:
-            lines.append(f"  {key}: {surface.attrs[key]}")
+            value = surface.attrs[key]
+            lines.append(f"  {key}: {f'{value:.3g}' if key == 'seconds' else value}")
     for d in surface.loss.dims:
         a = surface[d].values
         lines.append(f"  {d} ({surface[d].attrs.get('long_name', d)}): {a[0]:g} .. {a[-1]:g}")
+    grid = Grid(*(surface[d].values for d in surface.loss.dims))
     for name, path in run.items():
-        lines.append(f"path {name!r}: {path.sizes['step']} steps")
+        away, steps = grid.outside(path), path.sizes["step"]
+        said = f", {away} of {steps} points outside the grid" if away else ""
+        lines.append(f"path {name!r}: {steps} steps{said}")
+        if "statistics" in path.attrs:  # which BatchNorm statistics its losses use
+            lines.append(f"  statistics: {path.attrs['statistics']}")
     if (Path(folder) / PLANE).is_file():
         lines.append(f"plane: {PLANE}")
     return "\n".join(lines + _beside(folder))
@@ -112,6 +119,8 @@ def _beside(folder: str | Path) -> list[str]:
             continue
         if ds is not None and name == "hessian":
             lines.append(f"hessian: {HESSIAN} (crumple hessian; its page is {HESSIAN_PAGE})")
+            if "batchnorm" in ds.attrs:
+                lines.append(f"hessian BatchNorm: {ds.attrs['batchnorm']}")
         elif ds is not None:
             seeds = ds.attrs.get("seeds", [])
             lines.append(

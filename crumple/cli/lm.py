@@ -12,8 +12,8 @@ from crumple.errors import CrumpleError, require_extra
 
 # the article's options, which do not apply to the language model: dest -> (flag, default)
 ARTICLE = {
-    "w_min": ("--min", -2.0),
-    "w_max": ("--max", 2.0),
+    "w_min": ("--min", None),  # not given: the article's -2 .. 2 (widened to hold the paths
+    "w_max": ("--max", None),  # of other training than the article's)
     "step": ("--step", 0.05),
     "epochs": ("--epochs", 25),
     "lr": ("--lr", 1e-2),

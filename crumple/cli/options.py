@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 MAX_POINTS_PER_AXIS = 2000
+DEFAULT_AXIS = "-1:1:51"  # crumple surface's grid axis, without --grid nor --trajectory
+DEFAULT_NUM = 51  # points per axis of the grid around a --trajectory's path
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
 
@@ -257,7 +259,70 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "Face model given labels) or MODULE:FUNCTION (default cross_entropy)",
     )
     add("--device", default=None, help="e.g. cpu, cuda, cuda:1")
-    add("--dtype", choices=["float32", "float64"], default=None)
+    add(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=None,
+        help="the precision to compute in (default: the model's own, float32 for most models)",
+    )
+
+
+def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+    """``--recalibrate`` and ``--metric``: what a command that evaluates the model computes
+    beside the loss (:func:`metrics` reads ``--metric``).
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_evaluation_options(parser)
+        >>> parser.parse_args(["--metric", "accuracy"]).metric
+        ['accuracy']
+    """
+    add = parser.add_argument
+    add(
+        "--recalibrate",
+        default=None,
+        metavar="MODULE:LOADER",
+        help="recompute BatchNorm statistics at each point from this loader's inputs",
+    )
+    add("--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable")
+
+
+def metrics(args: argparse.Namespace) -> dict[str, Callable]:
+    """The ``--metric`` functions by the name each variable takes.
+
+    Example:
+        >>> list(metrics(argparse.Namespace(metric=["accuracy"])))
+        ['accuracy']
+    """
+    from crumple import specs
+    from crumple.checks import check_name
+
+    return {
+        check_name(m.rpartition(":")[2], "--metric"): specs.loss_function(
+            m, "--metric", specs.METRICS
+        )
+        for m in args.metric
+    }
+
+
+def add_plane_kind_options(group, leave_out: Sequence[str] = ()) -> None:
+    """The options of every plane kind from the registry (:mod:`crumple.planes`), but those
+    named in ``leave_out``, which still read as ``None``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_plane_kind_options(parser, leave_out=["axes"])
+        >>> args = parser.parse_args(["--seed", "3"])
+        >>> args.seed, args.axes
+        (3, None)
+    """
+    from crumple import planes
+
+    for option in planes.options().values():
+        if option.name in leave_out:
+            group.set_defaults(**{option.name: None})
+        else:
+            group.add_argument(flag(option), **plane_argument(option))
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -275,33 +340,39 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def surface_grid(args, landscape, plane, trajectory):
-    """The grid ``--grid`` and ``--grid-beta`` give; for ``--grid auto``, the one
-    :meth:`crumple.Grid.auto` chooses, widened to hold the trajectory's path (so projected
-    first, and returned as the run's paths)."""
+    """The grid ``--grid`` and ``--grid-beta`` give (-1:1:51 without either), with a warning
+    naming how many points of the trajectory's path it leaves out; without them but with a
+    trajectory, one around its path (:func:`crumple.report.covering_grid`); for ``--grid
+    auto``, the one :meth:`crumple.Grid.auto` chooses, widened to hold the path. The path is
+    projected first, and returned as the run's paths."""
     import crumple as cr
     from crumple import report
 
-    if isinstance(args.grid_beta, AutoGrid) and not isinstance(args.grid, AutoGrid):
+    auto = isinstance(args.grid, AutoGrid)
+    if isinstance(args.grid_beta, AutoGrid) and not auto:
         raise CrumpleError("--grid-beta auto: give --grid auto, which chooses both axes")
-    if args.rise is not None and not isinstance(args.grid, AutoGrid):
+    if args.rise is not None and not auto:
         raise CrumpleError("--rise is for --grid auto: add --grid auto, or drop --rise")
-    if not isinstance(args.grid, AutoGrid):
-        return cr.Grid(args.grid, args.grid if args.grid_beta is None else args.grid_beta), {}
-    if args.grid_beta is not None:
+    if auto and args.grid_beta is not None:
         raise CrumpleError(
             "--grid-beta does not go with --grid auto, which chooses both axes: drop "
             "--grid-beta, or give --grid START:STOP:NUM too"
         )
-    if plane.ndim != 2:
+    if auto and plane.ndim != 2:
         raise CrumpleError(
             f"--grid auto: the {plane.attrs.get('kind', 'given')} plane has one direction, and "
             "crumple surface draws two (--plane between needs --weights-c for a plane)"
         )
-    paths = {}
-    if trajectory is not None:
-        paths["path"] = landscape.project(trajectory, plane)
-    rise = 2.0 if args.rise is None else args.rise
-    grid = report.choose_grid("auto", landscape, plane, paths, num=args.grid.num, rise=rise)
+    paths = {} if trajectory is None else {"path": landscape.project(trajectory, plane)}
+    if auto:
+        rise = 2.0 if args.rise is None else args.rise
+        grid = report.choose_grid("auto", landscape, plane, paths, num=args.grid.num, rise=rise)
+    elif paths and args.grid is None and args.grid_beta is None:
+        grid = report.choose_grid(None, landscape, plane, paths, num=DEFAULT_NUM)
+    else:
+        alpha = grid_axis(DEFAULT_AXIS) if args.grid is None else args.grid
+        grid = cr.Grid(alpha, alpha if args.grid_beta is None else args.grid_beta)
+        return report.choose_grid(grid, landscape, plane, paths), paths  # warns of points out
     print(f"grid: {grid.chosen}")
     return grid, paths
 

@@ -20,6 +20,12 @@ def add(commands) -> None:
     plot.add_argument("--html", type=Path, help="write the page here")
     plot.add_argument("--png", type=Path, help="write a static PNG here")
     plot.add_argument("--pdf", type=Path, help="write a static PDF here")
+    plot.add_argument(
+        "--var",
+        default="loss",
+        metavar="NAME",
+        help="the variable to draw: loss (default) or a metric of the run, e.g. accuracy",
+    )
     plot.add_argument("--log", action="store_true", help="draw log10 of the loss")
     plot.add_argument(
         "--zmax", type=types.finite_float, default=None, help="clip the drawn loss at this value"
@@ -30,6 +36,7 @@ def execute(args: argparse.Namespace) -> None:
     if not (args.html or args.png or args.pdf):
         raise CrumpleError("say what to write: --html PAGE, --png FILE and/or --pdf FILE")
     from crumple import plot
+    from crumple.plot.metrics import check_var, full_range, in_loss_place
     from crumple.plot.static import static_path
     from crumple.run import store
 
@@ -40,9 +47,13 @@ def execute(args: argparse.Namespace) -> None:
     ]
     run = store.open_run(args.folder)
     ds = run.pop("surface")
+    check_var(ds, args.var, "--var")
     if args.html:
-        options = dict(log=args.log, zmax=args.zmax, **store.beside(args.folder))
+        options = dict(log=args.log, zmax=args.zmax, var=args.var, **store.beside(args.folder))
         page = plot.report(args.html, ds, run, title=f"crumple: {args.folder}", **options)
         print(f"wrote {page}")
+    shown, paths = in_loss_place(ds, run, args.var) if args.var != "loss" else (ds, run)
+    # a metric drawn over its whole range, as on the page
+    zmax = full_range(shown.loss) if args.zmax is None and args.var != "loss" else args.zmax
     for target in static:
-        print(f"wrote {plot.save_static(ds, target, run, log=args.log, zmax=args.zmax)}")
+        print(f"wrote {plot.save_static(shown, target, paths, log=args.log, zmax=zmax)}")

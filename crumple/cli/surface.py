@@ -20,24 +20,18 @@ ABOUT = (
 def add(commands) -> None:
     surface = types.command(commands, "surface", ABOUT, execute)
     types.add_model_options(surface)
+    types.add_evaluation_options(surface)
     add = surface.add_argument
-    add(
-        "--recalibrate",
-        default=None,
-        metavar="MODULE:LOADER",
-        help="recompute BatchNorm statistics at each point from this loader's inputs",
-    )
-    add("--metric", action="append", default=[], help="extra variable, e.g. accuracy; repeatable")
     add("--curvature", action="store_true", help="also the extreme Hessian eigenvalues per point")
     _add_plane_options(surface)
     spread.add(surface)
     add(
         "--grid",
         type=types.grid_axis,
-        default="-1:1:51",  # argparse passes a default given as text through type=
         metavar="START:STOP:NUM|auto[:NUM]",
-        help="alpha axis (default -1:1:51); auto: both axes reach where the loss has risen "
-        "--rise times over the centre, widened to hold the --trajectory's path",
+        help=f"alpha axis (default {types.DEFAULT_AXIS}, or with --trajectory {types.DEFAULT_NUM} "
+        "points per axis around the path, with room); auto: both axes reach where the loss has "
+        "risen --rise times over the centre, widened to hold the --trajectory's path",
     )
     add("--rise", type=types.positive_float("--rise"), help="for --grid auto (default 2)")
     add(
@@ -89,8 +83,7 @@ def _add_plane_options(surface: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--plane", choices=list(planes.KINDS), default="random", help=f"{kinds} (default random)"
     )
-    for option in planes.options().values():
-        group.add_argument(types.flag(option), **types.plane_argument(option))
+    types.add_plane_kind_options(group)
 
 
 def _plane_kind(args: argparse.Namespace):
@@ -130,10 +123,41 @@ def _plane(args: argparse.Namespace, kind, model, loss_fn, batches, trajectory):
     return kind.build(sources)
 
 
+def _at_path_end(model, trajectory) -> None:
+    """Give ``model`` the weights (and the buffers, where recorded) of the trajectory's last
+    snapshot, and say so."""
+    import torch
+
+    k = len(trajectory) - 1
+    weights, buffers = trajectory.snapshot(k), trajectory.snapshot_buffers(k)
+    own = dict(model.named_parameters())
+    resized = [n for n in own if n in weights and own[n].shape != weights[n].shape]
+    if own.keys() != weights.keys() or resized:
+        raise CrumpleError(
+            f"the --trajectory's snapshots do not fit --model: parameters only in the model "
+            f"{sorted(own.keys() - weights.keys())[:8]}, only in the snapshots "
+            f"{sorted(weights.keys() - own.keys())[:8]}, of other shapes {resized[:8]}; give "
+            "the model the path was recorded from"
+        )
+    with torch.no_grad():
+        for name, tensor in [*own.items(), *model.named_buffers()]:
+            tensor.copy_((weights | buffers).get(name, tensor))
+    print(
+        f"model: the --trajectory's last snapshot (step {trajectory.steps[k]}), which the pca "
+        "plane passes through; give --weights to centre it on other weights"
+    )
+
+
 def execute(args: argparse.Namespace) -> None:
     from crumple.run.lock import writer
 
     kind = _plane_kind(args)
+    if kind.name == "between" and args.weights_b and not args.weights_c:
+        raise CrumpleError(
+            "--plane between with --weights-b alone has one direction: a line, not a plane; "
+            "draw it with crumple line --weights A --weights-b B, or add --weights-c C for "
+            "the plane through three models"
+        )
     with writer(args.out):  # the one writer of --out, before it is read: another is refused
         _write_run(args, kind)
 
@@ -142,17 +166,13 @@ def _write_run(args: argparse.Namespace, kind) -> None:
     """The run of ``execute``: inputs, plane, grid, surface, spread and page."""
     import crumple as cr
     from crumple import report, specs
-    from crumple.checks import check_name
     from crumple.landscape import OPTIONS, Landscape
 
-    metrics = {
-        check_name(m.rpartition(":")[2], "--metric"): specs.loss_function(
-            m, "--metric", specs.METRICS
-        )
-        for m in args.metric
-    }
+    metrics = types.metrics(args)
     model, loss_fn, batches = types.load_inputs(args)
     trajectory = cr.Trajectory.load(args.trajectory) if args.trajectory else None
+    if kind.name == "pca" and not args.weights and trajectory is not None and len(trajectory):
+        _at_path_end(model, trajectory)  # the plane passes through the model's weights
     plane = _plane(args, kind, model, loss_fn, batches, trajectory)
     # how evaluation runs: cr.surface's options as given (unset ones left to it); those
     # the command reads itself (the data to recalibrate with, metrics, ...) are passed below
@@ -179,9 +199,7 @@ def _write_run(args: argparse.Namespace, kind) -> None:
         f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
     )
-    ds, paths = report.save_surface(
-        args.out, landscape, plane, grid, trajectory=None if paths else trajectory, paths=paths
-    )
+    ds, paths = report.save_surface(args.out, landscape, plane, grid, paths=paths)
     spread.execute(args, model, loss_fn, batches, grid, options)
     page = report.write_page(args.out, ds, paths)
     print(

@@ -4,6 +4,7 @@ given, and blocks of points split into calls of ``points_per_call``."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -351,6 +352,33 @@ class Evaluator:
         if name not in self._trial:
             self._trial[name] = STRATEGIES[name](self.task)
         return self._trial[name](points)
+
+    def with_buffers(self, buffers: Params) -> Evaluator:
+        """An evaluator of the same prepared task (data, settings, strategy) whose points
+        use ``buffers`` (e.g. a recorded snapshot's own BatchNorm statistics) in place of
+        the model's of the same names.
+
+        Example:
+            >>> import crumple as cr
+            >>> net = torch.nn.BatchNorm1d(1, eps=0.0).double().eval()
+            >>> x = torch.ones(2, 1, dtype=torch.float64)
+            >>> evaluate = build(net, {"loss": torch.nn.functional.l1_loss}, (x, 0 * x), None)
+            >>> own = evaluate.with_buffers({"running_mean": torch.ones(1)})
+            >>> weights = Points.weights({n: p[None] for n, p in net.named_parameters()})
+            >>> evaluate(weights)["loss"].tolist(), own(weights)["loss"].tolist()
+            ([1.0], [0.0])
+        """
+        task = self.task
+        given = {n: cast(b, task.device, task.dtype) for n, b in buffers.items()}
+        unknown = sorted(set(given) - set(task.buffers))
+        if unknown:
+            raise CrumpleError(
+                f"the buffers {unknown[:8]} are not the model's (it has {sorted(task.buffers)[:8]}"
+                "); evaluate a snapshot with the model it was recorded from"
+            )
+        return Evaluator(
+            dataclasses.replace(task, buffers={**task.buffers, **given}), self.settings
+        )
 
     def _use(self, name: str) -> None:
         self.strategy = self._trial.get(name) or STRATEGIES[name](self.task)

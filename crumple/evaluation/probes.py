@@ -43,13 +43,22 @@ def check_deterministic(
     where = f"the model on the first {batch.size} samples of the data"
     passes = [_module_outputs(model, params, buffers, objective, batch, where) for _ in range(2)]
     for (name, first), (_, second) in zip(*passes):
-        if first.shape != second.shape or not torch.equal(first, second):
+        if not _same(first, second):
             raise CrumpleError(
                 f"the model's output changes between two passes on the same data, first at "
                 f"module {name!r}; a landscape needs a deterministic loss. Random layers "
                 "(dropout, noise) must be off in eval mode: check that this module honours "
                 "self.training"
             )
+
+
+def _same(first: Tensor, second: Tensor) -> bool:
+    """Equal, nan in the same places counting as equal (nan is no sign of randomness)."""
+    if first.shape != second.shape or first.dtype != second.dtype:
+        return False
+    if first.is_floating_point() or first.is_complex():
+        return bool(torch.allclose(first, second, rtol=0.0, atol=0.0, equal_nan=True))
+    return torch.equal(first, second)
 
 
 def activations_per_sample(

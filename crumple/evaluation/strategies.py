@@ -80,6 +80,8 @@ class Loop(Strategy):
         self.work.to(device=task.device, dtype=task.dtype)
         self.slots = dict(self.work.named_parameters())
         self.buffer_slots = dict(self.work.named_buffers())
+        for name, value in task.buffers.items():  # the task's: the model's, or a snapshot's
+            self.buffer_slots[name].copy_(value)
         self.loaded: dict[str, Tensor] = {}
 
     def __call__(self, points: Points) -> dict[str, Tensor]:

@@ -36,6 +36,8 @@ from crumple.trajectory import Recorder, Trajectory
 
 OPTIMIZERS = names.OPTIMIZERS
 AXES = ("Layer_1.weight", "Layer_2.weight")
+ARTICLE_RANGE = (-2.0, 2.0)  # the article's grid: arange(-2, 2, 0.05) on both weights
+MAX_WIDENED = 400  # points per axis of a grid widened to hold the paths, at most
 
 
 def make_data(n: int = 10_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +136,7 @@ def train(
     )
     opt = make_optimizer(optimizer, model.parameters(), lr)
     loss_fn = nn.MSELoss()
-    recorder = Recorder(model)
-    recorder.record(loss=test_mse(model, test_data))
+    recorder = Recorder(model, loss=test_mse(model, test_data))  # step 0: before training
     for _ in tqdm(range(epochs), desc=f"training ({optimizer})", disable=not progress):
         model.train()
         for x, y in loader:
@@ -186,9 +187,12 @@ def run(
     seed: int = 0,
     n_samples: int = 10_000,
     progress: bool = True,
+    hold_paths: bool = False,
 ) -> SeedRun:
     """The article end to end: data, training (one run per optimizer, all from the same
-    start and batch order) with recorded paths, the surface, and the projections.
+    start and batch order) with recorded paths, the projections, and the surface on the
+    grid ``arange(w_min, w_max, step)`` of both weights (``hold_paths``: widened to hold
+    every path point, :func:`grid_of`).
 
     Example:
         >>> result = run(step=0.5, epochs=1, n_samples=200, optimizers=("sgd", "adam"),
@@ -214,16 +218,49 @@ def run(
         )
         models[path_name(optimizer)] = model
         trajectories[path_name(optimizer)] = recorder.trajectory
-    weights = np.arange(w_min, w_max, step)
     loss_fn = nn.functional.mse_loss
     model = next(iter(models.values()))
-    ds = surface(model, loss_fn, test_data, plane, Grid(weights, weights))
-    ds.attrs["n_parameters"] = 2
     paths = {
         name: project(trajectory, plane, model, loss_fn, test_data)
         for name, trajectory in trajectories.items()
     }
+    grid = grid_of(w_min, w_max, step, paths if hold_paths else None)
+    ds = surface(model, loss_fn, test_data, plane, grid)
+    ds.attrs["n_parameters"] = 2
     return SeedRun(train_data, test_data, plane, models, trajectories, ds, paths)
+
+
+def grid_of(w_min: float, w_max: float, step: float, paths=None) -> Grid:
+    """``arange(w_min, w_max, step)`` on both weights; with ``paths``, each axis extended by
+    whole steps to hold every path point with room (:func:`crumple.auto_range.covering`), or,
+    past ``MAX_WIDENED`` points, that many points over the widened extent.
+    ``grid.chosen`` says which.
+
+    Example:
+        >>> path = xr.Dataset({"alpha": ("step", [-1.0, -2.6]), "beta": ("step", [-1.0, 0.0])})
+        >>> grid = grid_of(-2.0, 2.0, 0.5, {"SGD": path})
+        >>> [(float(a[0]), float(a[-1]), len(a)) for a in grid.axes]
+        [(-3.0, 1.5, 10), (-2.0, 1.5, 8)]
+        >>> grid.chosen
+        '-2 .. 2 in steps of 0.5; widened to hold the path: alpha to -2.81 .. 1.5'
+    """
+    from crumple.auto_range import covering
+
+    axis = np.arange(w_min, w_max, step)
+    if paths is None:
+        return Grid(axis, axis)
+    extents, said = covering([(axis[0], axis[-1])] * 2, paths)
+    axes = []
+    for low, high in extents:
+        below = max(0, int(np.ceil((axis[0] - low) / step - 1e-9)))
+        above = max(0, int(np.ceil((high - axis[-1]) / step - 1e-9)))
+        wide = axis[0] + step * np.arange(-below, len(axis) + above)
+        axes.append(wide if len(wide) <= MAX_WIDENED else np.linspace(low, high, MAX_WIDENED))
+    grid = Grid(*axes)
+    grid.chosen = f"{w_min:g} .. {w_max:g} in steps of {step:g}" + (
+        said or ", which holds every path point"
+    )
+    return grid
 
 
 def fit_figure(result: SeedRun):
@@ -263,17 +300,12 @@ def write(result: SeedRun, folder) -> tuple[Path, Path]:
 
     with writer(folder):  # the folder's one writer, from the data to the page
         folder = save_run(folder, result.surface, result.paths, result.plane)
-        more = {"epochs": result.path.sizes["step"] - 1}
-        outside = points_outside(result)
-        if outside:
-            total = sum(p.sizes["step"] for p in result.paths.values())
-            more["path points outside the grid"] = f"{outside} of {total}"
-        page_path = plot.report(
+        page_path = plot.report(  # its facts count each path's points off the grid
             folder / "landscape.html",
             result.surface,
             result.paths,
             title="crumple: the article's loss landscape",
-            more_facts=more,
+            more_facts={"epochs": result.path.sizes["step"] - 1},
             more_figures=[fit_figure(result)],
         )
     return page_path, folder / DATA

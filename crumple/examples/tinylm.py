@@ -239,14 +239,17 @@ def train(
         optimizer, lambda s: min((s + 1) / warm, 0.1 + 0.45 * (1 + np.cos(np.pi * s / steps)))
     )
     generator = torch.Generator().manual_seed(seed)
-    recorder, order, was_training = Recorder(model, every=record_every), [], model.training
+    recorder, order, was_training = None, [], model.training
     model.train()
     for step in tqdm(range(steps + 1), desc="training", disable=not progress):
         order = order or torch.randperm(len(batches), generator=generator).tolist()
         batch = batches[order.pop()]
         with torch.set_grad_enabled(step < steps):
             loss = model(**batch).loss
-        recorder.record(loss=loss)
+        if recorder is None:  # the weights before the first step, with their batch's loss
+            recorder = Recorder(model, every=record_every, loss=loss)
+        else:
+            recorder.record(loss=loss)
         if step < steps:
             optimizer.zero_grad()
             loss.backward()

@@ -24,11 +24,12 @@ from torch import Tensor, nn
 from torch.func import grad, grad_and_value, vjp, vmap
 
 from crumple import names
-from crumple.batches import Batch, load
+from crumple.batches import Batch, Data, load
 from crumple.checks import check_model, named_functions
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation.probes import activations_per_sample, functional
 from crumple.evaluation.settings import Settings
+from crumple.hessian import guardrails
 from crumple.losses import Objective
 from crumple.params import Params, buffers_of, cast, evaluation_mode
 
@@ -57,7 +58,10 @@ class Hessian:
     Vectors are flat (the parameters in ``names`` order, tied weights once), in the
     weights' dtype and device; a matrix of shape ``(n, m)`` is ``m`` vectors at once.
     ``len(hessian)`` is the number of parameters, ``products`` the vectors multiplied so
-    far.
+    far. The model runs in eval mode and is left as it was (parameters, buffers, flags);
+    one whose loss changes between two passes, is not finite at the weights, or is partly
+    detached from them is refused when the operator is built
+    (:mod:`crumple.hessian.guardrails`).
 
     Example:
         >>> import torch
@@ -111,8 +115,10 @@ class Hessian:
                 f"{parameters!r}; the trainable ones are {', '.join(trainable)}"
             )
         self._set(weights, names)
-        self._check_twice_differentiable()
-        self.keep_graphs = self._graphs_fit()  # the same at any weights: decided once
+        with evaluation_mode(model):  # every pass in eval mode: the model's buffers unwritten
+            self._check_twice_differentiable()
+            guardrails.check(self)
+            self.keep_graphs = self._graphs_fit()  # the same at any weights: decided once
         self.products = 0
 
     @contextmanager
@@ -163,6 +169,15 @@ class Hessian:
         """The Hessian at other values of the parameters (a dict by name), same data."""
         moved = {n: t.to(self.reference) for n, t in weights.items()}
         return self._copy({**self.params, **self.fixed, **moved}, self.names)
+
+    def on(self, batch: Batch, dtype: torch.dtype) -> Hessian:
+        """The Hessian of the loss on ``batch`` alone, computing in ``dtype`` (a probe)."""
+        weights = {n: cast(t, None, dtype) for n, t in {**self.params, **self.fixed}.items()}
+        other = self._copy(weights, self.names)
+        other.buffers = {n: cast(b, None, dtype) for n, b in self.buffers.items()}
+        other.data = Data([batch]).to(other.reference.device, dtype)
+        other.data_weight = self.objective.weights(batch)["loss"]
+        return other
 
     def _copy(self, weights: Params, names: list[str]) -> Hessian:
         other = object.__new__(Hessian)

@@ -168,4 +168,6 @@ def summary(ds) -> str:
         )
     if "block" in ds.dims:
         lines.append(f"{ds.sizes['block']} blocks by {a.get('by', 'group')}: see the page")
+    if "batchnorm" in a:
+        lines.append(f"BatchNorm: {a['batchnorm']}")
     return "\n".join(lines)

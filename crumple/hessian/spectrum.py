@@ -34,6 +34,20 @@ class Eigen:
     residuals: np.ndarray
     products: int
 
+    def __repr__(self) -> str:
+        """The numbers, and the eigenvectors by their shapes only.
+
+        Example:
+            >>> Eigen(np.array([2.0]), [{"w": torch.zeros(2, 3)}], np.array([0.0]), 12)
+            Eigen(eigenvalues=[2.], eigenvectors=1 x {w: (2, 3)}, residuals=[0.], products=12)
+        """
+        first = next(iter(self.eigenvectors), {})
+        shapes = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in first.items())
+        return (
+            f"Eigen(eigenvalues={self.eigenvalues}, eigenvectors={len(self.eigenvectors)} x "
+            f"{{{shapes}}}, residuals={self.residuals}, products={self.products})"
+        )
+
 
 def eigen(
     model: nn.Module | Hessian,
@@ -63,7 +77,8 @@ def eigen(
     blocks' eigenpairs; a block with ``k`` or fewer parameters gives all of its own.
     Blocks of up to 256 parameters are solved densely. ``tol`` is Lanczos's relative
     residual (the eigenvalues' error is about its square times the spectrum's width):
-    default 1e-6 in float64, 1e-4 in lower precision.
+    default 1e-6 in float64, 1e-4 in lower precision. A Hessian that is zero (a loss linear
+    in the weights) has eigenvalues 0, with unit vectors for eigenvectors.
 
     Example:
         >>> import torch
@@ -139,7 +154,7 @@ def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int, sh
     eigenvalues). The smallest are the largest of ``shift - H``, ``shift`` about the top
     eigenvalue: the same Krylov space, but ARPACK's accuracy is then relative to the
     spectrum's width, not to eigenvalues near 0 that it could never meet."""
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
     if which == "both":
         top = _lanczos(hessian, count - count // 2, "largest", tol, seed)
@@ -161,16 +176,24 @@ def _lanczos(hessian: Hessian, count: int, which: str, tol: float, seed: int, sh
     try:
         values, vectors = eigsh(operator, k=count, which="LA", tol=tol, v0=start)
     except ArpackNoConvergence as error:
-        raise CrumpleError(
-            f"Lanczos did not find the {count} {which} eigenvalues to tol={tol:g} within "
-            f"{hessian.products - before:,} Hessian-vector products "
-            f"({len(error.eigenvalues)} converged); "
-            "pass a looser tol (1e-4 is plenty to three digits) or a smaller k"
-        ) from None
+        raise _not_converged(error, count, which, tol, hessian.products - before) from None
+    except ArpackError:  # -9, "starting vector is zero": H v0 = 0, so H = 0 (almost surely)
+        if np.any(apply(start)):
+            raise
+        ends = np.arange(count) if sign > 0 else np.arange(n - count, n)  # "both": apart
+        return np.zeros(count), np.eye(n)[:, ends]  # every vector is an eigenvector of 0
     if shift is not None:
         values = shift - values
     order = np.argsort(sign * -values)
     return values[order], vectors[:, order]
+
+
+def _not_converged(error, count: int, which: str, tol: float, products: int) -> CrumpleError:
+    return CrumpleError(
+        f"Lanczos did not find the {count} {which} eigenvalues to tol={tol:g} within "
+        f"{products:,} Hessian-vector products ({len(error.eigenvalues)} converged); "
+        "pass a looser tol (1e-4 is plenty to three digits) or a smaller k"
+    )
 
 
 def hessian_plane(

@@ -134,7 +134,7 @@ class Tracker:
         """Training ended at ``step``: record the final weights if they are not recorded."""
         if self.active and not self._recorded(step):
             loss = self.last[1] if self.last is not None and self.last[0] == step else None
-            self.recorder.record(loss=loss, step=step)
+            self.recorder.finish(loss=loss, step=step)
 
     def _recorded(self, step: int) -> bool:
         steps = self.recorder.trajectory.steps
@@ -145,14 +145,13 @@ class Tracker:
 
         saved = self.saved or {}
         if self.to is not None and (Path(self.to) / INDEX).is_file() and (step > 0 or saved):
-            recorder = Recorder(model)  # resumed: the folder's trajectory goes on
-            recorder.trajectory = Trajectory.load(self.to)
-            return recorder
+            # resumed: the folder's trajectory goes on
+            return Recorder(model, trajectory=Trajectory.load(self.to))
         if self.to is None and saved.get("weights") is not None:
-            recorder = Recorder(model)  # resumed from a checkpoint that holds the snapshots
-            recorder.trajectory = Trajectory(saved["steps"], saved["weights"], saved["losses"])
-            return recorder
-        return Recorder(model, to=self.to)
+            # resumed from a checkpoint that holds the snapshots (and their buffers)
+            kept = [saved[key] for key in ("steps", "weights", "losses")]
+            return Recorder(model, trajectory=Trajectory(*kept, buffers=saved.get("buffers")))
+        return Recorder(model, to=self.to, step=step)  # keeps the weights at step
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps: the steps and losses recorded, and the snapshots
@@ -162,8 +161,15 @@ class Tracker:
         if t is None:
             return {}
         weights = None if t.weights is None else [dict(w) for w in t.weights]
+        buffers = None if t.buffers is None else [dict(b) for b in t.buffers]
         folder = None if t.folder is None else str(t.folder)
-        return {"steps": list(t.steps), "losses": list(t.losses), "weights": weights, "to": folder}
+        return {
+            "steps": list(t.steps),
+            "losses": list(t.losses),
+            "weights": weights,
+            "buffers": buffers,
+            "to": folder,
+        }
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Keep a checkpoint's :meth:`state` for the start of training."""
@@ -235,7 +241,7 @@ def truncate(trajectory, step: int) -> None:
         return
     del trajectory.steps[keep:], trajectory.losses[keep:]
     if trajectory.weights is not None:
-        del trajectory.weights[keep:]
+        del trajectory.weights[keep:], trajectory.buffers[keep:]
         return
     rows = map(index_row, trajectory.steps, trajectory.losses)
     with written(trajectory.folder / INDEX) as temporary:
@@ -254,6 +260,12 @@ def _check_arguments(every, to, landscape, loss_fn, plane, grid, num, options) -
         raise CrumpleTypeError(
             f"landscape must be True, False or a folder to write the run to, got {landscape!r}"
         )
+    for name, folder in (("to", to), ("landscape", landscape)):
+        if isinstance(folder, (str, Path)) and Path(folder).exists() and not Path(folder).is_dir():
+            raise CrumpleError(
+                f"{name}={str(folder)!r} is a file, and {name}= names a folder to write into; "
+                "give a folder that does not exist yet or holds a crumple run"
+            )
     if landscape is not False and not (callable(loss_fn) or loss_fn == "model"):
         raise CrumpleError(
             f"loss_fn={loss_fn!r}: the landscape needs the loss, as loss_fn(pred, y) returning "

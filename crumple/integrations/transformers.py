@@ -29,6 +29,12 @@ class LandscapeCallback(transformers.TrainerCallback):
     flags are left as they were. With ``load_best_model_at_end``, the weights at the end
     are the best checkpoint's, not the last step's, so they are not recorded then.
 
+    The landscape's loss is the mean over all target tokens of the data, not the
+    ``Trainer``'s ``eval_loss``: the ``Trainer`` (transformers 5) divides each batch's summed
+    loss by its labels counted before a causal LM's shift and averages the batches by their
+    number of sequences, so for unpadded sequences of ``L`` tokens its ``eval_loss`` is
+    ``(L - 1) / L`` of crumple's, and padded ones of unequal length differ more.
+
     Resuming (``trainer.train(resume_from_checkpoint=...)``) goes on recording from the
     checkpoint's step: into the ``to`` folder (dropping the steps recorded after the
     checkpoint), or, in memory, in the same callback object.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from numbers import Integral
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.params import Params, parameters_from, parameters_of, parse_entry
 from crumple.plane import Plane, cosine, norm
+from crumple.trajectory import Trajectory
 
 NORMALIZATIONS = ("filter", "layer", "model", None)
 
@@ -171,7 +173,26 @@ def between_plane(points: Mapping[str, nn.Module | Params], model: nn.Module | N
     return _with_cosine(Plane(origin, directions, attrs))
 
 
-def pca_plane(trajectory, ndim: int) -> Plane:
+def trajectory_of(given) -> Trajectory:
+    """``given`` itself if it is a :class:`crumple.Trajectory`, or the one a folder holds
+    (the ``to=`` of a :class:`crumple.Recorder`).
+
+    Example:
+        >>> trajectory_of("no_such_folder")
+        Traceback (most recent call last):
+        crumple.errors.CrumpleError: 'no_such_folder' holds no trajectory ...
+    """
+    if isinstance(given, Trajectory):
+        return given
+    if isinstance(given, (str, Path)):
+        return Trajectory.load(given)
+    raise CrumpleTypeError(
+        f"trajectory must be a crumple.Trajectory (Recorder(model).trajectory) or the folder "
+        f"a Recorder wrote (to=...), got {type(given).__name__}"
+    )
+
+
+def pca_plane(trajectory, ndim: int, origin: nn.Module | Params | None = None) -> Plane:
     """The work of :meth:`Plane.pca <crumple.plane.Plane.pca>` (see there).
 
     Example:
@@ -180,6 +201,7 @@ def pca_plane(trajectory, ndim: int) -> Plane:
         >>> pca_plane(Trajectory(list(range(4)), steps, [0.0] * 4), 2).ndim
         2
     """
+    trajectory = trajectory_of(trajectory)
     n = len(trajectory)
     if ndim not in (1, 2) or n < ndim + 1:
         raise CrumpleError(
@@ -204,18 +226,46 @@ def pca_plane(trajectory, ndim: int) -> Plane:
         )
     ratios = [float(v) / total for v in values[:ndim]]
     final = trajectory.snapshot(n - 1)
+    through = f"the path's last snapshot (step {trajectory.steps[-1]})"
+    weights = final if origin is None else _pca_origin(origin, final)
+    if any(not torch.equal(weights[n].to(final[n]), final[n]) for n in final):
+        final, through = weights, "the weights given"
     directions: tuple[Params, ...] = tuple({} for _ in range(ndim))
     for name in names:
         m = centred_changes(name)
         for k in range(ndim):
             d = m.T @ vectors[:, k] / values[k].sqrt()
-            directions[k][name] = d.reshape(final[name].shape).to(final[name].dtype)
+            directions[k][name] = d.reshape(final[name].shape).to(final[name])
     attrs = {
         "kind": "pca",
         "explained_variance_ratio": ratios,
         "axis_names": tuple(f"PC{k + 1} ({r:.1%})" for k, r in enumerate(ratios)),
+        "through": through,
     }
     return Plane(final, directions, attrs)
+
+
+def _pca_origin(origin: nn.Module | Params, last: Params) -> Params:
+    """The weights a PCA plane passes through: a model's parameters, or those of a
+    ``{name: tensor}`` dict (a state dict's buffers left aside), by the path's names."""
+    if isinstance(origin, nn.Module):
+        weights = parameters_of(origin)
+    elif isinstance(origin, Mapping) and all(isinstance(t, Tensor) for t in origin.values()):
+        weights = {n: t.detach().clone() for n, t in origin.items() if n in last}
+    else:
+        raise CrumpleTypeError(
+            f"origin must be a model (nn.Module), a {{name: tensor}} dict of its weights or "
+            f"None (the path's last snapshot), got {type(origin).__name__}"
+        )
+    resized = [n for n in last if n in weights and weights[n].shape != last[n].shape]
+    if weights.keys() != last.keys() or resized:
+        raise CrumpleError(
+            f"the origin given does not match the path's snapshots: parameters only in the "
+            f"origin {sorted(weights.keys() - last.keys())[:8]}, only in the path "
+            f"{sorted(last.keys() - weights.keys())[:8]}, of other shapes {resized[:8]}; give "
+            "the model the path was recorded from"
+        )
+    return weights
 
 
 def _with_cosine(plane: Plane) -> Plane:

@@ -98,7 +98,7 @@ def _pca_from(sources: Sources) -> Plane:
             "a pca plane needs a recorded path in Sources.trajectory, got None; e.g. "
             "Sources(model, trajectory=Trajectory.load(folder))"
         )
-    return pca_plane(sources.trajectory, 2)
+    return pca_plane(sources.trajectory, 2, sources.model)  # through the model's weights
 
 
 def _hessian_from(sources: Sources) -> Plane:
@@ -126,7 +126,8 @@ def _describe_random(attrs: Mapping[str, Any]) -> str:
 def _describe_pca(attrs: Mapping[str, Any]) -> str:
     ratios = list(attrs.get("explained_variance_ratio") or [])
     shares = " + ".join(f"{float(r):.1%}" for r in ratios)
-    return f"pca, {shares} of the path's variance" if ratios else "pca"
+    through = f", through {attrs['through']}" if attrs.get("through") else ""
+    return (f"pca, {shares} of the path's variance" if ratios else "pca") + through
 
 
 def _describe_hessian(attrs: Mapping[str, Any]) -> str:
@@ -165,7 +166,8 @@ register(
 register(
     PlaneKind(
         "pca",
-        "the top two principal directions of a recorded training path, through its end",
+        "the top two principal directions of a recorded training path, through the model's "
+        "weights (--weights; without it, the path's last snapshot)",
         _pca_from,
         required=(TRAJECTORY,),
         describe=_describe_pca,

@@ -14,9 +14,18 @@ from crumple import planes
 from crumple.errors import CrumpleError
 from crumple.plot.scale import Scale
 from crumple.plot.style import Paths, check_paths, colours, display_grid, label, off_plane
-from crumple.plot.traces import add_animation, add_clipped, add_critical, add_cursor, add_path
+from crumple.plot.traces import (
+    add_animation,
+    add_clipped,
+    add_critical,
+    add_cursor,
+    add_models,
+    add_path,
+)
 
 __all__ = ["surface", "contour", "losses", "line", "animate", "fit", "display_grid"]
+CAMERA_EYE = dict(x=1.6, y=1.6, z=1.1)  # plotly's 1.25 each clips the axis titles
+SCENE_VIEW = dict(aspectratio=dict(x=1, y=1, z=0.5), camera=dict(eye=CAMERA_EYE))
 
 
 def surface(
@@ -31,7 +40,7 @@ def surface(
     template: str = "plotly_dark",
     fig: go.Figure | None = None,
 ) -> go.Figure:
-    """The loss surface in 3-D, with each path drawn at its true loss.
+    """The loss surface in 3-D, each path at its true loss, the plane's models marked.
 
     Args:
         ds: a dataset from :func:`crumple.surface` (``loss`` over ``alpha`` and ``beta``).
@@ -43,7 +52,7 @@ def surface(
             inf are marked and counted in the subtitle, nan is left as a gap. A surface with
             no finite value says so instead of drawing anything.
         critical: mark local minima, maxima and saddles (counts in the legend) and label
-            the grid's global minimum.
+            the grid's global minimum (saying so when it lies on the grid's edge).
         animate: let the paths grow step by step (play button and slider).
         title, template: the figure's title and plotly template.
         fig: an existing figure to draw into.
@@ -70,7 +79,7 @@ def surface(
                 z=scale(z),
                 colorscale="Viridis",
                 name="loss",
-                colorbar=dict(title=scale.title(label(ds.loss)), len=0.6),
+                colorbar=dict(title=scale.title(label(ds.loss)), len=0.6, thickness=15),
                 hovertemplate="(%{x:.3f}, %{y:.3f})<br>%{z:.5g}<extra></extra>",
                 **_colour_range(scale, "c"),
             )
@@ -78,6 +87,7 @@ def surface(
     add_clipped(fig, x, y, z, scale)
     if critical and not scale.empty:
         add_critical(fig, view, scale, three_d=True)
+    add_models(fig, ds, scale, three_d=True)
     for k, (name, path) in enumerate(paths.items()):
         add_path(fig, name, path, k, scale, three_d=True)
     add_cursor(fig)
@@ -91,11 +101,11 @@ def surface(
             xaxis_title=label(ds.alpha),
             yaxis_title=label(ds.beta),
             zaxis_title=scale.title(label(ds.loss)),
-            aspectratio=dict(x=1, y=1, z=0.5),
+            **SCENE_VIEW,
         ),
         showlegend=True,
         legend=dict(x=0.01, y=0.99),
-        margin=dict(l=0, r=0, t=60, b=0),
+        margin=dict(l=10, r=10, t=60, b=10),
     )
     return fig
 
@@ -138,6 +148,7 @@ def contour(
     )
     if critical and not scale.empty:
         add_critical(fig, view, scale, three_d=False)
+    add_models(fig, ds, scale, three_d=False)
     for k, (name, path) in enumerate(paths.items()):
         add_path(fig, name, path, k, scale, three_d=False)
     _say_if_empty(fig, scale, ds)

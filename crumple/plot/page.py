@@ -25,13 +25,20 @@ _TEMPLATE = """<!DOCTYPE html>
 <title>{title}</title>
 <style>
 body {{ background: #111; color: #ddd; font-family: system-ui, sans-serif; margin: 1.5rem; }}
+h1, .facts, .note {{ overflow-wrap: anywhere; }}
 h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
 .facts {{ color: #aaa; margin: 0 0 .5rem; }}
-.facts span {{ margin-right: 1.5rem; display: inline-block; }}
+.facts span {{ margin-right: 1.5rem; display: inline-block; max-width: 100%; }}
 .note {{ color: #e6c069; margin: 0 0 .5rem; }}
-.panels {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 1rem; }}
+.panels {{ display: grid; gap: 1rem;
+  grid-template-columns: repeat(auto-fit, minmax(min(100%, 560px), 1fr)); }}
 .panel {{ min-width: 0; height: {height}px; }}
 #status {{ color: #e66; }}
+@media (max-width: 600px) {{
+  body {{ margin: .75rem; }}
+  h1 {{ font-size: 1.4rem; }}
+  .panel {{ height: min({height}px, 125vw); }}
+}}
 </style>
 </head>
 <body>
@@ -58,11 +65,25 @@ h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
     return;
   }}
   const figures = JSON.parse(document.getElementById("figures").textContent);
+  // on a narrow screen (a phone), colour bars are slimmer and a 3-D view taller than wide
+  // is seen from further away, so that its sides and axis titles stay inside the panel
+  const fitNarrow = async (div) => {{
+    if (div.clientWidth >= {narrow}) return;
+    const bars = div.data.flatMap((t, k) => (t.colorbar ? [k] : []));
+    const slim = {{"colorbar.title.side": "right", "colorbar.thickness": 10}};
+    if (bars.length) await Plotly.restyle(div, slim, bars);
+    const eye = div.layout.scene && div.layout.scene.camera && div.layout.scene.camera.eye;
+    if (!eye) return;
+    const k = 1.2 * Math.max(1, div._fullLayout._size.h / div._fullLayout._size.w);
+    const far = {{x: eye.x * k, y: eye.y * k, z: eye.z * k}};
+    await Plotly.relayout(div, {{"scene.camera.eye": far}});
+  }};
   const divs = [];
   for (const [k, fig] of figures.entries()) {{
     const div = document.getElementById("figure-" + k);
     await Plotly.newPlot(div, fig.data, fig.layout, {{displaylogo: false, responsive: true}});
     if (fig.frames) await Plotly.addFrames(div, fig.frames);
+    await fitNarrow(div);
     divs.push(div);
   }}
   // the contour view drives a cursor in the 3-D view
@@ -85,6 +106,8 @@ h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
 </html>
 """
 
+
+NARROW = 500  # pixels: a figure narrower than this is laid out for a phone's screen
 
 # what a JSON text may not hold inside an HTML <script>: "<" (a "</script>" ends the
 # script early, a "<!--<script>" makes the browser read past its end), and ">", "&",
@@ -138,6 +161,7 @@ def page(
         notes=notes_html,
         panels=panels,
         height=height,
+        narrow=NARROW,
         plotly=_packed_plotly(),
         figures=script_json(specs),
     )

@@ -10,11 +10,14 @@ import plotly.graph_objects as go
 import xarray as xr
 
 from crumple import planes
-from crumple.analysis import critical_points
+from crumple.analysis import EDGE_NOTE, critical_points, on_edge
+from crumple.grid import Grid
 from crumple.plot.bands import spread as band
 from crumple.plot.bands import spread_facts
 from crumple.plot.figures import animate, contour, losses, surface
+from crumple.plot.lines import line_report
 from crumple.plot.maps import curvature_facts, curvature_map
+from crumple.plot.metrics import full_range, metric_panels, variable_figures
 from crumple.plot.page import write_page
 from crumple.plot.scale import Scale
 from crumple.plot.style import check_paths, display_grid
@@ -45,6 +48,9 @@ def facts(
     out = {"grid": " x ".join(str(n) for n in ds.loss.shape)}
     if "grid_chosen" in ds.attrs:
         out["grid range"] = str(ds.attrs["grid_chosen"])
+    if ds.loss.ndim == 1 and zmax is None:  # a line is drawn whole, none of it clipped
+        top = full_range(ds.loss)
+        zmax = top if top is not None and (top > 0 or not log) else None
     scale = Scale(ds.loss.values, log, zmax)
     if scale.note():
         out["drawn"] = scale.note()
@@ -62,13 +68,19 @@ def facts(
     if "seconds" in ds.attrs:
         strategy = f" ({ds.attrs['strategy']})" if "strategy" in ds.attrs else ""
         out["surface time"] = f"{ds.attrs['seconds']:.3g} s{strategy}"
-    if not scale.empty:
+    if not scale.empty and ds.loss.ndim == 1:  # a line: its lowest point
+        k = int(np.nanargmin(np.where(np.isfinite(ds.loss.values), ds.loss.values, np.nan)))
+        dim = ds.loss.dims[0]
+        out["line minimum"] = f"{float(ds.loss.values[k]):.5g} at {dim} = {ds[dim].values[k]:.4g}"
+    elif not scale.empty:
         found = critical_points(ds)
         out["critical points"] = ", ".join(f"{n} {k}" for k, n in found.counts().items())
         if found.global_min is not None:
             i, j = found.global_min
             out["grid minimum"] = f"{float(ds.loss.values[i, j]):.5g}"
-    return out | curvature(hessian, ds.attrs) | curvature_facts(ds) | _path_facts(paths)
+            if on_edge(found.global_min, ds.loss.shape):
+                out["grid minimum"] += f", {EDGE_NOTE}"
+    return out | curvature(hessian, ds.attrs) | curvature_facts(ds) | _path_facts(paths, ds)
 
 
 def curvature(
@@ -108,11 +120,16 @@ def curvature(
     return out
 
 
-def _path_facts(paths: Mapping[str, xr.Dataset]) -> dict[str, str]:
-    """How far each path is from its drawing."""
+def _path_facts(paths: Mapping[str, xr.Dataset], ds: xr.Dataset) -> dict[str, str]:
+    """How far each path is from its drawing, and how many of its points lie outside the
+    grid of ``ds`` (drawn beside the surface)."""
     out = {}
+    grid = Grid(*(ds[d].values for d in ds.loss.dims))
     for name, path in paths.items():
         quality = f"final loss {float(path.loss[-1]):.5g}"
+        away = grid.outside(path)
+        if away:
+            quality += f", {away} of {path.sizes['step']} points outside the grid"
         if "off_plane" in path and "loss_on_plane" in path:
             gap = np.abs(path.loss.values - path.loss_on_plane.values)
             within = float(np.max(gap, initial=0.0, where=~np.isnan(gap)))
@@ -120,6 +137,8 @@ def _path_facts(paths: Mapping[str, xr.Dataset]) -> dict[str, str]:
                 f", off the plane by up to {float(path.off_plane.max()):.3g}, "
                 f"loss on plane within {within:.3g}"
             )
+        if "statistics" in path.attrs:  # which BatchNorm statistics its losses use
+            quality += f"; BatchNorm statistics: {path.attrs['statistics']}"
         out[name] = quality
     return out
 
@@ -137,6 +156,7 @@ def report(
     hessian: xr.Dataset | None = None,
     spread: xr.Dataset | None = None,
     notes: Sequence[str] = (),
+    var: str = "loss",
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
     curves, the curvature map (of ``curvature=True``), the band of ``spread`` (a
@@ -146,7 +166,11 @@ def report(
     ``hessian``, the Hessian results of the run's folder; the spread's widest point).
     ``log`` and ``zmax`` are :func:`crumple.plot.surface`'s (``log`` also the band's).
     ``notes`` are said on the page above the figures (what was left out and why, as
-    :func:`crumple.run.store.beside` gives them).
+    :func:`crumple.run.store.beside` gives them). Each metric of ``ds`` gets its own panel
+    (:func:`crumple.plot.metrics.metric_panels`); ``var``, a metric's name, draws the page
+    of that variable instead of the loss (:func:`~crumple.plot.metrics.variable_figures`).
+    A line's dataset (one dimension, :func:`crumple.line`) gets the page of a line
+    (:func:`crumple.plot.lines.line_report`).
 
     Example:
         >>> import tempfile
@@ -156,15 +180,33 @@ def report(
         >>> report(f"{tempfile.mkdtemp()}/page.html", ds).name
         'page.html'
     """
-    paths = check_paths(paths)
+    line = ds.loss.ndim == 1
+    paths = check_paths(paths, needs=("loss",) if line else ("alpha", "beta", "loss"))
     # checks log and zmax before any drawing
     drawn = facts(ds, paths, log=log, zmax=zmax, hessian=hessian)
-    figures = [
-        animate(ds, paths, log=log, zmax=zmax) if paths else surface(ds, log=log, zmax=zmax),
-        contour(ds, paths, log=log, zmax=zmax),
-    ]
-    if paths:
-        figures.append(losses(paths))
+    if line:  # a line's page (crumple line)
+        more = {**drawn, **(more_facts or {})}
+        return line_report(
+            path,
+            ds,
+            paths,
+            title=title,
+            facts=more,
+            log=log,
+            zmax=zmax,
+            notes=notes,
+            more_figures=more_figures,
+        )
+    if var != "loss":  # the page of one variable
+        figures = variable_figures(ds, paths, var, log=log, zmax=zmax)
+    else:
+        figures = [
+            animate(ds, paths, log=log, zmax=zmax) if paths else surface(ds, log=log, zmax=zmax),
+            contour(ds, paths, log=log, zmax=zmax),
+        ]
+        if paths:
+            figures.append(losses(paths))
+        figures += metric_panels(ds, paths)
     if "lambda_max" in ds and ds.lambda_max.ndim == 2:
         figures.append(curvature_map(ds))
     if spread is not None:

@@ -338,6 +338,8 @@ def hessian_facts(ds: xr.Dataset) -> dict[str, str]:
     for key in ("dtype", "device"):
         if key in a:
             out[key] = str(a[key])
+    if "batchnorm" in a:
+        out["BatchNorm"] = str(a["batchnorm"])
     if "seconds" in a:
         out["time"] = f"{float(a['seconds']):.3g} s"
     return out

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from crumple.analysis import critical_points
-from crumple.errors import require_extra
+from crumple.analysis import critical_points, on_edge
+from crumple.errors import CrumpleError, require_extra
 from crumple.files import suffixed_path, written
 from crumple.plot.scale import Scale
-from crumple.plot.style import check_paths, colours, display_grid, label
+from crumple.plot.style import check_paths, colours, display_grid, label, model_points
 
 STATIC_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -55,6 +55,12 @@ def save_static(
         '.png'
     """
     path = static_path(path)
+    if ds.loss.ndim != 2:
+        raise CrumpleError(
+            f"ds.loss has dims {ds.loss.dims!r}, not ('alpha', 'beta'): the static figure "
+            "draws a surface; a line (crumple.line, crumple line) is drawn on its page "
+            "(crumple.plot.report, crumple plot RUN --html PAGE)"
+        )
     paths = check_paths(paths)
     scale = Scale(ds.loss.values, log, zmax)
     require_extra("matplotlib", "static")
@@ -76,6 +82,7 @@ def _save(plt, ds, view, path: Path, paths, scale: Scale, title: list, dpi: int)
     _draw_paths(ax3, ax2, paths, scale)
     if not scale.empty:
         _draw_critical(ax2, view)
+        _draw_models(ax2, ds)
     for ax in (ax3, ax2):
         ax.set_xlabel(label(ds.alpha))
         ax.set_ylabel(label(ds.beta))
@@ -143,10 +150,20 @@ def _draw_critical(ax2, view: xr.Dataset) -> None:
     if found.global_min is not None:
         i, j = found.global_min
         ax2.annotate(
-            f"grid minimum {view.loss.values[i, j]:.4g}",
+            f"grid minimum {view.loss.values[i, j]:.4g}"
+            + ("\non the grid's edge: widen the grid" if on_edge((i, j), view.loss.shape) else ""),
             (a[i], b[j]),
             xytext=(10, 10),
             textcoords="offset points",
             color="white",
             bbox=dict(facecolor="black", alpha=0.5),
         )
+
+
+def _draw_models(ax2, ds: xr.Dataset) -> None:
+    """The models the plane was made from, named, where they lie on the grid."""
+    a, b = ds.alpha.values, ds.beta.values
+    for name, (x, y) in model_points(ds).items():
+        if a.min() <= x <= a.max() and b.min() <= y <= b.max():
+            ax2.plot([x], [y], "*", color="white", mec="black", ms=12, zorder=6)
+            ax2.annotate(name, (x, y), xytext=(0, 8), textcoords="offset points", color="white")

@@ -60,6 +60,24 @@ def off_plane(path: xr.Dataset) -> bool:
     return bool(np.nanmax(path.off_plane.values, initial=0.0) > OFF_PLANE_TOL)
 
 
+def model_points(ds: xr.Dataset) -> dict[str, tuple[float, float]]:
+    """Where the models sit on a surface's plane, by name: on a plane between models
+    (``Plane.between``), ``a`` at (0, 0), ``b`` at (1, 0) and ``c`` at (0, 1); on a plane of
+    two weights (``Plane.axes``, whose origin is no model) none; on any other, the model at
+    the origin.
+
+    Example:
+        >>> model_points(xr.Dataset(attrs={"plane_kind": "between"}))
+        {'a': (0.0, 0.0), 'b': (1.0, 0.0), 'c': (0.0, 1.0)}
+        >>> model_points(xr.Dataset(attrs={"plane_kind": "random"}))
+        {'model': (0.0, 0.0)}
+    """
+    kind = ds.attrs.get("plane_kind")
+    if kind == "between":
+        return {"a": (0.0, 0.0), "b": (1.0, 0.0), "c": (0.0, 1.0)}
+    return {} if kind == "axes" else {"model": (0.0, 0.0)}
+
+
 def display_grid(ds: xr.Dataset, max_points: int = DISPLAY_MAX) -> tuple[xr.Dataset, str | None]:
     """Every k-th grid line so that at most ``max_points`` per axis are drawn, and a note
     saying so (``None`` if nothing was left out).

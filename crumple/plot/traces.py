@@ -7,17 +7,19 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from crumple.analysis import critical_points
+from crumple.analysis import critical_points, on_edge
 from crumple.plot.scale import Scale
-from crumple.plot.style import CRITICAL_STYLES, Paths, colours, off_plane
+from crumple.plot.style import CRITICAL_STYLES, Paths, colours, label, model_points, off_plane
 
 CRITICAL_NAMES = {"minima": "local minima", "maxima": "local maxima", "saddles": "saddle points"}
 NAME = "%{fullData.name}"  # a trace's name in its hover text, read by plotly, not spliced in
+SLIDER_LIFT = 40  # pixels: the slider stands over the play and pause buttons, clear of them
 
 
 def add_path(fig: go.Figure, name: str, path: xr.Dataset, k: int, scale: Scale, three_d: bool):
-    """The ``k``-th path, start and end marked (diamond, square), at its true loss in 3-D;
-    a path that leaves the plane is also drawn faintly at its projection.
+    """The ``k``-th path, start and end marked (diamond, square; named in the hover text),
+    at its true loss in 3-D; a path that leaves the plane is also drawn faintly at its
+    projection.
 
     Example:
         >>> p = xr.Dataset({"alpha": ("step", [0.0, 1.0]), "beta": ("step", [0.0, 1.0]),
@@ -34,9 +36,10 @@ def add_path(fig: go.Figure, name: str, path: xr.Dataset, k: int, scale: Scale, 
     if n > 1:
         symbols[-1], sizes[-1] = "square", 7
     off = path.off_plane.values if "off_plane" in path else np.zeros(n)
+    ends = {0: "start, ", n - 1: "end, "}
     text = [
-        f"step {s}" + (f"<br>off the plane by {d:.3g}" if d > 0 else "")
-        for s, d in zip(path.step.values, off)
+        ends.get(k, "") + f"step {s}" + (f"<br>off the plane by {d:.3g}" if d > 0 else "")
+        for k, (s, d) in enumerate(zip(path.step.values, off))
     ]
     common = dict(
         x=path.alpha.values,
@@ -76,7 +79,7 @@ def add_path(fig: go.Figure, name: str, path: xr.Dataset, k: int, scale: Scale, 
 
 def add_critical(fig: go.Figure, view: xr.Dataset, scale: Scale, three_d: bool) -> None:
     """Local minima, maxima and saddles (counted in the legend), and a label on the grid's
-    minimum.
+    minimum (which says so when it lies on the grid's edge).
 
     Example:
         >>> a = np.linspace(-1, 1, 5)
@@ -110,10 +113,11 @@ def add_critical(fig: go.Figure, view: xr.Dataset, scale: Scale, three_d: bool) 
     if found.global_min is None:
         return
     i, j = found.global_min
+    edge = "<br>on the grid's edge: widen the grid" if on_edge(found.global_min, z.shape) else ""
     note = dict(
         x=a[i],
         y=b[j],
-        text=f"grid minimum {z[i, j]:.5g}",
+        text=f"grid minimum {z[i, j]:.5g}{edge}",
         showarrow=True,
         arrowcolor="white",
         font=dict(color="white"),
@@ -123,6 +127,75 @@ def add_critical(fig: go.Figure, view: xr.Dataset, scale: Scale, three_d: bool) 
         fig.update_layout(scene_annotations=[note | {"z": float(scale(z[i, j]))}])
     else:
         fig.add_annotation(**note)
+
+
+def add_models(fig: go.Figure, ds: xr.Dataset, scale: Scale, three_d: bool) -> None:
+    """The models the plane was made from (:func:`~crumple.plot.style.model_points`: the
+    model at the origin, or a, b, c of a plane between models), each marked where it sits
+    with its value (at the nearest grid point when it falls between them); those outside
+    the grid are named in the legend instead. Left out when nothing is drawn.
+
+    Example:
+        >>> a = np.linspace(-1, 1, 3)
+        >>> ds = xr.Dataset({"loss": (("alpha", "beta"), np.arange(9.0).reshape(3, 3))},
+        ...                 coords={"alpha": a, "beta": a}, attrs={"plane_kind": "between"})
+        >>> fig = go.Figure()
+        >>> add_models(fig, ds, Scale(ds.loss.values), three_d=False)
+        >>> fig.data[0].name, list(fig.data[0].text), list(fig.data[0].hovertext)[1]
+        ('models a, b, c', ['a', 'b', 'c'], 'b at (1, 0)<br>loss 7')
+    """
+    points = model_points(ds)
+    if not points or scale.empty:
+        return  # no model on the plane, or nothing drawn: the figure says why
+    grid = ds.loss.transpose("alpha", "beta")
+    marked, value, hover, away = [], [], [], []
+    for name, (a, b) in points.items():
+        found = _at_grid_point(grid, a, b)
+        if found is None:
+            away.append(name)
+            continue
+        v, exact = found
+        where = "" if exact else " at the nearest grid point"
+        marked.append((a, b))
+        value.append(v)
+        hover.append(f"{name} at ({a:.4g}, {b:.4g})<br>{label(ds.loss)}{where} {v:.5g}")
+    title = "model" if list(points) == ["model"] else "models " + ", ".join(points)
+    if len(away) == len(points):
+        title += " outside the grid"
+    elif away:
+        title += f" ({', '.join(away)} outside the grid)"
+    kwargs = dict(
+        x=[a for a, _ in marked],
+        y=[b for _, b in marked],
+        mode="markers+text",
+        name=title,
+        meta="models",  # the page and the animation tell it from a path by this
+        text=[n for n in points if n not in away],
+        textposition="top center",
+        textfont=dict(color="white"),
+        hovertext=hover,
+        hoverinfo="text",
+    )
+    if three_d:
+        marker = dict(size=5, color="white", symbol="circle")
+        fig.add_trace(go.Scatter3d(z=scale(np.array(value)), marker=marker, **kwargs))
+    else:
+        marker = dict(size=13, color="white", symbol="star", line=dict(width=1, color="black"))
+        fig.add_trace(go.Scatter(marker=marker, **kwargs))
+
+
+def _at_grid_point(grid: xr.DataArray, a: float, b: float) -> tuple[float, bool] | None:
+    """The value of ``grid`` (over alpha, beta) at its point nearest (a, b) and whether
+    that is (a, b) itself; None when (a, b) lies outside the grid."""
+    axes = [np.asarray(grid[d].values, dtype=np.float64) for d in ("alpha", "beta")]
+    nearest, exact = [], True
+    for axis, t in zip(axes, (a, b)):
+        if axis.size == 0 or not axis.min() <= t <= axis.max():
+            return None
+        k = int(np.argmin(np.abs(axis - t)))
+        nearest.append(k)
+        exact &= bool(abs(axis[k] - t) <= 1e-9 * max(1.0, float(np.ptp(axis))))
+    return float(grid.values[nearest[0], nearest[1]]), exact
 
 
 def add_clipped(fig: go.Figure, x: np.ndarray, y: np.ndarray, z: np.ndarray, scale: Scale):
@@ -198,7 +271,7 @@ def add_animation(fig: go.Figure, paths: Paths, scale: Scale) -> None:
         ['0', '5']
     """
     names = list(paths)
-    indices = [i for i, t in enumerate(fig.data) if t.name in names]
+    indices = [i for i, t in enumerate(fig.data) if t.name in names and t.meta is None]
     longest = max(paths.values(), key=lambda p: p.sizes["step"])
     # each frame is named by the step the training loop recorded (every=3: 0, 3, 6, ...)
     steps = longest["step"].values if "step" in longest.coords else range(longest.sizes["step"])
@@ -218,8 +291,8 @@ def add_animation(fig: go.Figure, paths: Paths, scale: Scale) -> None:
             dict(
                 type="buttons",
                 showactive=False,
-                x=0.02,
-                y=0.02,
+                x=0,
+                y=0,
                 xanchor="left",
                 yanchor="bottom",
                 direction="left",
@@ -236,9 +309,10 @@ def add_animation(fig: go.Figure, paths: Paths, scale: Scale) -> None:
         sliders=[
             dict(
                 active=len(frames) - 1,
-                x=0.15,
-                len=0.8,
-                y=0.02,
+                x=0,
+                len=1,
+                pad=dict(b=SLIDER_LIFT, l=10, r=10),
+                y=0,
                 yanchor="bottom",
                 currentvalue=dict(prefix="step "),
                 steps=[

@@ -31,6 +31,7 @@ from crumple.plane import Plane
 from crumple.progress import tqdm
 from crumple.run.fingerprint import fingerprint, ordered_digest, unmatched
 from crumple.run.lock import make_folder
+from crumple.run.schema import plane_attrs
 from crumple.run.store import PLANE, RunStore, damaged, open_run
 
 TILE_SECONDS = 0.25
@@ -154,6 +155,7 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, options: RunOptions)
     if new is not None:
         folder, fp, coord_attrs = new
         attrs = {"fingerprint": json.dumps(fp), "plan": evaluator.settings.to_json()}
+        attrs |= plane_attrs(task.plane, grid)  # info names the plane of an unfinished run
         names = evaluator.names
         stored = RunStore.create(folder, grid, names, tiles, attrs, coord_attrs)
     done = stored.done() if stored is not None else [False] * len(tiles)

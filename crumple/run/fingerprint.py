@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from crumple.batches import Batch
+from crumple.batches import Batch, order_free_digest, sample_hashes
 from crumple.grid import Grid
 from crumple.plane import Plane
 
@@ -89,17 +89,7 @@ def samples_digest(batches) -> str:
         >>> samples_digest(load((x, y))) == samples_digest(load(shuffled))
         True
     """
-    rows: list[bytes] = []
-    for batch in batches:
-        parts = [t.detach().cpu().contiguous() for t in Batch.of(batch).parts()]
-        flat = [p.reshape(len(p), -1).view(torch.uint8).numpy() for p in parts]
-        kinds = ";".join(f"{p.dtype}:{tuple(p.shape[1:])}" for p in parts).encode()
-        for i in range(len(flat[0])):
-            h = hashlib.blake2b(kinds, digest_size=16)
-            for f in flat:
-                h.update(f[i].tobytes())
-            rows.append(h.digest())
-    return "samples:" + hashlib.sha256(b"".join(sorted(rows))).hexdigest()[:16]
+    return order_free_digest([h for batch in batches for h in sample_hashes(Batch.of(batch))])
 
 
 def ordered_digest(batches) -> str:

@@ -34,6 +34,24 @@ def coord_attrs(plane: Plane, grid: Grid) -> dict[str, dict]:
     return {dim: {"long_name": str(name)} for dim, name in zip(grid.dims, names)}
 
 
+def plane_attrs(plane: Plane, grid: Grid) -> dict[str, Any]:
+    """The plane's facts as a surface's attributes (``plane_kind``, ``plane_seed``, ...)
+    and how the grid was chosen, written when a run starts and again when it ends.
+
+    Example:
+        >>> import torch
+        >>> plane_attrs(Plane.random(torch.nn.Linear(2, 1), seed=3), Grid([0.0, 1.0]))["plane_seed"]
+        3
+    """
+    attrs = {"plane_kind": plane.attrs.get("kind", "custom")}
+    if grid.chosen:
+        attrs["grid_chosen"] = grid.chosen
+    for key, value in plane.attrs.items():
+        if key not in ("kind", "axis_names"):
+            attrs[f"plane_{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    return attrs
+
+
 def grid_dataset(
     results: Mapping[str, np.ndarray],
     plane: Plane,
@@ -61,11 +79,6 @@ def grid_dataset(
         name: (grid.dims, values, {"long_name": long_names.get(name, name)})
         for name, values in results.items()
     }
-    attrs = {"plane_kind": plane.attrs.get("kind", "custom")}
-    if grid.chosen:
-        attrs["grid_chosen"] = grid.chosen
-    for key, value in plane.attrs.items():
-        if key not in ("kind", "axis_names"):
-            attrs[f"plane_{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    attrs = plane_attrs(plane, grid)
     attrs |= {"loss_name": loss_name, **facts, "crumple_version": __version__}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
