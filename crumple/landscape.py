@@ -247,12 +247,12 @@ class Landscape:
         held, n = trajectory.buffer_counts()
         own = held > 0 and self.options.run.recalibrate is None
         with evaluation_mode(self.model):
-            evaluate = self._loss_evaluator(plane)
+            evaluate = self._loss_evaluator(plane, metrics=True)
             true, on_plane = _path_losses(evaluate, trajectory, names, coords, own)
         dims = ("alpha", "beta")[: plane.ndim]
         data_vars = {dim: ("step", c.numpy()) for dim, c in zip(dims, coords)}
+        data_vars |= {name: ("step", values) for name, values in true.items()}  # + metrics
         data_vars |= {
-            "loss": ("step", true),
             "loss_on_plane": ("step", on_plane),
             "off_plane": ("step", off_plane.numpy()),
             "recorded_loss": ("step", np.asarray(trajectory.losses, dtype=np.float64)),
@@ -262,11 +262,12 @@ class Landscape:
             path.attrs["statistics"] = _statistics(held, n, self.options.run.recalibrate)
         return path
 
-    def _loss_evaluator(self, plane: Plane):
-        """One evaluator of the loss alone on ``plane`` (the model in evaluation mode)."""
-        loss = {"loss": self.fns["loss"]}
+    def _loss_evaluator(self, plane: Plane, metrics: bool = False):
+        """One evaluator on ``plane`` of the loss alone (``metrics``: and the metrics), the
+        model in evaluation mode."""
+        fns = self.fns if metrics else {"loss": self.fns["loss"]}
         recalibrate = self.options.run.recalibrate
-        return build(self.model, loss, self.given(), plane, self.settings, recalibrate=recalibrate)
+        return build(self.model, fns, self.given(), plane, self.settings, recalibrate=recalibrate)
 
     def _check_against_reference(self, ds: xr.Dataset, plane: Plane, settings: Settings) -> None:
         """Re-do ``check`` random grid points with the reference loop; record the largest
@@ -313,6 +314,7 @@ def project(
     loss_fn: Callable | str,
     data: Any,
     *,
+    metrics: Any = None,
     recalibrate: Any = None,
     **options: Any,
 ) -> xr.Dataset:
@@ -320,8 +322,9 @@ def project(
 
     Returns a Dataset along ``step`` with ``alpha`` and ``beta`` (least-squares coordinates),
     ``off_plane`` (distance from the snapshot to its projection), ``loss`` (the true loss of
-    the snapshot), ``loss_on_plane`` (the loss at the projection) and ``recorded_loss`` (what
-    the training loop passed to ``record``). ``options`` are those of
+    the snapshot), ``loss_on_plane`` (the loss at the projection), ``recorded_loss`` (what
+    the training loop passed to ``record``) and each of ``metrics`` (as in ``surface``) at the
+    snapshot. ``options`` are those of
     :func:`crumple.surface` that say how evaluation runs (``device``, ``dtype``, ...);
     ``recalibrate`` recomputes the BatchNorm statistics at each point, as in ``surface``.
 
@@ -337,18 +340,23 @@ def project(
     """
     for name in options:
         if name not in EVALUATION:
-            raise CrumpleError(
-                f"unknown option {name!r} of project; the options are {', '.join(sorted(PATH))}"
-            )
-    landscape = Landscape(model, loss_fn, data, recalibrate=recalibrate, **options)
+            known = ", ".join(sorted((*PATH, "metrics")))
+            raise CrumpleError(f"unknown option {name!r} of project; the options are {known}")
+    landscape = Landscape(model, loss_fn, data, metrics=metrics, recalibrate=recalibrate, **options)
     return landscape.project(trajectory, plane)
 
 
 def _path_losses(evaluate, trajectory: Trajectory, names, coords, own: bool = False):
-    """The true loss of each snapshot (``own``: with the buffers recorded with it, where it
-    has them), and the loss at its projection (the model's buffers), chunk by chunk."""
+    """The true loss (and metrics) of each snapshot (``own``: with the buffers recorded with
+    it, where it has them), and the loss at its projection (the model's buffers), chunk by
+    chunk."""
     reference_tensor = next(iter(evaluate.task.origin.values()))
-    true, on_plane = [], []
+    true, on_plane = {name: [] for name in evaluate.names}, []
+
+    def keep(values):
+        for name, v in values.items():
+            true[name].append(v)
+
     for start in range(0, len(trajectory), PROJECT_CHUNK):
         chunk = range(start, min(start + PROJECT_CHUNK, len(trajectory)))
         point = [c[start : chunk.stop].to(reference_tensor) for c in coords]
@@ -358,15 +366,15 @@ def _path_losses(evaluate, trajectory: Trajectory, names, coords, own: bool = Fa
             for n in names
         }
         if not own:
-            true.append(evaluate(Points.weights(stacked))["loss"])
+            keep(evaluate(Points.weights(stacked)))
             continue
         for i, k in enumerate(chunk):  # one at a time: each snapshot its own buffers
             buffers = trajectory.snapshot_buffers(k)
             evaluator = evaluate.with_buffers(buffers) if buffers else evaluate
             single = {n: t[i : i + 1] for n, t in stacked.items()}
-            true.append(evaluator(Points.weights(single))["loss"])
+            keep(evaluator(Points.weights(single)))
     return (
-        torch.cat(true).double().cpu().numpy(),
+        {name: torch.cat(v).double().cpu().numpy() for name, v in true.items()},
         torch.cat(on_plane).double().cpu().numpy(),
     )
 

@@ -299,3 +299,29 @@ def test_metric_and_line_pages_draw_every_panel_in_chromium(
             assert not errors and drawn == len(page_figures(file)), (file, width, errors, drawn)
             assert any("accuracy (%)" in t for t in titles), (file, width, titles)
         page.close()
+
+
+def test_a_projected_path_carries_each_metric_at_its_snapshots():
+    torch.manual_seed(0)
+    model = MLP().double()
+    x, y = cli_fixtures.digits_loader().dataset.tensors
+    data = (x.double(), y)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    with cr.Recorder(model) as rec:
+        for _ in range(4):
+            optimizer.zero_grad()
+            F.cross_entropy(model(data[0]), y).backward()
+            optimizer.step()
+            rec.record()
+    path = cr.project(
+        rec.trajectory,
+        cr.Plane.pca(rec.trajectory),
+        model,
+        F.cross_entropy,
+        data,
+        metrics={"accuracy": accuracy},
+    )
+    snapshots = [rec.trajectory.snapshot(k) for k in range(len(rec.trajectory))]
+    slow = cr.reference.points(model, {"accuracy": accuracy}, data, snapshots)["accuracy"]
+    assert_close(path.accuracy.values, slow, rtol=1e-12, label="accuracy along the path")
+    assert len(set(np.round(path.accuracy.values, 6))) > 1  # it moves as training goes

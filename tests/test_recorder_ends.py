@@ -276,3 +276,20 @@ def test_the_run_folder_info_and_page_say_which_statistics_the_path_uses(bn_run,
     assert "each snapshot's own" in cr.open_run(tmp_path / "run")["path"].attrs["statistics"]
     assert "statistics: loss: each snapshot's own" in describe(tmp_path / "run")
     assert "BatchNorm statistics: loss: each snapshot" in run.page.read_text()
+
+
+def test_a_batchnorm_surface_says_which_statistics_it_uses():
+    from crumple.plot.report import facts
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    plane, grid = cr.Plane.random(net, seed=0), cr.Grid(np.linspace(-1, 1, 3), [0.0, 1.0])
+    ds = cr.surface(net, torch.nn.functional.cross_entropy, (x, y), plane, grid)
+    assert "running statistics at every point" in facts(ds)["batchnorm"]
+    assert "--recalibrate" in ds.attrs["batchnorm"]
+    fixed = cr.surface(net, torch.nn.functional.cross_entropy, (x, y), plane, grid, recalibrate=x)
+    assert "batchnorm" not in fixed.attrs and "recalibrated" in fixed.attrs
+    plain = torch.nn.Linear(4, 2)
+    ds = cr.surface(plain, torch.nn.functional.cross_entropy, (x, y), cr.Plane.random(plain), grid)
+    assert "batchnorm" not in ds.attrs

@@ -79,6 +79,7 @@ def describe(folder: str | Path) -> str:
         "n_target_tokens",
         "data",
         "recalibrated",
+        "batchnorm",
         "precision",
         "points_per_call_halved",
         "dtype",

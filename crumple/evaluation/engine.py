@@ -19,7 +19,7 @@ from crumple.evaluation.choice import Choice, choose
 from crumple.evaluation.extras import Extra
 from crumple.evaluation.kernels import Kernels
 from crumple.evaluation.points import Points
-from crumple.evaluation.recalibration import Recalibration
+from crumple.evaluation.recalibration import Recalibration, batchnorm_layers
 from crumple.evaluation.settings import Settings
 from crumple.evaluation.strategies import STRATEGIES, Strategy
 from crumple.grid import blocks
@@ -102,6 +102,11 @@ class Task:
         if self.recalibration is not None:
             n = len(self.recalibration.inputs)
             facts["recalibrated"] = f"BatchNorm statistics recomputed at each point ({n} batches)"
+        elif batchnorm_layers(self.model):
+            facts["batchnorm"] = (
+                "the model's running statistics at every point, not those of the weights there; "
+                "recalibrate=LOADER (--recalibrate) recomputes them at each point"
+            )
         return facts
 
     @property

@@ -60,7 +60,7 @@ def facts(
         out["samples"] = f"{ds.attrs['n_samples']:,}"
     if "n_target_tokens" in ds.attrs:
         out["target tokens"] = f"{ds.attrs['n_target_tokens']:,}"
-    for fact in ("recalibrated", "precision"):
+    for fact in ("recalibrated", "batchnorm", "precision"):
         if fact in ds.attrs:
             out[fact] = str(ds.attrs[fact])
     if "n_parameters" in ds.attrs:
