@@ -71,9 +71,9 @@ def load_object(spec: str, what: str) -> Any:
         ) from None
 
 
-def load_model(spec: str, weights: str | None = None) -> nn.Module:
+def load_model(spec: str, weights: str | None = None, option: str = "--weights") -> nn.Module:
     """Call the factory ``spec`` names (or, for ``hf:FOLDER``, build the Hugging Face model
-    saved there: :func:`hf_model`), and load ``weights`` into the model.
+    saved there: :func:`hf_model`), and load ``weights`` (given as ``option``) into the model.
 
     Example:
         >>> load_model("torch.nn:Identity")
@@ -90,7 +90,7 @@ def load_model(spec: str, weights: str | None = None) -> nn.Module:
             "name a function (or class) that builds the model and returns it"
         )
     if weights is not None:
-        load_weights(model, weights, "--weights")
+        load_weights(model, weights, option)
     return model
 
 

@@ -337,3 +337,24 @@ def test_the_trainers_eval_loss_against_crumples_token_mean_as_documented(tmp_pa
     from crumple.integrations.transformers import LandscapeCallback
 
     assert "is\n    ``(L - 1) / L`` of crumple's" in LandscapeCallback.__doc__
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["line", "--weights-b", "{missing}"], "--weights-b"),
+        (
+            ["surface", "--plane", "between", "--weights-b", "{b}", "--weights-c", "{missing}"],
+            "--weights-c",
+        ),
+    ],
+)
+def test_a_missing_weights_file_is_named_by_its_own_option(tmp_path, capsys, args, named):
+    b = tmp_path / "b.pt"
+    torch.save(MLP().state_dict(), b)
+    args = [a.format(missing=tmp_path / "nope.pt", b=b) for a in args]
+    model = ["--model", "tests.cli_fixtures:make_mlp", "--data", "tests.cli_fixtures:digits_loader"]
+    with pytest.raises(SystemExit):
+        main([args[0], *model, *args[1:], "--out", str(tmp_path / "run")])
+    assert f"error: {named} '{tmp_path / 'nope.pt'}': no such file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -96,7 +96,7 @@ def _line_plane(args: argparse.Namespace, model, loss_fn, batches, trajectory):
     from crumple import planes, specs
 
     if args.plane == "between":
-        return _between(model, specs.load_model(args.model, args.weights_b), model)
+        return _between(model, specs.load_model(args.model, args.weights_b, "--weights-b"), model)
     if args.plane != ENDS:
         return _plane(args, planes.get(args.plane), model, loss_fn, batches, trajectory)
     if len(trajectory) < 2:

@@ -114,7 +114,7 @@ def _plane(args: argparse.Namespace, kind, model, loss_fn, batches, trajectory):
     from crumple import planes, specs
 
     models = tuple(
-        specs.load_model(args.model, getattr(args, o.name))
+        specs.load_model(args.model, getattr(args, o.name), types.flag(o))
         for o in kind.options
         if o.kind == "weights" and getattr(args, o.name)
     )
