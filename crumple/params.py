@@ -66,6 +66,23 @@ def parameters_from(state: Mapping[str, Tensor], model: nn.Module, label: str = 
     return {n: found[n][0].detach().clone() for n in params}
 
 
+def differences(ours: Params, theirs: Params, our_name: str, their_name: str) -> str | None:
+    """``None`` if two sets of parameters have the same names and shapes, else what differs
+    (at most 8 names of each kind).
+
+    Example:
+        >>> differences({"w": torch.zeros(2)}, {"w": torch.zeros(3)}, "the model", "the path")
+        "parameters only in the model [], only in the path [], of other shapes ['w']"
+    """
+    resized = [n for n in ours if n in theirs and ours[n].shape != theirs[n].shape]
+    if ours.keys() == theirs.keys() and not resized:
+        return None
+    return (
+        f"parameters only in {our_name} {sorted(ours.keys() - theirs.keys())[:8]}, only in "
+        f"{their_name} {sorted(theirs.keys() - ours.keys())[:8]}, of other shapes {resized[:8]}"
+    )
+
+
 def buffers_of(model: nn.Module) -> Params:
     """The model's buffers by name (running statistics and the like), not copied."""
     return dict(model.named_buffers())

@@ -128,16 +128,16 @@ def _at_path_end(model, trajectory) -> None:
     snapshot, and say so."""
     import torch
 
+    from crumple.params import differences
+
     k = len(trajectory) - 1
     weights, buffers = trajectory.snapshot(k), trajectory.snapshot_buffers(k)
     own = dict(model.named_parameters())
-    resized = [n for n in own if n in weights and own[n].shape != weights[n].shape]
-    if own.keys() != weights.keys() or resized:
+    differs = differences(own, weights, "the model", "the snapshots")
+    if differs:
         raise CrumpleError(
-            f"the --trajectory's snapshots do not fit --model: parameters only in the model "
-            f"{sorted(own.keys() - weights.keys())[:8]}, only in the snapshots "
-            f"{sorted(weights.keys() - own.keys())[:8]}, of other shapes {resized[:8]}; give "
-            "the model the path was recorded from"
+            f"the --trajectory's snapshots do not fit --model: {differs}; give the model the "
+            "path was recorded from"
         )
     with torch.no_grad():
         for name, tensor in [*own.items(), *model.named_buffers()]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError, CrumpleTypeError
-from crumple.params import Params, parameters_from, parameters_of, parse_entry
+from crumple.params import Params, differences, parameters_from, parameters_of, parse_entry
 from crumple.plane import Plane, cosine, norm
 from crumple.trajectory import Trajectory
 
@@ -257,13 +257,11 @@ def _pca_origin(origin: nn.Module | Params, last: Params) -> Params:
             f"origin must be a model (nn.Module), a {{name: tensor}} dict of its weights or "
             f"None (the path's last snapshot), got {type(origin).__name__}"
         )
-    resized = [n for n in last if n in weights and weights[n].shape != last[n].shape]
-    if weights.keys() != last.keys() or resized:
+    differs = differences(weights, last, "the origin", "the path")
+    if differs:
         raise CrumpleError(
-            f"the origin given does not match the path's snapshots: parameters only in the "
-            f"origin {sorted(weights.keys() - last.keys())[:8]}, only in the path "
-            f"{sorted(last.keys() - weights.keys())[:8]}, of other shapes {resized[:8]}; give "
-            "the model the path was recorded from"
+            f"the origin given does not match the path's snapshots: {differs}; give the model "
+            "the path was recorded from"
         )
     return weights
 
