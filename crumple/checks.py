@@ -143,6 +143,16 @@ def check_fits(model: nn.Module, plane: Plane) -> None:
             f"missing {missing}, unknown {extra}, different shapes {resized}; "
             "build the plane from the same model (e.g. Plane.axes(model, ...))"
         )
+    points = {"origin (the model's weights)": plane.origin}
+    points |= {f"direction {k + 1}": d for k, d in enumerate(plane.directions)}
+    for label, point in points.items():
+        bad = [n for n, t in point.items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:
+            raise CrumpleError(
+                f"the plane's {label} holds nan or inf in {bad[:8]}: every point of the surface "
+                "would be nan; load finite weights (a model or checkpoint saved before training "
+                "diverged)"
+            )
 
 
 def check_result_size(points: int, names: int) -> None:

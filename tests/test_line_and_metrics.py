@@ -325,3 +325,16 @@ def test_a_projected_path_carries_each_metric_at_its_snapshots():
     slow = cr.reference.points(model, {"accuracy": accuracy}, data, snapshots)["accuracy"]
     assert_close(path.accuracy.values, slow, rtol=1e-12, label="accuracy along the path")
     assert len(set(np.round(path.accuracy.values, 6))) > 1  # it moves as training goes
+
+
+def test_a_float64_plane_through_a_float32_batchnorm_model_casts_its_buffers():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    net.train()(torch.randn(16, 4))  # running statistics of its own
+    net.eval()
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    plane = cr.Plane.random(net, seed=0, ndim=1).to(None, torch.float64)  # as crumple line
+    ds = cr.line(net, F.cross_entropy, (x, y), plane, np.linspace(-1, 1, 5))
+    slow = cr.reference.points(net.double(), {"loss": F.cross_entropy}, (x.double(), y),
+                               [plane.at(float(t)) for t in ds.alpha.values])["loss"]  # fmt: skip
+    assert_close(ds.loss.values, slow, rtol=1e-12, label="float64 line, float32 buffers")

@@ -358,3 +358,22 @@ def test_a_missing_weights_file_is_named_by_its_own_option(tmp_path, capsys, arg
         main([args[0], *model, *args[1:], "--out", str(tmp_path / "run")])
     assert f"error: {named} '{tmp_path / 'nope.pt'}': no such file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_the_weights_is_named_before_any_evaluation(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight[0, 1] = float("nan")
+    data = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(
+        cr.CrumpleError, match=r"origin \(the model's weights\) holds nan or inf in \['weight'\]"
+    ):
+        cr.surface(
+            net,
+            F.cross_entropy,
+            data,
+            cr.Plane.random(net, seed=0),
+            cr.Grid([0.0, 1.0], [0.0, 1.0]),
+            store=tmp_path / "run",
+        )
+    assert not (tmp_path / "run" / "landscape.zarr").exists()

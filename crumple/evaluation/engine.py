@@ -135,12 +135,12 @@ def prepare(
     settle_allocator()
     device, dtype = settings.torch_device, settings.torch_dtype
     plane = plane.to(device, dtype) if plane is not None else None
-    buffers = {n: cast(b, device, dtype) for n, b in buffers_of(model).items()}
     if plane is not None:
         origin = plane.origin
     else:
         origin = {n: cast(p.detach(), device, dtype) for n, p in model.named_parameters()}
-    reference = next(iter(origin.values()))
+    reference = next(iter(origin.values()))  # buffers in the weights' dtype (a float64 plane)
+    buffers = {n: cast(b, reference.device, reference.dtype) for n, b in buffers_of(model).items()}
     if not isinstance(data, Data):
         data = load(data, settings.data_budget, settings.stream)
     given = {t.dtype for t in data.first.parts() if t.is_floating_point()}
