@@ -1446,3 +1446,16 @@ def test_text_where_the_surface_holds_a_number_is_named(tmp_path, key, value):
     ds.attrs[key] = 3.0
     run_store.save_run(tmp_path, ds)
     assert cr.open_run(tmp_path)["surface"].attrs[key] == 3.0
+
+
+def test_removing_the_lock_file_lets_no_second_writer_in(tmp_path):
+    folder = tmp_path / "run"
+    with writer(folder):
+        (folder / LOCK).unlink()  # by hand, while the writer holds the folder
+        other = subprocess.run(
+            [sys.executable, "-c", LOCK_HOLDER.replace("sys.stdin.read()", "pass"), str(folder)],
+            capture_output=True, text=True, cwd=LOCK_ROOT,
+        )  # fmt: skip
+        assert other.returncode != 0 and f"{LOCK} was removed while it held it" in other.stderr
+    with writer(folder):  # released: the next writer gets it
+        assert holder(folder)["pid"] == os.getpid()

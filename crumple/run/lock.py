@@ -130,7 +130,7 @@ def _acquire(folder: Path) -> IO[str]:
             file = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+", encoding="utf-8")
         except OSError as e:
             raise write_error(path, e) from e
-        if _locked(file):
+        if _locked(file.fileno()):
             if _is_at(file, path):
                 break
             file.close()  # removed meanwhile: lock the new one
@@ -143,6 +143,14 @@ def _acquire(folder: Path) -> IO[str]:
                 "wait for it to finish or write to another folder"
             )
         time.sleep(0.01)
+    file.folder = os.open(folder, os.O_RDONLY)  # locked too: removing crumple.lock lets no one in
+    if not _locked(file.folder):
+        os.close(file.folder)
+        file.close()
+        raise CrumpleError(
+            f"the run folder {str(folder)!r} is being written by another process (its {LOCK} "
+            "was removed while it held it); wait for it to finish or write to another folder"
+        )
     earlier = _named(file)
     if earlier is not None:
         print(
@@ -155,6 +163,7 @@ def _acquire(folder: Path) -> IO[str]:
         _rewrite(file, json.dumps(me))
     except OSError as e:  # disk full: unlocked as it closes
         file.close()
+        os.close(file.folder)
         raise write_error(path, e) from e
     return file
 
@@ -174,14 +183,16 @@ def _release(file: IO[str], path: Path, made: list[Path]) -> None:
         if fcntl is not None:
             fcntl.flock(file.fileno(), fcntl.LOCK_UN)
         file.close()
+        os.close(file.folder)  # and the folder's lock with it
 
 
-def _locked(file: IO[str]) -> bool:
-    """Whether this process now holds ``file``'s lock (``False``: another one does)."""
+def _locked(fd: int) -> bool:
+    """Whether this process now holds the lock of the open file or folder ``fd`` (``False``:
+    another one does)."""
     if fcntl is None:
         return True
     try:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
