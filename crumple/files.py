@@ -121,8 +121,10 @@ def append_text(path: str | Path, text: str, new: bool = False) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "x" if new else "a", encoding="utf-8") as file:
             file.write(text)
-    except FileExistsError:
-        raise
+    except FileExistsError as e:
+        if new and Path(path).is_file():  # the file itself, made before: the caller says why
+            raise
+        raise write_error(path, e) from e  # a part of its folder is a file
     except OSError as e:
         raise write_error(path, e) from e
 

@@ -377,3 +377,11 @@ def test_nan_in_the_weights_is_named_before_any_evaluation(tmp_path):
             store=tmp_path / "run",
         )
     assert not (tmp_path / "run" / "landscape.zarr").exists()
+
+
+def test_a_recorder_given_a_file_for_its_folder_says_so(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    with pytest.raises(cr.CrumpleError, match="a part of its folder's path is a file"):
+        cr.Recorder(torch.nn.Linear(1, 1), to=file)
+    assert file.read_text() == "mine"
