@@ -25,14 +25,7 @@ MODEL = "tests.cli_fixtures:make_tiny64"
 DATA = "tests.cli_fixtures:digits_pair"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hessian-vector products of a tiny model are fastest on one thread (and much slower
-    on two threads of a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def hessian(*args):

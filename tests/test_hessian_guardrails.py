@@ -23,13 +23,7 @@ from tests.cases import assert_close, assert_untouched, digits, snapshot
 SAMPLES = 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Hessian-vector products of a tiny model are fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def bn_cnn():

@@ -24,12 +24,7 @@ MODEL = "tests.cli_fixtures:make_tiny64"
 DATA = "tests.cli_fixtures:digits_pair"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
