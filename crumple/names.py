@@ -45,6 +45,8 @@ HESSIAN = "hessian.zarr"
 HESSIAN_PAGE = "hessian.html"
 SPREAD = "spread.zarr"
 TRAJECTORY_INDEX = "trajectory.jsonl"
+CURVATURE_ROWS = "curvature.jsonl"  # curvature measured while training, beside the index
+SHARPNESS = "sharpness.zarr"  # that history in a run folder (cr.open(run)["sharpness"])
 LOCK = "crumple.lock"  # who writes the folder now (crumple.run.lock)
 
 # the bookkeeping arrays beside a tile run's values in landscape.zarr (crumple.run.store):
@@ -56,11 +58,13 @@ RUN_BOOKKEEPING = (TILE_DIGEST, TILE_DONE)
 
 # names no metric, path or evaluation extra's variable may take (crumple.checks.check_name):
 # the coordinates of a grid, a path and a spread; the variables crumple writes itself; a
-# run's bookkeeping arrays and their dimension; "surface", a run's key beside its paths
+# run's bookkeeping arrays and their dimension; "surface" and "sharpness", a run's keys
+# beside its paths
 RESERVED = (
     *("alpha", "beta", "step", "direction", "seed"),
     *("loss", "loss_on_plane", "off_plane", "recorded_loss"),
     *RUN_BOOKKEEPING,
     "tile",
     "surface",
+    "sharpness",
 )

@@ -4,104 +4,29 @@ on a plane (:func:`coordinates`; :func:`crumple.project` evaluates them too)."""
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.files import append_text, inside, save_tensors
-from crumple.names import TRAJECTORY_INDEX
+from crumple.history import (
+    end_line,
+    index_row,
+    read_curvature,
+    read_index,
+    row_text,
+    sharpness,
+)
+from crumple.names import CURVATURE_ROWS, TRAJECTORY_INDEX
 from crumple.params import Params, parameters_of, recorded_buffers
 from crumple.plane import Plane
 
 INDEX = TRAJECTORY_INDEX
 BUFFERS = "crumple_buffers"  # a snapshot file's metadata: the names of its buffers (a JSON list)
-
-
-def index_row(step: int, loss: float) -> str:
-    """One line of a trajectory folder's index (``trajectory.jsonl``).
-
-    Example:
-        >>> index_row(3, 0.5)
-        '{"step": 3, "loss": 0.5}\\n'
-    """
-    return json.dumps({"step": step, "loss": loss}) + "\n"
-
-
-def read_index(index: Path) -> list[tuple[int, int, float]]:
-    """The rows of a trajectory's index as (line number, step, loss). A last line without
-    its line end that is not a whole row (a run stopped while writing it) is left out with
-    a warning; any other line that is not a row, or a step that does not come after the
-    one before, is a :class:`CrumpleError` naming the file and the line.
-
-    Example:
-        >>> import tempfile, warnings
-        >>> index = Path(tempfile.mkdtemp()) / INDEX
-        >>> _ = index.write_text(index_row(0, 1.0) + index_row(5, 0.5) + '{"step": 1')
-        >>> with warnings.catch_warnings(record=True) as caught:
-        ...     warnings.simplefilter("always")
-        ...     read_index(index)
-        [(1, 0, 1.0), (2, 5, 0.5)]
-        >>> "half-written" in str(caught[0].message)
-        True
-    """
-    try:
-        text = index.read_bytes().decode("utf-8", errors="replace")
-    except OSError as e:
-        raise CrumpleError(f"cannot read the trajectory index {str(index)!r}: {e}") from e
-    lines = text.split("\n")  # the last is "" when the file ends a line
-    rows: list[tuple[int, int, float]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            step, loss = _row(line, rows[-1][1] if rows else None)
-        except ValueError as e:
-            if number < len(lines) or _is_json(line):  # a line cut short is not JSON
-                raise CrumpleError(
-                    f"{str(index)!r}, line {number}: {e}. The trajectory's index is damaged: "
-                    f"restore it, or delete line {number} to leave that step out (each line is "
-                    '{"step": N, "loss": X}, for the snapshot step_N.safetensors beside it)'
-                ) from None
-            warnings.warn(
-                f"crumple: {str(index)!r} ends in a half-written line ({line[:60]!r}: the run "
-                f"was stopped while recording); reading the {len(rows)} whole lines before it",
-                stacklevel=3,
-            )
-            continue
-        rows.append((number, step, loss))
-    return rows
-
-
-def _is_json(line: str) -> bool:
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
-
-
-def _row(line: str, last: int | None) -> tuple[int, float]:
-    """The step and the loss of a line of the index (``last``: the step before it), or a
-    ``ValueError`` that says what is wrong with it."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        raise ValueError(f"{line[:80]!r} is not JSON") from None
-    if not isinstance(row, dict) or not {"step", "loss"} <= row.keys():
-        raise ValueError(f'{line[:80]!r} is not a row {{"step": N, "loss": X}}')
-    step, loss = row["step"], row["loss"]
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise ValueError(f"the step {step!r} is not a whole number")
-    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
-        raise ValueError(f"the loss {loss!r} is not a number")
-    if last is not None and step <= last:
-        raise ValueError(f"the step {step} does not come after the step before it, {last}")
-    return step, float(loss)
 
 
 class Trajectory:
@@ -124,10 +49,13 @@ class Trajectory:
         losses: list[float] | None = None,
         folder: str | Path | None = None,
         buffers: list[Params] | None = None,
+        curvature: list[dict] | None = None,
     ) -> None:
         self.steps = list(steps or [])
         self.losses = list(losses or [])
         self.folder = None if folder is None else Path(folder)
+        self.curvature = list(curvature or [])  # rows of the curvature measured in training
+        self.curvature_attrs: dict = {}  # how it was measured (Recorder(curvature=...))
         self.weights = None if self.folder is not None else list(weights or [])
         self.buffers = None
         if self.weights is not None:
@@ -162,6 +90,7 @@ class Trajectory:
             )
         rows = read_index(index)
         trajectory = cls([s for _, s, _ in rows], None, [x for _, _, x in rows], folder)
+        trajectory.curvature = read_curvature(Path(folder))
         for line, step, _ in rows:
             file = inside(folder, trajectory._file(step).name, index)
             if not file.is_file():
@@ -283,10 +212,30 @@ class Trajectory:
         else:
             tensors = {n: t.contiguous() for n, t in {**weights, **buffers}.items()}
             save_tensors(tensors, self._file(step), metadata={BUFFERS: json.dumps(list(buffers))})
-            _end_line(self.folder / INDEX)
+            end_line(self.folder / INDEX)
             append_text(self.folder / INDEX, index_row(step, loss))
         self.steps.append(step)
         self.losses.append(loss)
+
+    def append_curvature(self, row: dict) -> None:
+        """Add a row of curvature measured in training (``step``, ``loss``, ``lambda_max``,
+        ...), kept in memory or appended to the folder's ``curvature.jsonl``.
+
+        Example:
+            >>> t = Trajectory()
+            >>> t.append_curvature({"step": 0, "loss": 1.0, "lambda_max": 2.0})
+            >>> t.sharpness().lambda_max.values.tolist()
+            [2.0]
+        """
+        if self.folder is not None:
+            end_line(self.folder / CURVATURE_ROWS)
+            append_text(self.folder / CURVATURE_ROWS, row_text(row))
+        self.curvature.append(dict(row))
+
+    def sharpness(self) -> xr.Dataset | None:
+        """The curvature measured in training (``Recorder(curvature=...)``) as a Dataset
+        over ``step`` (:func:`crumple.history.sharpness`), or ``None`` where none was."""
+        return sharpness(self.curvature, self.curvature_attrs) if self.curvature else None
 
     def _read(self, step: int, read):
         """``read(file)`` of the snapshot of ``step``; a file that cannot be read (missing,
@@ -321,6 +270,11 @@ class Recorder:
         step: the step the model is at now (a run taken up again at its global step).
         trajectory: a trajectory to go on with (taken up from a checkpoint) instead of a new
             one; nothing is kept when the recorder is made.
+        curvature: a :class:`crumple.hessian.Tracking`: the curvature measured every few
+            steps as the model trains (the top Hessian eigenvalue and more), kept in
+            ``trajectory.curvature`` (and ``curvature.jsonl`` in ``to``) and read as a
+            Dataset by :meth:`sharpness`. Its operator is built (and its checks run) now,
+            and it measures the initial weights when step 0 is due.
 
     Example:
         >>> net = torch.nn.Linear(1, 1)
@@ -340,6 +294,7 @@ class Recorder:
         loss: float | Tensor | None = None,
         step: int = 0,
         trajectory: Trajectory | None = None,
+        curvature=None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CrumpleTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -352,9 +307,13 @@ class Recorder:
                 f"to={str(to)!r} with trajectory=...: the recorder goes on in the "
                 "trajectory's own place; leave out to"
             )
+        self.curvature = curvature
+        if curvature is not None:  # refused now, not when training has begun
+            curvature.start(model, resume=trajectory is not None)
         if trajectory is not None:
             self.trajectory = trajectory
             self.step = max(self.step, trajectory.steps[-1] + 1 if trajectory.steps else 0)
+            self._describe()
             return
         if to is not None:
             try:  # the folder and an empty index, made by this Recorder alone
@@ -365,7 +324,13 @@ class Recorder:
                     "or delete the old one first"
                 ) from None
         self.trajectory = Trajectory(folder=to)
+        self._describe()
+        self._measure(self.step, loss, None)
         self._keep(loss)
+
+    def _describe(self) -> None:
+        if self.curvature is not None:
+            self.trajectory.curvature_attrs = self.curvature.attrs()
 
     def __enter__(self) -> Recorder:
         return self
@@ -374,14 +339,19 @@ class Recorder:
         if kind is None:  # training ended; not when it stopped on an error
             self.finish()
 
-    def record(self, loss: float | Tensor | None = None, step: int | None = None) -> None:
-        """Count one optimizer step; keep a snapshot (on the CPU) if it is one to keep.
+    def record(
+        self, loss: float | Tensor | None = None, step: int | None = None, batch=None
+    ) -> None:
+        """Count one optimizer step; keep a snapshot (on the CPU) if it is one to keep, and
+        measure the curvature if it is due.
 
         Args:
             loss: the step's training loss, kept beside the snapshot.
             step: the number of this step, e.g. a training framework's global step, instead
                 of the count of calls; the count goes on from it. It must come after the
                 steps recorded before.
+            batch: the step's training batch, for a ``curvature`` tracked on the training
+                batch (``Tracking(loss_fn)`` without data).
 
         Example:
             >>> rec = Recorder(torch.nn.Linear(1, 1), every=2)
@@ -395,6 +365,7 @@ class Recorder:
         if step is not None:
             self.step = _step(step, self.trajectory.steps[-1] if self.trajectory.steps else -1)
         self.last = (self.step, loss.detach() if isinstance(loss, Tensor) else loss)  # finish's
+        self._measure(self.step, loss, batch)
         if self.step % self.every == 0:
             self._keep(loss)
         else:
@@ -423,6 +394,22 @@ class Recorder:
             self.step = step
             self._keep(loss)
 
+    def sharpness(self) -> xr.Dataset | None:
+        """The curvature measured so far (:meth:`Trajectory.sharpness`).
+
+        Example:
+            >>> Recorder(torch.nn.Linear(1, 1)).sharpness() is None  # no curvature= given
+            True
+        """
+        return self.trajectory.sharpness()
+
+    def _measure(self, step: int, loss, batch) -> None:
+        """The curvature at ``step``, kept if it was due (nothing without ``curvature``)."""
+        if self.curvature is not None:
+            row = self.curvature.after_step(self.model, step, loss, batch)
+            if row is not None:
+                self.trajectory.append_curvature(row)
+
     def _keep(self, loss: float | Tensor | None) -> None:
         """Keep the model's weights now as the snapshot of this step, and count it."""
         weights = {n: p.cpu() for n, p in parameters_of(self.model).items()}
@@ -450,26 +437,6 @@ def _read_snapshot(file: Path) -> tuple[Params, Params]:
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     buffers = {n: tensors.pop(n) for n in names}
     return tensors, buffers
-
-
-def _end_line(index: Path) -> None:
-    """Before a row is appended to ``index``: a last line without its line end gets one if
-    it is a whole row, and is cut off if it is half-written (a run stopped while recording,
-    which :func:`read_index` left out), so that the new row starts a line of its own."""
-    if not index.is_file():
-        return
-    with open(index, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(size - 1, 0))
-        if size == 0 or f.read(1) == b"\n":
-            return
-        f.seek(0)
-        text = f.read()
-        start = text.rfind(b"\n") + 1
-        if _is_json(text[start:].decode("utf-8", errors="replace")):
-            f.write(b"\n")
-        else:
-            f.truncate(start)
 
 
 def coordinates(trajectory: Trajectory, plane: Plane) -> tuple[Tensor, Tensor]:

@@ -32,6 +32,7 @@ from crumple.hessian.sharpness import (
     sharpness,
 )
 from crumple.hessian.spectrum import Eigen, eigen, hessian_plane
+from crumple.hessian.tracking import Tracking, stability_threshold
 
 __all__ = [
     "AdaptiveSharpness",
@@ -40,6 +41,7 @@ __all__ = [
     "Hessian",
     "Sharpness",
     "Trace",
+    "Tracking",
     "adaptive_sharpness",
     "blocks",
     "density",
@@ -47,5 +49,6 @@ __all__ = [
     "epsilon_sharpness",
     "hessian_plane",
     "sharpness",
+    "stability_threshold",
     "trace",
 ]

@@ -165,10 +165,17 @@ class Hessian:
         """The diagonal block over the parameters ``names``, the others held fixed."""
         return self._copy({**self.params, **self.fixed}, list(names))
 
-    def at(self, weights: Params) -> Hessian:
-        """The Hessian at other values of the parameters (a dict by name), same data."""
+    def at(self, weights: Params, buffers: Params | None = None) -> Hessian:
+        """The Hessian at other values of the parameters (a dict by name), same data; with
+        ``buffers``, under those (BatchNorm running statistics of a later step, say)."""
         moved = {n: t.to(self.reference) for n, t in weights.items()}
-        return self._copy({**self.params, **self.fixed, **moved}, self.names)
+        other = self._copy({**self.params, **self.fixed, **moved}, self.names)
+        if buffers is not None:
+            other.buffers = {
+                n: cast(buffers.get(n, b), self.reference.device, b.dtype)
+                for n, b in self.buffers.items()
+            }
+        return other
 
     def on(self, batch: Batch, dtype: torch.dtype) -> Hessian:
         """The Hessian of the loss on ``batch`` alone, computing in ``dtype`` (a probe)."""
