@@ -43,6 +43,7 @@ def write_run(
     trajectory=None,
     paths: Mapping[str, xr.Dataset] | None = None,
     title: str | None = None,
+    sharpness: xr.Dataset | None = None,
 ) -> Run:
     """:func:`save_surface`, then :func:`write_page` (with ``title``): the whole run folder
     of ``crumple surface``.
@@ -59,7 +60,9 @@ def write_run(
         ((3, 2), 'landscape.html')
     """
     with writer(folder):  # one writer from the surface to the page
-        ds, paths = save_surface(folder, landscape, plane, grid, trajectory=trajectory, paths=paths)
+        ds, paths = save_surface(
+            folder, landscape, plane, grid, trajectory=trajectory, paths=paths, sharpness=sharpness
+        )
         return Run(ds, paths, write_page(folder, ds, paths, title=title))
 
 
@@ -71,11 +74,13 @@ def save_surface(
     *,
     trajectory=None,
     paths: Mapping[str, xr.Dataset] | None = None,
+    sharpness: xr.Dataset | None = None,
 ) -> tuple[xr.Dataset, dict[str, xr.Dataset]]:
     """Compute the surface on ``landscape`` (a model, loss, data and options bound once),
     project ``trajectory`` onto the plane as the path ``"path"`` (evaluated as the surface
     is), add the ``paths`` already projected, and write them and the plane to ``folder``
-    (:func:`crumple.run.store.save_run`).
+    (:func:`crumple.run.store.save_run`), with the curvature measured in training
+    (``sharpness``, by default the trajectory's) beside them.
 
     Example:
         >>> import tempfile, torch, crumple as cr
@@ -99,6 +104,10 @@ def save_surface(
             paths["path"] = landscape.project(trajectory, plane)
         ds.attrs["n_parameters"] = sum(p.numel() for p in landscape.model.parameters())
         store.save_run(folder, ds, paths, plane)
+        if sharpness is None and trajectory is not None:
+            sharpness = trajectory.sharpness()
+        if sharpness is not None:
+            store.save_sharpness(folder, sharpness)
     return ds, paths
 
 
@@ -140,7 +149,7 @@ def write_page(
 ) -> Path:
     """The run's page, ``folder/landscape.html`` (:func:`crumple.plot.report`). ``stores``
     are the results kept beside the surface that the page draws, as ``report``'s keywords
-    (``hessian=``, ``spread=``); without any, those the folder holds
+    (``hessian=``, ``spread=``, ``sharpness=``); without any, those the folder holds
     (:func:`crumple.run.store.beside`: a damaged one is left out, and the page says so).
 
     Example:

@@ -325,7 +325,7 @@ class Recorder:
                 ) from None
         self.trajectory = Trajectory(folder=to)
         self._describe()
-        self._measure(self.step, loss, None)
+        self._measure(self.step, loss, None, start=True)
         self._keep(loss)
 
     def _describe(self) -> None:
@@ -403,12 +403,18 @@ class Recorder:
         """
         return self.trajectory.sharpness()
 
-    def _measure(self, step: int, loss, batch) -> None:
-        """The curvature at ``step``, kept if it was due (nothing without ``curvature``)."""
-        if self.curvature is not None:
-            row = self.curvature.after_step(self.model, step, loss, batch)
-            if row is not None:
-                self.trajectory.append_curvature(row)
+    def _measure(self, step: int, loss, batch, start: bool = False) -> None:
+        """The curvature at ``step``, kept if it was due (nothing without ``curvature``, or
+        where it is measured already: a run taken up again). At the ``start`` of training
+        there is no training batch: tracked on those, the initial weights are not measured."""
+        rows = self.trajectory.curvature
+        if self.curvature is None or rows and rows[-1]["step"] >= step:
+            return
+        if start and batch is None and self.curvature.data is None:
+            return
+        row = self.curvature.after_step(self.model, step, loss, batch)
+        if row is not None:
+            self.trajectory.append_curvature(row)
 
     def _keep(self, loss: float | Tensor | None) -> None:
         """Keep the model's weights now as the snapshot of this step, and count it."""

@@ -1193,7 +1193,7 @@ def test_a_store_beside_that_is_a_file_or_holds_no_spread_is_named(side_run, tmp
     shutil.rmtree(run / SPREAD)
     run_store.save_hessian(run / "other", cr.open_run(run)["surface"])
     shutil.move(run / "other" / HESSIAN, run / SPREAD)  # a store, not a spread
-    with pytest.raises(CrumpleError, match=r"spread.zarr' is damaged .*not a loss by direction"):
+    with pytest.raises(CrumpleError, match=r"spread.zarr' is damaged .*not loss by direction"):
         run_store.open_spread(run)
     texts = xr.Dataset({"eigenvalues": ("rank", ["4", "1"])}, coords={"rank": [0, 1]})
     with warnings.catch_warnings():

@@ -37,6 +37,7 @@ class LightningHooks:
         plane: str | Callable = "pca",
         grid: Any = None,
         num: int = 25,
+        curvature=None,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -45,7 +46,9 @@ class LightningHooks:
                 f"module must be the name of a submodule of the LightningModule (e.g. 'net'), "
                 f"or None for the LightningModule itself, got {module!r}"
             )
-        self.tracker = Tracker(every, to, landscape, loss_fn, data, plane, grid, num, options)
+        self.tracker = Tracker(
+            every, to, landscape, loss_fn, data, plane, grid, num, options, curvature
+        )
         self.module = module
         self.window: list[Tensor] = []  # the losses of the micro-batches of one optimizer step
 
@@ -84,7 +87,8 @@ class LightningHooks:
                 self._has_data(trainer),
                 "give trainer.fit(..., val_dataloaders=...) or a datamodule with val_dataloader",
             )
-        self.tracker.start(model, trainer.global_step, trainer.is_global_zero)
+        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
+        self.tracker.start(model, trainer.global_step, trainer.is_global_zero, optimizer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if isinstance(outputs, Mapping):
@@ -95,7 +99,7 @@ class LightningHooks:
         if last is None or trainer.global_step > last[0]:  # this micro-batch ended a step
             loss = torch.stack(self.window).mean() if self.window else None
             self.window = []
-            self.tracker.after_step(trainer.global_step, loss)
+            self.tracker.after_step(trainer.global_step, loss, batch)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.tracker.finish(trainer.global_step)

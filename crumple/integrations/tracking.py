@@ -45,8 +45,10 @@ class Tracker:
         grid: Any = None,
         num: int = 25,
         options: Mapping[str, Any] | None = None,
+        curvature=None,
     ) -> None:
         _check_arguments(every, to, landscape, loss_fn, plane, grid, num, dict(options or {}))
+        self.curvature = _check_curvature(curvature)
         self.every, self.to, self.landscape = every, to, landscape
         self.loss_fn, self.data, self.plane, self.grid, self.num = loss_fn, data, plane, grid, num
         self.options = dict(options or {})
@@ -98,13 +100,18 @@ class Tracker:
                 "callback never overwrites; give the callback another folder"
             )
 
-    def start(self, model, step: int, main: bool) -> None:
+    def start(self, model, step: int, main: bool, optimizer=None) -> None:
         """Training (re)starts at ``step``: on the main process, open the recorder (taking up
         a trajectory that a checkpoint or the ``to`` folder holds, without the steps after
-        ``step``) and record the weights at ``step`` if they are due and not recorded."""
+        ``step``) and record the weights at ``step`` if they are due and not recorded. The
+        ``optimizer`` gives the tracked curvature its stability threshold."""
         self.active = bool(main)
         if not self.active:
             return
+        if self.curvature is not None and optimizer is not None:
+            from crumple.hessian.tracking import check_optimizer
+
+            self.curvature.optimizer = self.curvature.optimizer or check_optimizer(optimizer)
         if self.recorder is not None and step == 0 and self.recorder.trajectory.steps:
             if self.to is not None:  # training again from the start, with the same callback
                 raise CrumpleError(
@@ -115,20 +122,25 @@ class Tracker:
             self.recorder = None  # a new run in memory: a new trajectory
         if self.recorder is None:
             self.recorder = self._open(model, step)
+        elif self.recorder.model is not model and self.curvature is not None:
+            self.curvature.start(model, resume=True)  # its operator on this model
         self.recorder.model = model
         truncate(self.recorder.trajectory, step)
         if step % self.every == 0 and not self._recorded(step):
             self.recorder.record(step=step)
         self.last = (step, None)
 
-    def after_step(self, step: int, loss: Any = None) -> None:
+    def after_step(self, step: int, loss: Any = None, batch: Any = None) -> None:
         """After an optimizer step: the global step is now ``step``. Records the weights when
-        ``step`` is a multiple of ``every`` (once per step, however often it is called)."""
+        ``step`` is a multiple of ``every``, and the curvature when it is due (on ``batch``,
+        the step's training batch, if it is tracked on those), once per step however often
+        it is called."""
         if not self.active or self.last is not None and step <= self.last[0]:
             return
         self.last = (step, loss)  # read as a float only when recorded: no sync per step
-        if step % self.every == 0 and not self._recorded(step):
-            self.recorder.record(loss=loss, step=step)
+        due = step % self.every == 0 and not self._recorded(step)
+        if due or self.curvature is not None:
+            self.recorder.record(loss=loss, step=step, batch=batch)
 
     def finish(self, step: int) -> None:
         """Training ended at ``step``: record the final weights if they are not recorded."""
@@ -144,14 +156,20 @@ class Tracker:
         from crumple.trajectory import INDEX, Recorder, Trajectory
 
         saved = self.saved or {}
+        curvature = {"curvature": self.curvature}
+        if self.curvature is not None and saved.get("tracking"):
+            self.curvature.load(saved["tracking"])  # its warm starts go on
         if self.to is not None and (Path(self.to) / INDEX).is_file() and (step > 0 or saved):
             # resumed: the folder's trajectory goes on
-            return Recorder(model, trajectory=Trajectory.load(self.to))
+            return Recorder(model, trajectory=Trajectory.load(self.to), **curvature)
         if self.to is None and saved.get("weights") is not None:
             # resumed from a checkpoint that holds the snapshots (and their buffers)
             kept = [saved[key] for key in ("steps", "weights", "losses")]
-            return Recorder(model, trajectory=Trajectory(*kept, buffers=saved.get("buffers")))
-        return Recorder(model, to=self.to, step=step)  # keeps the weights at step
+            trajectory = Trajectory(
+                *kept, buffers=saved.get("buffers"), curvature=saved.get("curvature")
+            )
+            return Recorder(model, trajectory=trajectory, **curvature)
+        return Recorder(model, to=self.to, step=step, **curvature)  # keeps the weights at step
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps: the steps and losses recorded, and the snapshots
@@ -163,12 +181,15 @@ class Tracker:
         weights = None if t.weights is None else [dict(w) for w in t.weights]
         buffers = None if t.buffers is None else [dict(b) for b in t.buffers]
         folder = None if t.folder is None else str(t.folder)
+        tracking = None if self.curvature is None else self.curvature.state()
         return {
             "steps": list(t.steps),
             "losses": list(t.losses),
             "weights": weights,
             "buffers": buffers,
             "to": folder,
+            "curvature": None if t.folder is not None else [dict(r) for r in t.curvature],
+            "tracking": tracking,
         }
 
     def load(self, state: Mapping[str, Any]) -> None:
@@ -202,7 +223,9 @@ class Tracker:
         landscape = Landscape(model, self.loss_fn, data, **options)  # the data read once
         path = landscape.project(trajectory, plane)
         grid = report.choose_grid(self.grid, landscape, plane, {"path": path}, num=self.num)
-        self.run = report.write_run(folder, landscape, plane, grid, paths={"path": path})
+        self.run = report.write_run(
+            folder, landscape, plane, grid, paths={"path": path}, sharpness=trajectory.sharpness()
+        )
         return self.run
 
 
@@ -233,8 +256,16 @@ def truncate(trajectory, step: int) -> None:
         >>> truncate(t, 3); t.steps, t.losses
         ([0, 2], [1.0, 0.5])
     """
-    from crumple.trajectory import INDEX, index_row
+    from crumple.history import index_row, row_text
+    from crumple.names import CURVATURE_ROWS
+    from crumple.trajectory import INDEX
 
+    rows = [row for row in trajectory.curvature if row["step"] <= step]
+    if len(rows) < len(trajectory.curvature):  # the curvature measured after step
+        trajectory.curvature[:] = rows
+        if trajectory.folder is not None:
+            with written(trajectory.folder / CURVATURE_ROWS) as temporary:
+                temporary.write_text("".join(map(row_text, rows)))
     keep = sum(1 for s in trajectory.steps if s <= step)
     dropped = trajectory.steps[keep:]
     if not dropped:
@@ -248,6 +279,20 @@ def truncate(trajectory, step: int) -> None:
         temporary.write_text("".join(rows))
     for s in dropped:
         trajectory._file(s).unlink(missing_ok=True)
+
+
+def _check_curvature(curvature):
+    """``curvature`` if it is a :class:`crumple.hessian.Tracking` (or ``None``)."""
+    if curvature is None:
+        return None
+    from crumple.hessian.tracking import Tracking
+
+    if not isinstance(curvature, Tracking):
+        raise CrumpleTypeError(
+            f"curvature must be a crumple.hessian.Tracking, e.g. Tracking(loss_fn, data, "
+            f"every=50), got {type(curvature).__name__}"
+        )
+    return curvature
 
 
 def _check_arguments(every, to, landscape, loss_fn, plane, grid, num, options) -> None:

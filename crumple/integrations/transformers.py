@@ -56,6 +56,10 @@ class LandscapeCallback(transformers.TrainerCallback):
         grid: ``None`` (the projected path's extent and 20% more on each side), ``"auto"``
             (:meth:`crumple.Grid.auto`, widened to hold the path) or a ``crumple.Grid``.
         num: grid points per axis when the grid is made here.
+        curvature: a :class:`crumple.hessian.Tracking`, the curvature measured every few
+            steps (its ``optimizer`` is the Trainer's; it needs ``data``: the Trainer
+            hands callbacks no training batch); kept with the trajectory (``trajectory.sharpness()``), in
+            checkpoints, and in the landscape's folder (``sharpness.zarr``, drawn on its page).
         **options: keywords of :func:`crumple.surface` (``metrics``, ``device``,
             ``dtype``, ``strategy``, ...).
 
@@ -81,9 +85,18 @@ class LandscapeCallback(transformers.TrainerCallback):
         plane: str | Callable = "pca",
         grid: Any = None,
         num: int = 25,
+        curvature=None,
         **options: Any,
     ) -> None:
-        self.tracker = Tracker(every, to, landscape, loss_fn, data, plane, grid, num, options)
+        self.tracker = Tracker(
+            every, to, landscape, loss_fn, data, plane, grid, num, options, curvature
+        )
+        if curvature is not None and curvature.data is None:
+            raise CrumpleError(
+                "curvature=Tracking(loss_fn) without data tracks the training batch, which "
+                "the Hugging Face Trainer does not hand to callbacks; give it the data to "
+                "measure on: Tracking(loss_fn, data=loader)"
+            )
         self.pending: int | None = None  # a step due, recorded when the Trainer logs its loss
 
     @property
@@ -97,7 +110,7 @@ class LandscapeCallback(transformers.TrainerCallback):
         """The landscape written when training ended (:class:`crumple.report.Run`), or ``None``."""
         return self.tracker.run
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.pending = None
         if state.is_world_process_zero:
             has_data = self.tracker.data is not None or args.eval_strategy != "no"
@@ -109,7 +122,7 @@ class LandscapeCallback(transformers.TrainerCallback):
                 "give the Trainer an eval_dataset and TrainingArguments(eval_strategy='steps' or "
                 "'epoch'): it hands callbacks its eval loader only once it has evaluated",
             )
-        self.tracker.start(model, state.global_step, state.is_world_process_zero)
+        self.tracker.start(model, state.global_step, state.is_world_process_zero, optimizer)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._flush()
@@ -117,7 +130,9 @@ class LandscapeCallback(transformers.TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self._flush()
         step = state.global_step
-        if step % self.tracker.every == 0 and control.should_log:
+        curvature = self.tracker.curvature
+        due = step % self.tracker.every == 0 or curvature and step % curvature.every == 0
+        if due and control.should_log:
             self.pending = step  # the Trainer logs this step's loss next, before any change
         else:
             self.tracker.after_step(step)

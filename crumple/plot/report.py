@@ -20,6 +20,7 @@ from crumple.plot.maps import curvature_facts, curvature_map
 from crumple.plot.metrics import full_range, metric_panels, variable_figures
 from crumple.plot.page import write_page
 from crumple.plot.scale import Scale
+from crumple.plot.sharpness import curvature_history, history_facts
 from crumple.plot.style import check_paths, display_grid
 
 
@@ -157,6 +158,7 @@ def report(
     spread: xr.Dataset | None = None,
     notes: Sequence[str] = (),
     var: str = "loss",
+    sharpness: xr.Dataset | None = None,
 ) -> Path:
     """Write the run's page: the 3-D view (paths animated), the contour view, the loss
     curves, the curvature map (of ``curvature=True``), the band of ``spread`` (a
@@ -206,6 +208,9 @@ def report(
         ]
         if paths:
             figures.append(losses(paths))
+        if sharpness is not None:
+            figures.append(curvature_history(sharpness))
+            drawn |= history_facts(sharpness)
         figures += metric_panels(ds, paths)
     if "lambda_max" in ds and ds.lambda_max.ndim == 2:
         figures.append(curvature_map(ds))

@@ -22,7 +22,7 @@ import xarray as xr
 from crumple.checks import check_name, check_numbers
 from crumple.errors import CrumpleError
 from crumple.files import write_error
-from crumple.names import DATA, HESSIAN, PLANE, RUN_BOOKKEEPING, SPREAD  # noqa: F401
+from crumple.names import DATA, HESSIAN, PLANE, RUN_BOOKKEEPING, SHARPNESS, SPREAD  # noqa: F401
 from crumple.plane import Plane
 from crumple.run.lock import writer
 from crumple.run.schema import NUMBERS
@@ -321,6 +321,9 @@ def open_run(folder: str | Path) -> dict[str, xr.Dataset]:
         raise damaged(folder, e) from e
     if "loss" not in surface:
         raise damaged(folder, KeyError("the surface has no loss variable"))
+    history = beside(folder, ("sharpness",))["sharpness"]  # a damaged one left out, with a warning
+    if history is not None:
+        out["sharpness"] = history
     try:
         check_numbers(surface.attrs, NUMBERS)
     except ValueError as e:
@@ -394,9 +397,28 @@ def open_spread(folder: str | Path) -> xr.Dataset | None:
     return _open_beside(folder, SPREAD, _check_spread)
 
 
+def save_sharpness(folder: str | Path, sharpness: xr.Dataset) -> Path:
+    """Write the curvature measured in training (``Recorder.sharpness()``) to
+    ``folder/sharpness.zarr``, replacing any written before; ``open_run(folder)["sharpness"]``
+    reads it and the run's page draws it against the step."""
+    if not isinstance(sharpness, xr.Dataset) or "lambda_max" not in sharpness:
+        what = f"the curvature history of Recorder.sharpness(), got {type(sharpness).__name__}"
+        raise CrumpleError(f"save_sharpness needs {what}")
+    return _save_beside(folder, SHARPNESS, sharpness)
+
+
+def open_sharpness(folder: str | Path) -> xr.Dataset | None:
+    """The curvature measured in training in a run folder, or ``None`` if it holds none."""
+    return _open_beside(folder, SHARPNESS, lambda ds: _check_holds(ds, "lambda_max", "step"))
+
+
 def _check_spread(ds: xr.Dataset) -> None:
-    if "loss" not in ds or "direction" not in ds.loss.dims:
-        raise ValueError(f"it holds {sorted(map(str, ds.data_vars))}, not a loss by direction")
+    _check_holds(ds, "loss", "direction")
+
+
+def _check_holds(ds: xr.Dataset, var: str, dim: str) -> None:
+    if var not in ds or dim not in ds[var].dims:
+        raise ValueError(f"it holds {sorted(map(str, ds.data_vars))}, not {var} by {dim}")
 
 
 def _save_beside(folder: str | Path, name: str, results: xr.Dataset) -> Path:
@@ -441,6 +463,7 @@ def _damaged_beside(path: Path, e: Exception) -> CrumpleError:
         HESSIAN: f"crumple hessian --out {folder!r}",
         SPREAD: f"crumple surface ... --spread N --out {folder!r} (the run's own options: "
         "its tiles are read, not recomputed)",
+        SHARPNESS: f"crumple surface --trajectory TRAINING_FOLDER ... --out {folder!r}",
     }.get(path.name, "the command that wrote it")
     said = str(e).splitlines()[0][:200] if str(e) else ""
     return CrumpleError(
@@ -449,19 +472,24 @@ def _damaged_beside(path: Path, e: Exception) -> CrumpleError:
     )
 
 
-def beside(folder: str | Path) -> dict[str, xr.Dataset | list[str] | None]:
+def beside(
+    folder: str | Path, names=("hessian", "spread", "sharpness")
+) -> dict[str, xr.Dataset | list[str] | None]:
     """The results kept beside a run's surface that its page draws, as
-    :func:`crumple.plot.report`'s keywords: ``hessian`` and ``spread`` (``None`` for one the
-    folder does not hold), and ``notes``: for each store that is damaged, left out so that
-    the surface is still drawn, what is wrong and the fix (also given as a warning).
+    :func:`crumple.plot.report`'s keywords: ``hessian``, ``spread`` and ``sharpness`` (or
+    those of ``names``; ``None`` for one the folder does not hold), and ``notes``: for each
+    store that is damaged, left out so that the surface is still drawn, what is wrong and
+    the fix (also given as a warning).
 
     Example:
         >>> beside("no/such/run")
-        {'hessian': None, 'spread': None, 'notes': []}
+        {'hessian': None, 'spread': None, 'sharpness': None, 'notes': []}
     """
     out: dict = {}
     notes = []
-    for name, opener in (("hessian", open_hessian), ("spread", open_spread)):
+    openers = {"hessian": open_hessian, "spread": open_spread, "sharpness": open_sharpness}
+    for name in names:
+        opener = openers[name]
         try:
             out[name] = opener(folder)
         except CrumpleError as e:
