@@ -43,6 +43,7 @@ bench: $(BENCHED)
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/hessian.py
 	$(BIN)/python benchmarks/verified_tiles.py
+	$(BIN)/python benchmarks/curvature_tracking.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

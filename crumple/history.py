@@ -90,7 +90,7 @@ def read_rows(file: Path) -> list[tuple[int, dict]]:
         except ValueError as e:
             if number < len(lines) or _is_json(line):  # a line cut short is not JSON
                 what = (
-                    "each line is {\"step\": N, \"loss\": X}, for the snapshot "
+                    'each line is {"step": N, "loss": X}, for the snapshot '
                     "step_N.safetensors beside it"
                     if file.name == TRAJECTORY_INDEX
                     else 'each line is {"step": N, "loss": X, ...} with numbers'

@@ -46,6 +46,7 @@ HESSIAN_PAGE = "hessian.html"
 SPREAD = "spread.zarr"
 TRAJECTORY_INDEX = "trajectory.jsonl"
 CURVATURE_ROWS = "curvature.jsonl"  # curvature measured while training, beside the index
+CURVATURE_ATTRS = "curvature.json"  # how it was measured
 SHARPNESS = "sharpness.zarr"  # that history in a run folder (cr.open(run)["sharpness"])
 LOCK = "crumple.lock"  # who writes the folder now (crumple.run.lock)
 

@@ -223,6 +223,7 @@ def export_netcdf(folder: str | Path, file: str | Path) -> Path:
     from crumple.run.store import open_run
 
     run = open_run(folder)
+    run.pop("sharpness", None)  # over the training's steps, not a path's
     merged = run.pop("surface").copy()
     for k, (name, path) in enumerate(run.items()):
         renamed = path.rename({"step": f"step{k}"}).rename(

@@ -4,6 +4,7 @@ on a plane (:func:`coordinates`; :func:`crumple.project` evaluates them too)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from crumple.errors import CrumpleError, CrumpleTypeError
-from crumple.files import append_text, inside, save_tensors
+from crumple.files import append_text, inside, save_tensors, written
 from crumple.history import (
     end_line,
     index_row,
@@ -21,7 +22,7 @@ from crumple.history import (
     row_text,
     sharpness,
 )
-from crumple.names import CURVATURE_ROWS, TRAJECTORY_INDEX
+from crumple.names import CURVATURE_ATTRS, CURVATURE_ROWS, TRAJECTORY_INDEX
 from crumple.params import Params, parameters_of, recorded_buffers
 from crumple.plane import Plane
 
@@ -91,6 +92,12 @@ class Trajectory:
         rows = read_index(index)
         trajectory = cls([s for _, s, _ in rows], None, [x for _, _, x in rows], folder)
         trajectory.curvature = read_curvature(Path(folder))
+        attrs = Path(folder) / CURVATURE_ATTRS
+        if trajectory.curvature and attrs.is_file():
+            try:
+                trajectory.curvature_attrs = dict(json.loads(attrs.read_text()))
+            except (ValueError, TypeError, OSError) as e:
+                warnings.warn(f"crumple: {str(attrs)!r} is not read ({e})", stacklevel=2)
         for line, step, _ in rows:
             file = inside(folder, trajectory._file(step).name, index)
             if not file.is_file():
@@ -234,7 +241,13 @@ class Trajectory:
 
     def sharpness(self) -> xr.Dataset | None:
         """The curvature measured in training (``Recorder(curvature=...)``) as a Dataset
-        over ``step`` (:func:`crumple.history.sharpness`), or ``None`` where none was."""
+        over ``step`` (:func:`crumple.history.sharpness`), or ``None`` where none was.
+
+        Example:
+            >>> t = Trajectory(curvature=[{"step": 0, "loss": 1.0, "lambda_max": 2.0}])
+            >>> t.sharpness().lambda_max.values.tolist(), Trajectory().sharpness()
+            ([2.0], None)
+        """
         return sharpness(self.curvature, self.curvature_attrs) if self.curvature else None
 
     def _read(self, step: int, read):
@@ -329,8 +342,13 @@ class Recorder:
         self._keep(loss)
 
     def _describe(self) -> None:
-        if self.curvature is not None:
-            self.trajectory.curvature_attrs = self.curvature.attrs()
+        """How the curvature is measured, kept with the trajectory (in its folder too)."""
+        if self.curvature is None:
+            return
+        self.trajectory.curvature_attrs = attrs = self.curvature.attrs()
+        if self.trajectory.folder is not None:
+            with written(self.trajectory.folder / CURVATURE_ATTRS) as temporary:
+                temporary.write_text(json.dumps(attrs))
 
     def __enter__(self) -> Recorder:
         return self
@@ -410,9 +428,8 @@ class Recorder:
         rows = self.trajectory.curvature
         if self.curvature is None or rows and rows[-1]["step"] >= step:
             return
-        if start and batch is None and self.curvature.data is None:
-            return
-        row = self.curvature.after_step(self.model, step, loss, batch)
+        measure = not (start and batch is None and self.curvature.data is None)
+        row = self.curvature.after_step(self.model, step, loss, batch, measure)
         if row is not None:
             self.trajectory.append_curvature(row)
 

@@ -96,7 +96,9 @@ def test_a_lightning_run_taken_up_from_a_checkpoint_keeps_its_history(lightning_
     assert np.isfinite(got.lambda_max).all() and np.isfinite(got.directional[1:]).all()
 
 
-def test_a_streamed_run_taken_up_again_drops_the_rows_after_its_checkpoint(lightning_runs, tmp_path):
+def test_a_streamed_run_taken_up_again_drops_the_rows_after_its_checkpoint(
+    lightning_runs, tmp_path
+):
     _, callback, root = lightning_runs
     folder = tmp_path / "path"
     first = LandscapeCallback(every=EVERY, to=folder, curvature=tracking())
@@ -125,7 +127,9 @@ def test_a_loss_without_a_second_derivative_is_refused_before_training(tmp_path)
     def distance(pred, y):
         return torch.cdist(pred, F.one_hot(y, 10).float()).mean()
 
-    callback = LandscapeCallback(every=EVERY, curvature=Tracking(distance, digits(64, dtype=torch.float32)))
+    callback = LandscapeCallback(
+        every=EVERY, curvature=Tracking(distance, digits(64, dtype=torch.float32))
+    )
     with pytest.raises(CrumpleError, match="not twice differentiable"):
         lit.fit(lit.Lit(), [callback], root=tmp_path)
 

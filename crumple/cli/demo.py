@@ -1,5 +1,6 @@
-"""``crumple demo``: the article's two-weight network (:mod:`crumple.examples.seed`), or with
-``--lm`` the small language model (:mod:`crumple.cli.lm`)."""
+"""``crumple demo``: the article's two-weight network (:mod:`crumple.examples.seed`), with
+``--lm`` the small language model (:mod:`crumple.cli.lm`), or with ``--eos`` the edge of
+stability (:mod:`crumple.cli.eos`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from crumple.cli import lm
+from crumple.cli import eos, lm
 from crumple.cli import options as types
 
 ABOUT = (
@@ -34,7 +35,7 @@ def add(commands) -> None:
         help="grid spacing (default 0.05: 80 x 80 points)",
     )
     add("--epochs", type=count("--epochs", 0), help="training epochs (default 25)")
-    add("--lr", type=positive("--lr"), help="learning rate (default 0.01)")
+    add("--lr", type=positive("--lr"), help="learning rate (default 0.01; --eos: 0.05)")
     add(
         "--optimizer",
         choices=types.OPTIMIZERS,
@@ -61,14 +62,16 @@ def add(commands) -> None:
     add("--out", type=Path, help="output folder (default out/demo, or out/lm with --lm)")
     demo.set_defaults(**{dest: default for dest, (_, default) in lm.ARTICLE.items()})
     lm.add_options(demo)
+    eos.add_options(demo)
 
 
 def execute(args: argparse.Namespace) -> None:
     from crumple.run.lock import writer
 
-    if lm.chosen(args):
+    demo = lm.chosen(args)
+    if demo != "article":
         with writer(args.out):  # the one writer of --out: another is refused before training
-            return lm.execute(args)
+            return (lm.execute if demo == "lm" else eos.execute)(args)
     from crumple.examples.seed import ARTICLE_RANGE
 
     given = not (args.w_min is None and args.w_max is None)
@@ -82,7 +85,8 @@ def execute(args: argparse.Namespace) -> None:
 def _article_training(args: argparse.Namespace) -> bool:
     """Whether the demo trains as the article does (its grid is then kept as it is)."""
     training = ("epochs", "lr", "optimizer", "compare", "batch_size")
-    return args.seed == 0 and all(getattr(args, d) == lm.ARTICLE[d][1] for d in training)
+    article = {d: default for d, (_, default) in lm.ARTICLE.items()} | {"lr": lm.ARTICLE_LR}
+    return args.seed == 0 and all(getattr(args, d) == article[d] for d in training)
 
 
 def _train_and_write(args: argparse.Namespace, n: int, given: bool) -> None:

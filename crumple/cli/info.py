@@ -8,7 +8,7 @@ from pathlib import Path
 from crumple import planes
 from crumple.cli import options as types
 from crumple.errors import CrumpleError
-from crumple.names import HESSIAN, HESSIAN_PAGE, PLANE, SPREAD
+from crumple.names import HESSIAN, HESSIAN_PAGE, PLANE, SHARPNESS, SPREAD
 
 ABOUT = (
     "what a run folder holds and how complete it is",
@@ -48,6 +48,7 @@ def describe(folder: str | Path) -> str:
 
     run = open_run(folder)
     surface = run.pop("surface")
+    history = run.pop("sharpness", None)
     values = surface.loss.values
     missing = int(np.isnan(values).sum())
     done = surface.attrs.get("tiles_done")  # "25 of 27", in a run stored tile by tile
@@ -104,7 +105,25 @@ def describe(folder: str | Path) -> str:
             lines.append(f"  statistics: {path.attrs['statistics']}")
     if (Path(folder) / PLANE).is_file():
         lines.append(f"plane: {PLANE}")
+    if history is not None:
+        lines.append(_curvature(history))
     return "\n".join(lines + _beside(folder))
+
+
+def _curvature(history) -> str:
+    """One line on the curvature measured in training."""
+    import numpy as np
+
+    steps, top = history.step.values, history.lambda_max.values
+    line = (
+        f"curvature in training: {SHARPNESS}, {steps.size} measurements, steps {steps[0]} .. "
+        f"{steps[-1]}; lambda_max {top[0]:.4g} -> {top[-1]:.4g} (max {np.nanmax(top):.4g})"
+    )
+    if "threshold" in history and np.isfinite(history.threshold.values[-1]):
+        line += f", threshold {history.threshold.values[-1]:.4g}"
+        if "threshold_formula" in history.attrs:
+            line += f" ({history.attrs['threshold_formula']})"
+    return line
 
 
 def _beside(folder: str | Path) -> list[str]:

@@ -16,12 +16,14 @@ ARTICLE = {
     "w_max": ("--max", None),  # of other training than the article's)
     "step": ("--step", 0.05),
     "epochs": ("--epochs", 25),
-    "lr": ("--lr", 1e-2),
+    "lr": ("--lr", None),  # not given: 0.01 (--eos: 0.05)
     "optimizer": ("--optimizer", "sgd"),
     "compare": ("--compare", None),
     "batch_size": ("--batch-size", 64),
 }
 LM = {"steps": "--steps", "grid_size": "--grid-size", "quick": "--quick"}
+ARTICLE_LR = 1e-2
+EOS = ("lr", "steps", "grid_size")  # the options above that --eos takes
 
 
 def add_options(demo: argparse.ArgumentParser) -> None:
@@ -52,25 +54,32 @@ def add_options(demo: argparse.ArgumentParser) -> None:
     add("--quick", action="store_true", help="a 1-layer model, 20 steps, 7 x 7 points: seconds")
 
 
-def chosen(args: argparse.Namespace) -> bool:
-    """Whether ``--lm`` was given; options of the other demo are refused (the article's
-    compared with their defaults), and ``--out`` defaults to ``out/lm`` or ``out/demo``.
+def chosen(args: argparse.Namespace) -> str:
+    """Which demo was asked for: ``"lm"`` (``--lm``), ``"eos"`` (``--eos``) or
+    ``"article"``; options of another demo are refused (the article's compared with their
+    defaults), and ``--out`` defaults to ``out/lm``, ``out/eos`` or ``out/demo``.
 
     Example:
         >>> from crumple.cli import build_parser
         >>> chosen(build_parser().parse_args(["demo"]))
-        False
+        'article'
         >>> chosen(build_parser().parse_args(["demo", "--lm", "--epochs", "3"]))
         Traceback (most recent call last):
         ...
         crumple.errors.CrumpleError: --epochs is for the article's network, not --lm: drop it
     """
-    if args.lm:
-        given = [f for d, (f, default) in ARTICLE.items() if getattr(args, d) != default]
-        fix = "the article's network, not --lm: drop"
+    if args.lm and args.eos:
+        raise CrumpleError("--lm and --eos are two demos: give one of them")
+    demo = "lm" if args.lm else "eos" if args.eos else "article"
+    article = [(d, f) for d, (f, default) in ARTICLE.items() if getattr(args, d) != default]
+    model = [(d, f) for d, f in LM.items() if getattr(args, d) not in (None, False)]
+    if demo == "lm":
+        given, fix = [f for _, f in article], "the article's network, not --lm: drop"
+    elif demo == "eos":
+        given = [f for d, f in article + model if d not in EOS]
+        fix = "another demo, not --eos (it takes --lr, --steps, --grid-size, --seed): drop"
     else:
-        given = [f for d, f in LM.items() if getattr(args, d) not in (None, False)]
-        fix = "the language model: add --lm, or drop"
+        given, fix = [f for _, f in model], "the language model: add --lm, or drop"
     if given:
         one = len(given) == 1
         raise CrumpleError(
@@ -80,8 +89,10 @@ def chosen(args: argparse.Namespace) -> bool:
         raise CrumpleError(
             f"--grid-size must be at most {types.MAX_POINTS_PER_AXIS}; got {args.grid_size}"
         )
-    args.out = args.out or Path("out/lm" if args.lm else "out/demo")
-    return args.lm
+    args.out = args.out or Path({"lm": "out/lm", "eos": "out/eos"}.get(demo, "out/demo"))
+    if args.lr is None and demo == "article":
+        args.lr = ARTICLE_LR
+    return demo
 
 
 def execute(args: argparse.Namespace) -> None:

@@ -47,6 +47,7 @@ def execute(args: argparse.Namespace) -> None:
     ]
     run = store.open_run(args.folder)
     ds = run.pop("surface")
+    run.pop("sharpness", None)  # drawn from the stores beside the surface
     check_var(ds, args.var, "--var")
     if args.html:
         options = dict(log=args.log, zmax=args.zmax, var=args.var, **store.beside(args.folder))

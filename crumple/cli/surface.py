@@ -199,7 +199,10 @@ def _write_run(args: argparse.Namespace, kind) -> None:
         f"crumple surface: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{plane.attrs['kind']} plane, grid {grid.shape[0]} x {grid.shape[1]}"
     )
-    ds, paths = report.save_surface(args.out, landscape, plane, grid, paths=paths)
+    history = None if trajectory is None else trajectory.sharpness()  # curvature in training
+    ds, paths = report.save_surface(
+        args.out, landscape, plane, grid, paths=paths, sharpness=history
+    )
     spread.execute(args, model, loss_fn, batches, grid, options)
     page = report.write_page(args.out, ds, paths)
     print(

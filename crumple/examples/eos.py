@@ -113,10 +113,13 @@ def run(
     steps: int = STEPS,
     grid_size: int = GRID_SIZE,
     seed: int = 0,
+    every: int | None = None,
     progress: bool = False,
 ):
-    """Train (:func:`train`), then write the run folder: the landscape on the PCA plane of
-    the path (through the trained weights, on a grid that holds the path), the path, the
+    """Train (:func:`train`; the curvature measured ``every`` steps, by default 50 or, for
+    a short run, often enough for 100 measurements), then write the run folder: the
+    landscape on the PCA plane of the path (through the trained weights, on a grid that
+    holds the path), the path, the
     curvature history (``sharpness.zarr``) and the page. Returns the
     :class:`crumple.report.Run`.
 
@@ -130,9 +133,12 @@ def run(
     from crumple.landscape import Landscape
     from crumple.plane import Plane
 
-    every = max(1, min(CURVATURE_EVERY, steps // 100))  # short runs measured more often
+    if every is None:
+        every = max(1, min(CURVATURE_EVERY, steps // 100))  # short runs measured more often
     snapshots = max(1, min(SNAPSHOT_EVERY, steps // 40))
-    model, recorder = train(lr, steps, every=every, snapshots=snapshots, seed=seed, progress=progress)
+    model, recorder = train(
+        lr, steps, every=every, snapshots=snapshots, seed=seed, progress=progress
+    )
     data = digits()
     plane = Plane.pca(recorder.trajectory)
     landscape = Landscape(model, squared_loss, data, progress=progress)
@@ -140,6 +146,11 @@ def run(
     grid = report.choose_grid(None, landscape, plane, {PATH: path}, num=grid_size)
     title = f"crumple: the edge of stability (gradient descent, lr {lr:g}, 2 / lr = {2 / lr:g})"
     return report.write_run(
-        folder, landscape, plane, grid, paths={PATH: path}, title=title,
+        folder,
+        landscape,
+        plane,
+        grid,
+        paths={PATH: path},
+        title=title,
         sharpness=recorder.sharpness(),
     )

@@ -14,12 +14,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from crumple.batches import load
 from crumple.checks import named_functions, whole_number
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.hessian.estimators import _hutchinson
 from crumple.hessian.lanczos import top_eigenpair
-from crumple.hessian.operator import Hessian
+from crumple.hessian.operator import VECTORS_PER_CALL, Hessian
 from crumple.hessian.spectrum import default_tol
+
+WARM_MIX = 0.01  # the random part of a warm start
 
 
 class Tracking:
@@ -31,9 +34,11 @@ class Tracking:
     mean over the data) at the current weights and buffers gives:
 
     - ``lambda_max``: its top eigenvalue, by Lanczos started from the previous
-      measurement's eigenvector (``warm=False``: from a random vector each time), to a
-      relative residual ``tol`` (default 1e-6 in float64, 1e-4 otherwise), recorded as
-      ``lambda_max_residual``; a start near the answer takes a few products;
+      measurement's eigenvector with a 1% random part (``warm=False``: from the random
+      vector alone), to a relative residual ``tol`` (default 1e-6 in float64, 1e-4
+      otherwise), recorded as ``lambda_max_residual``; on the edge-of-stability run of
+      :mod:`crumple.examples.eos` that takes 10 products where a random start takes 15
+      (``make bench``);
     - ``directional`` (``directional=True``): ``d^T H d / d^T d`` along the last update
       ``d`` (the weights now minus those one step before), one product;
     - ``trace`` and ``trace_stderr`` (``trace=N``): Hutchinson's estimate from ``N`` products;
@@ -52,8 +57,8 @@ class Tracking:
         every: measure every this many steps.
         optimizer: the training's optimizer, for ``threshold`` and ``preconditioned``
             (the callbacks find their trainer's).
-        most: the most products one eigenvalue may take (memory: one vector of the
-            parameters' size per product).
+        most: the most products one eigenvalue may take (memory: up to two vectors of
+            the parameters' size per product).
         seed: of the random start vectors and the trace's probes.
         dtype, device, max_memory: as :class:`crumple.hessian.Hessian` takes them.
 
@@ -103,7 +108,11 @@ class Tracking:
             raise CrumpleError(f"tol must be a float between 0 and 1, got {tol!r}")
         self.optimizer = check_optimizer(optimizer)
         self.loss_fn, self.data, self.directional, self.warm, self.tol = (
-            loss_fn, data, directional, warm, tol
+            loss_fn,
+            data,
+            directional,
+            warm,
+            tol,
         )
         self.build = {"dtype": dtype, "device": device, "max_memory": max_memory}
         self.operator: Hessian | None = None
@@ -118,7 +127,7 @@ class Tracking:
         if optimizer is not None:
             self.optimizer = check_optimizer(optimizer)
         if not resume:
-            self.vectors, self.previous = {}, None
+            self.vectors, self.previous, self.warned = {}, None, False
         self.operator = None
         if self.data is not None:
             self.operator = Hessian(model, self.loss_fn, self.data, **self.build)
@@ -136,10 +145,13 @@ class Tracking:
             out["threshold_formula"] = stability_threshold(self.optimizer)[2]
         return out
 
-    def after_step(self, model: nn.Module, step: int, loss: Any, batch: Any = None):
-        """The row measured at ``step`` if it is due, else ``None``; the weights are kept
-        when the next step is due (its update is the difference)."""
-        row = self._measure(model, step, loss, batch) if step % self.every == 0 else None
+    def after_step(
+        self, model: nn.Module, step: int, loss: Any, batch: Any = None, measure: bool = True
+    ):
+        """The row measured at ``step`` if it is due (and ``measure``), else ``None``; the
+        weights are kept when the next step is due (its update is the difference)."""
+        due = measure and step % self.every == 0
+        row = self._measure(model, step, loss, batch) if due else None
         if self.directional and (step + 1) % self.every == 0:
             self.previous = (step, _flat(model, self._names(model)))
         return row
@@ -164,10 +176,14 @@ class Tracking:
         if self.operator is None:
             self.operator = Hessian(model, self.loss_fn, batch, **self.build)
             return self.operator
-        return self.operator.at(weights, buffers).on(batch, self.operator.reference.dtype)
+        held = list(load(batch))  # the raw (x, y) as a Batch, checked (finite, sized)
+        if len(held) != 1:  # several batches: an operator of their own, checked again
+            return Hessian(model, self.loss_fn, batch, **self.build)
+        return self.operator.at(weights, buffers).on(held[0], self.operator.reference.dtype)
 
     def _measure(self, model: nn.Module, step: int, loss: Any, batch: Any) -> dict:
         h = self._at(model, batch)
+        h._per_call = VECTORS_PER_CALL  # the trace's products batched alike in every run
         value = math.nan if loss is None else float(torch.as_tensor(loss).detach())
         row: dict[str, float | int] = {"step": step, "loss": value}
         top = self._top(h, "lambda_max", lambda v: h @ v)
@@ -191,15 +207,17 @@ class Tracking:
         return row
 
     def _top(self, h: Hessian, key: str, apply):
-        start = self.vectors.get(key) if self.warm else None
-        if start is None or start.numel() != len(h):
-            generator = torch.Generator().manual_seed(self.seed)
-            start = torch.randn(len(h), generator=generator, dtype=torch.float64)
-        start = start.to(h.reference)
+        generator = torch.Generator().manual_seed(self.seed)
+        start = torch.randn(len(h), generator=generator, dtype=torch.float64).to(h.reference)
+        previous = self.vectors.get(key) if self.warm else None
+        if previous is not None and previous.numel() == len(h):
+            # the last eigenvector, and a little of every direction: an eigenvalue that
+            # overtakes it elsewhere (another block of the Hessian) is still found
+            start = previous.to(h.reference) + WARM_MIX * start / start.norm()
         tol = default_tol(h) if self.tol is None else self.tol
         top = top_eigenpair(apply, start, tol, self.most)
         self.vectors[key] = top.vector
-        if top.residual > tol and not self.warned:
+        if not top.converged and not self.warned:
             self.warned = True
             warnings.warn(
                 f"crumple: the {key} eigenvalue did not reach the residual {tol:g} in "
@@ -239,6 +257,11 @@ def _flat_of(h: Hessian) -> Tensor:
 
 
 def check_optimizer(optimizer):
+    """The optimizer itself (unwrapped from accelerate's or Lightning's wrapper), or a
+    refusal of what is not one."""
+    inner = getattr(optimizer, "optimizer", None)
+    while isinstance(inner, torch.optim.Optimizer):
+        optimizer, inner = inner, getattr(inner, "optimizer", None)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise CrumpleTypeError(
             f"optimizer must be a torch.optim.Optimizer (the one training the model), got "
@@ -259,7 +282,8 @@ def stability_threshold(optimizer: torch.optim.Optimizer) -> tuple[float, str, s
         >>> net = torch.nn.Linear(1, 1)
         >>> stability_threshold(torch.optim.SGD(net.parameters(), lr=0.05))[:2]
         (40.0, 'lambda_max')
-        >>> round(stability_threshold(torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9))[0], 9)
+        >>> heavy_ball = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        >>> round(stability_threshold(heavy_ball)[0], 9)
         38.0
         >>> stability_threshold(torch.optim.Adam(net.parameters(), lr=0.001))[1:]
         ('preconditioned', '(2 + 2 beta1) / ((1 - beta1) lr) of P^-1 H')
@@ -271,13 +295,21 @@ def stability_threshold(optimizer: torch.optim.Optimizer) -> tuple[float, str, s
     lr = float(group["lr"])
     if len(settings) > 1:
         return math.nan, "lambda_max", "none: the parameter groups have different settings"
+    if lr == 0:  # a schedule at its end: any curvature is stable
+        return math.inf, _of(optimizer), "none: the learning rate is 0"
     if isinstance(optimizer, torch.optim.SGD):
         beta, damp = float(group["momentum"]), float(group["dampening"])
         decay = float(group["weight_decay"])
         if group["nesterov"]:
-            value, formula = (2 + 2 * beta) / ((1 + 2 * beta) * lr), "(2 + 2 beta) / ((1 + 2 beta) lr)"
+            value, formula = (
+                (2 + 2 * beta) / ((1 + 2 * beta) * lr),
+                "(2 + 2 beta) / ((1 + 2 beta) lr)",
+            )
         elif beta:
-            value, formula = (2 + 2 * beta) / ((1 - damp) * lr), "(2 + 2 beta) / ((1 - dampening) lr)"
+            value, formula = (
+                (2 + 2 * beta) / ((1 - damp) * lr),
+                "(2 + 2 beta) / ((1 - dampening) lr)",
+            )
         else:
             value, formula = 2 / lr, "2 / lr"
         return value - decay, "lambda_max", formula + (" - weight_decay" if decay else "")
@@ -286,6 +318,11 @@ def stability_threshold(optimizer: torch.optim.Optimizer) -> tuple[float, str, s
         formula = "(2 + 2 beta1) / ((1 - beta1) lr) of P^-1 H"
         return (2 + 2 * beta1) / ((1 - beta1) * lr), "preconditioned", formula
     return math.nan, "lambda_max", f"none known for {type(optimizer).__name__}"
+
+
+def _of(optimizer) -> str:
+    adam = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+    return "preconditioned" if adam else "lambda_max"
 
 
 def adam_scale(optimizer: torch.optim.Optimizer, model: nn.Module, h: Hessian) -> Tensor | None:

@@ -51,8 +51,9 @@ class LandscapeCallback(LightningHooks, pl.Callback):
         num: grid points per axis when the grid is made here.
         curvature: a :class:`crumple.hessian.Tracking`, the curvature measured every few
             steps (its ``optimizer`` is the trainer's; without ``data``, the curvature
-            is taken on each measured step's training batch); kept with the trajectory (``trajectory.sharpness()``), in
-            checkpoints, and in the landscape's folder (``sharpness.zarr``, drawn on its page).
+            is taken on each measured step's training batch); kept with the trajectory
+            (``trajectory.sharpness()``), in checkpoints, and in the landscape's folder
+            (``sharpness.zarr``, drawn on its page).
         **options: keywords of :func:`crumple.surface` (``metrics``, ``device``,
             ``dtype``, ``strategy``, ...).
 

@@ -58,8 +58,9 @@ class LandscapeCallback(transformers.TrainerCallback):
         num: grid points per axis when the grid is made here.
         curvature: a :class:`crumple.hessian.Tracking`, the curvature measured every few
             steps (its ``optimizer`` is the Trainer's; it needs ``data``: the Trainer
-            hands callbacks no training batch); kept with the trajectory (``trajectory.sharpness()``), in
-            checkpoints, and in the landscape's folder (``sharpness.zarr``, drawn on its page).
+            hands callbacks no training batch); kept with the trajectory
+            (``trajectory.sharpness()``), in checkpoints, and in the landscape's folder
+            (``sharpness.zarr``, drawn on its page).
         **options: keywords of :func:`crumple.surface` (``metrics``, ``device``,
             ``dtype``, ``strategy``, ...).
 

@@ -10,8 +10,11 @@ from crumple.plot.mesh_files import save_mesh
 from crumple.plot.meshes import mesh
 from crumple.plot.page import page, write_page
 from crumple.plot.report import facts, report
+from crumple.plot.sharpness import curvature_history
 from crumple.plot.spectra import hessian_report, spectrum
 from crumple.plot.static import save_static
+
+sharpness = curvature_history  # cr.plot.sharpness(ds): the figure (the module is plot.sharpness)
 
 __all__ = [
     "surface",
@@ -26,6 +29,7 @@ __all__ = [
     "report",
     "facts",
     "spectrum",
+    "sharpness",
     "hessian_report",
     "save_static",
     "mesh",

@@ -99,6 +99,19 @@ h1 {{ font-weight: 500; margin: 0 0 .5rem; }}
       Plotly.restyle(scene, {{x: [[p.x]], y: [[p.y]], z: [[surface.z[i][j]]]}}, [cursor]);
     }});
   }}
+  // the path animation's step (slider or play) moves the step marker of the other figures
+  const markOf = (d) => d.data.findIndex((t) => t.meta === "step-mark");
+  for (const source of divs.filter((d) => (d.layout.sliders || []).length)) {{
+    const marked = divs.filter((d) => d !== source && markOf(d) >= 0);
+    if (!marked.length) continue;
+    const mark = (step) => {{
+      const s = Number(step);
+      if (step === undefined || step === null || !Number.isFinite(s)) return;
+      for (const d of marked) Plotly.restyle(d, {{x: [[s, s]]}}, [markOf(d)]);
+    }};
+    source.on("plotly_sliderchange", (ev) => mark(ev.step && ev.step.label));
+    source.on("plotly_animatingframe", (ev) => mark(ev.name));
+  }}
   document.body.dataset.ready = "yes";
 }})();
 </script>

@@ -185,15 +185,14 @@ def report(
     line = ds.loss.ndim == 1
     paths = check_paths(paths, needs=("loss",) if line else ("alpha", "beta", "loss"))
     # checks log and zmax before any drawing
-    drawn = facts(ds, paths, log=log, zmax=zmax, hessian=hessian)
+    drawn = facts(ds, paths, log=log, zmax=zmax, hessian=hessian) | history_facts(sharpness)
     if line:  # a line's page (crumple line)
-        more = {**drawn, **(more_facts or {})}
         return line_report(
             path,
             ds,
             paths,
             title=title,
-            facts=more,
+            facts={**drawn, **(more_facts or {})},
             log=log,
             zmax=zmax,
             notes=notes,
@@ -210,7 +209,6 @@ def report(
             figures.append(losses(paths))
         if sharpness is not None:
             figures.append(curvature_history(sharpness))
-            drawn |= history_facts(sharpness)
         figures += metric_panels(ds, paths)
     if "lambda_max" in ds and ds.lambda_max.ndim == 2:
         figures.append(curvature_map(ds))
