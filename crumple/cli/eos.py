@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 
 def add_options(demo: argparse.ArgumentParser) -> None:
     """The ``--eos`` option of ``crumple demo``.
@@ -62,6 +60,8 @@ def summary(history, lr: float) -> str:
         reached 2 / lr at step 20
         median of the last third 40.2
     """
+    import numpy as np
+
     values, steps = history.lambda_max.values, history.step.values
     threshold = 2 / lr
     reached = np.flatnonzero(values >= threshold)

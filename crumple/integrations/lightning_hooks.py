@@ -87,7 +87,8 @@ class LightningHooks:
                 self._has_data(trainer),
                 "give trainer.fit(..., val_dataloaders=...) or a datamodule with val_dataloader",
             )
-        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
+        optimizers = getattr(trainer, "optimizers", None) or []
+        optimizer = optimizers[0] if len(optimizers) == 1 else None  # the threshold's
         self.tracker.start(model, trainer.global_step, trainer.is_global_zero, optimizer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
