@@ -127,8 +127,8 @@ def _row(line: str, last: int | None) -> dict:
     if not isinstance(row, dict) or not {"step", "loss"} <= row.keys():
         raise ValueError(f'{line[:80]!r} is not a row {{"step": N, "loss": X}}')
     step = row["step"]
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise ValueError(f"the step {step!r} is not a whole number")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**63:
+        raise ValueError(f"the step {step!r} is not a whole number from 0 to 2^63 - 1")
     for name, value in row.items():
         if name != "step" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"the {name} {value!r} is not a number")
@@ -164,8 +164,9 @@ def read_curvature(folder: Path) -> list[dict]:
 
 
 def sharpness(rows: Sequence[Mapping[str, float]], attrs: Mapping | None = None) -> xr.Dataset:
-    """The curvature history as a Dataset over ``step``: each variable measured in any
-    row (nan where a row lacks it), with its long name.
+    """The curvature history as a Dataset over ``step``: each variable of :data:`CURVATURE`
+    measured in any row (nan where a row lacks it), with its long name; other keys of the
+    rows are left out.
 
     Example:
         >>> ds = sharpness([{"step": 0, "loss": 1.0, "lambda_max": 2.0},
@@ -173,8 +174,7 @@ def sharpness(rows: Sequence[Mapping[str, float]], attrs: Mapping | None = None)
         >>> ds.lambda_max.values.tolist(), ds.step.values.tolist()
         ([2.0, 3.0], [0, 10])
     """
-    names = [n for n in CURVATURE if any(n in row for row in rows)]
-    names += sorted({n for row in rows for n in row} - {*names, "step"})
+    names = [n for n in CURVATURE if any(n in row for row in rows)]  # others left out
     steps = np.array([int(row["step"]) for row in rows], dtype=np.int64)
     data = {
         name: (

@@ -43,7 +43,7 @@ def test_demo_eos_reaches_the_edge_of_stability(tmp_path, capsys):
     main(["demo", "--eos", "--out", str(out)])
     printed = capsys.readouterr().out
     history = cr.open(out)["sharpness"]
-    lr, threshold = 0.05, 2 / 0.05
+    threshold = 2 / 0.05  # lr 0.05
     top, steps = history.lambda_max.values, history.step.values
     assert steps[0] == 0 and steps[-1] == 6000 and np.all(np.diff(steps) == 50)
     assert top[0] < 0.5 * threshold, f"lambda_max at step 0 is {top[0]}"
@@ -104,8 +104,9 @@ def test_a_recorded_trajectory_brings_its_curvature_to_the_run(tmp_path, capsys)
         rec.record(loss=loss)
     weights = saved(tmp_path, model, "final.pt")
     out = tmp_path / "run"
+    trajectory = str(tmp_path / "traj")
     main(["surface", "--model", MODEL, "--data", DATA, "--weights", weights, "--plane", "pca",
-          "--trajectory", str(tmp_path / "traj"), "--grid", "-2:2:5", "--out", str(out)])  # fmt: skip
+          "--trajectory", trajectory, "--grid", "-2:2:5", "--out", str(out)])  # fmt: skip
     stored = cr.open(out)["sharpness"]
     assert stored.step.values.tolist() == [0, 2, 4, 6, 8]
     assert np.array_equal(stored.lambda_max.values, rec.sharpness().lambda_max.values)
@@ -115,7 +116,7 @@ def test_a_recorded_trajectory_brings_its_curvature_to_the_run(tmp_path, capsys)
     main(["info", str(out)])
     said = capsys.readouterr().out
     assert "curvature in training: sharpness.zarr, 5 measurements, steps 0 .. 8" in said
-    assert "threshold 4 (2 / lr)" in said
+    assert "threshold 4 at the last step (2 / lr)" in said
     main(["plot", str(out), "--html", str(tmp_path / "again.html")])
     panel = curvature_panel(tmp_path / "again.html")
     drawn = next(t for t in panel["data"] if t.get("name") == "λ_max")
@@ -134,3 +135,13 @@ def test_a_damaged_history_leaves_the_run_readable(tmp_path, capsys):
     with pytest.warns(UserWarning, match="sharpness not drawn"):
         main(["plot", str(out), "--html", str(tmp_path / "page.html")])
     assert "sharpness not drawn" in (tmp_path / "page.html").read_text()
+
+
+def test_the_summary_says_when_the_curvature_starts_above_the_threshold():
+    from crumple.cli.eos import summary
+
+    history = cr.Trajectory(
+        curvature=[{"step": s, "loss": 1.0, "lambda_max": v} for s, v in ((0, 11.6), (5, 10.4))]
+    ).sharpness()
+    assert "above 2 / lr from the start" in summary(history, 0.2)
+    assert "reached 2 / lr at step 5" in summary(history, 2 / 10.4)

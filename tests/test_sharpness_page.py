@@ -6,6 +6,7 @@ step marker of the curvature panel."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,4 +221,25 @@ def test_the_3d_slider_moves_the_curvature_step_marker(browser, eos_page):  # no
     page.wait_for_function(f"() => ({MARK})()[0] === {int(frame)}", timeout=0)
     assert page.evaluate(MARK) == [int(frame)] * 2
     assert errors == []
+    page.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_curvature_panel_fits_a_phone(browser, eos_page):  # noqa: F811
+    page = browser.new_page(viewport={"width": 390, "height": 900})
+    page.goto(Path(eos_page).as_uri())
+    page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=0)
+    got = page.evaluate("""() => {
+      const d = [...document.querySelectorAll(".panel > div")].find(
+        (d) => d.data.some((t) => t.meta === "step-mark"));
+      const box = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.right]; };
+      const axis = d.querySelector(".y2title");
+      return {scroll: document.documentElement.scrollWidth, width: innerWidth,
+              panel: box(d), svg: box(d.querySelector(".main-svg")),
+              loss: axis ? box(axis) : null};
+    }""")
+    assert got["scroll"] <= got["width"] == 390, got  # no horizontal scroll
+    for left, right in (got["panel"], got["svg"], got["loss"]):
+        assert 0 <= left < right <= 390, got  # the loss axis title inside the window
     page.close()

@@ -613,3 +613,53 @@ def test_directional_is_nan_where_the_step_before_was_not_kept():
     assert s.step.values.tolist() == [0, 4, 6]
     directional = s.directional.values
     assert np.isnan(directional[:2]).all() and np.isfinite(directional[2]), directional
+
+
+# --- what a sweep of new users found -------------------------------------------------------
+
+
+def test_an_optimizer_of_another_model_is_refused():
+    net = torch.nn.Linear(3, 1).double()
+    other = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+    track = Tracking(F.mse_loss, (x, y), optimizer=torch.optim.SGD(other.parameters(), lr=1.0))
+    with pytest.raises(CrumpleError, match="trains none of the model's parameters"):
+        cr.Recorder(net, curvature=track)
+
+
+def test_eval_mode_is_noted_for_batchnorm_and_live_dropout_only():
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+
+    def attrs(*modules):
+        net = torch.nn.Sequential(torch.nn.Linear(4, 2), *modules)
+        return cr.Recorder(net, curvature=Tracking(F.mse_loss, (x, y))).sharpness().attrs
+
+    assert "eval_mode" not in attrs(torch.nn.Dropout(0.0))
+    assert "Dropout" in attrs(torch.nn.Dropout(0.3))["eval_mode"]
+    noted = attrs(torch.nn.BatchNorm1d(2))["eval_mode"]
+    assert "BatchNorm1d" in noted and "batch's statistics" in noted and "Adam" not in noted
+
+
+def test_row_keys_that_are_not_curvature_never_become_variables(tmp_path):
+    rows = '{"step": 0, "loss": 1.0, "lambda_max": 2.0, "../../x": 1.0, "a/b": 3.0}\n'
+    (tmp_path / "curvature.jsonl").write_text(rows)
+    from crumple.history import read_curvature, sharpness
+
+    ds = sharpness(read_curvature(tmp_path))
+    assert sorted(ds.data_vars) == ["lambda_max", "loss"]
+    (tmp_path / "curvature.jsonl").write_text('{"step": 100000000000000000000000, "loss": 1}\n')
+    with pytest.raises(CrumpleError, match="line 1: the step .* is not a whole number from 0"):
+        read_curvature(tmp_path)
+
+
+def test_a_threshold_at_a_learning_rate_of_zero_is_said_to_be_so():
+    from crumple.plot.sharpness import history_facts
+
+    ds = cr.Trajectory(
+        curvature=[
+            {"step": s, "loss": 1.0, "lambda_max": 2.0, "threshold": t}
+            for s, t in ((0, 4.0), (1, 8.0), (2, math.inf))
+        ]
+    ).sharpness()
+    said = history_facts(ds)["lambda_max"]
+    assert "threshold inf (the learning rate is 0) at the last step" in said, said

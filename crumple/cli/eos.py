@@ -21,9 +21,9 @@ def add_options(demo: argparse.ArgumentParser) -> None:
         "the edge of stability",
         "--eos trains an MLP 64-200-200-10 on 1,000 digits by full-batch gradient descent "
         "(crumple.examples.eos; needs scikit-learn), tracks its top Hessian eigenvalue every 50 "
-        "steps and draws it against the threshold 2 / lr beside the landscape on the PCA plane "
-        "of the path; it takes --lr (default 0.05), --steps (default 6000), --grid-size "
-        "(default 31), --seed and --out (default out/eos)",
+        "steps (a shorter run: 100 times) and draws it against the threshold 2 / lr beside "
+        "the landscape on the PCA plane of the path; it takes --lr (default 0.05), --steps "
+        "(default 6000), --grid-size (default 31), --seed and --out (default out/eos)",
     )
     group.add_argument(
         "--eos", action="store_true", help="the edge-of-stability demo instead of the article's"
@@ -66,6 +66,8 @@ def summary(history, lr: float) -> str:
     threshold = 2 / lr
     reached = np.flatnonzero(values >= threshold)
     when = f"reached 2 / lr at step {steps[reached[0]]}" if reached.size else "never reached 2 / lr"
+    if values[0] >= threshold:
+        when = "above 2 / lr from the start"
     last = values[steps >= steps[-1] * 2 / 3]
     return (
         f"lambda_max {values[0]:.3g} at step {steps[0]} (2 / lr = {threshold:g}); {when}; "

@@ -119,10 +119,13 @@ def _curvature(history) -> str:
         f"curvature in training: {SHARPNESS}, {steps.size} measurements, steps {steps[0]} .. "
         f"{steps[-1]}; lambda_max {top[0]:.4g} -> {top[-1]:.4g} (max {np.nanmax(top):.4g})"
     )
-    if "threshold" in history and np.isfinite(history.threshold.values[-1]):
-        line += f", threshold {history.threshold.values[-1]:.4g}"
+    thresholds = history.threshold.values if "threshold" in history else np.array([np.nan])
+    if not np.isnan(thresholds[-1]):  # inf: the learning rate is 0
+        line += f", threshold {thresholds[-1]:.4g} at the last step"
         if "threshold_formula" in history.attrs:
             line += f" ({history.attrs['threshold_formula']})"
+    if "eval_mode" in history.attrs:
+        line += f"\n  {history.attrs['eval_mode']}"
     return line
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from crumple.batches import load
 from crumple.checks import named_functions, whole_number
-from crumple.errors import CrumpleError, CrumpleTypeError
+from crumple.errors import CrumpleError, CrumpleTypeError, user_code
 from crumple.hessian.estimators import _hutchinson
 from crumple.hessian.lanczos import top_eigenpair
 from crumple.hessian.operator import VECTORS_PER_CALL, Hessian
@@ -119,6 +119,7 @@ class Tracking:
         self.vectors: dict[str, Tensor] = {}  # the last eigenvectors: the next warm starts
         self.previous: tuple[int, Tensor] | None = None  # weights one step before a measurement
         self.warned = False
+        self.eval_mode: str | None = None  # what eval mode changes in the model, if anything
 
     def start(self, model: nn.Module, optimizer=None, resume: bool = False) -> None:
         """Training (re)starts: build the operator on ``data`` (its checks refuse a loss
@@ -126,11 +127,28 @@ class Tracking:
         (``resume=False``) starts cold."""
         if optimizer is not None:
             self.optimizer = check_optimizer(optimizer)
+        _check_trains(self.optimizer, model)
         if not resume:
             self.vectors, self.previous, self.warned = {}, None, False
         self.operator = None
+        changing = [type(m).__name__ for m in model.modules() if _changed_in_eval(m)]
+        self.eval_mode = None
+        if changing:
+            self.eval_mode = (
+                f"measured in eval mode, as the surface is: the model's "
+                f"{', '.join(sorted(set(changing)))} compute otherwise in training (BatchNorm "
+                "from the batch's statistics), so lambda_max and the threshold compare only "
+                "roughly"
+            )
+        adam = self.optimizer is not None and _of(self.optimizer) == "preconditioned"
+        if changing and adam:
+            self.eval_mode += (
+                "; with Adam, a parameter whose gradient the batch statistics cancel (a bias "
+                "before BatchNorm) has P near eps and can make preconditioned far too large"
+            )
         if self.data is not None:
-            self.operator = Hessian(model, self.loss_fn, self.data, **self.build)
+            with user_code("the curvature on Tracking's data (checked when training starts)"):
+                self.operator = Hessian(model, self.loss_fn, self.data, **self.build)
 
     def attrs(self) -> dict[str, Any]:
         """How the curvature is measured, for the history's attributes."""
@@ -143,6 +161,8 @@ class Tracking:
         if self.optimizer is not None:
             out["optimizer"] = type(self.optimizer).__name__
             out["threshold_formula"] = stability_threshold(self.optimizer)[2]
+        if self.eval_mode:
+            out["eval_mode"] = self.eval_mode
         return out
 
     def after_step(
@@ -245,6 +265,27 @@ class Tracking:
         self.vectors = dict(state.get("vectors") or {})
         previous = state.get("previous")
         self.previous = None if previous is None else (int(previous[0]), previous[1])
+
+
+def _changed_in_eval(module: nn.Module) -> bool:
+    """Whether ``module`` computes otherwise in eval mode, where every curvature is measured."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _check_trains(optimizer, model: nn.Module) -> None:
+    """Refuse an optimizer that trains none of the model's parameters (its threshold and
+    preconditioner would be another training's)."""
+    if optimizer is None:
+        return
+    mine = {id(p) for p in model.parameters() if p.requires_grad}
+    theirs = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if mine and not mine & theirs:
+        raise CrumpleError(
+            f"optimizer= ({type(optimizer).__name__}) trains none of the model's parameters: "
+            "give the optimizer that trains this model, made from its parameters"
+        )
 
 
 def _flat(model: nn.Module, names: list[str]) -> Tensor:

@@ -198,6 +198,8 @@ def history_facts(ds: xr.Dataset | None) -> dict[str, str]:
         if var == bounded and _measured(ds, "threshold"):
             said += f"; {_threshold(ds)}"
         out[name] = said
+    if "eval_mode" in ds.attrs:  # a BatchNorm or dropout model
+        out["curvature"] = str(ds.attrs["eval_mode"])
     return out
 
 
@@ -226,8 +228,9 @@ def _threshold(ds: xr.Dataset) -> str:
     values = ds.threshold.values.astype(float)
     finite = values[np.isfinite(values)]
     how = [str(ds.attrs["threshold_formula"])] if "threshold_formula" in ds.attrs else []
-    said = f"threshold {finite[-1]:.3g}"
-    if finite.min() != finite.max():  # the learning rate changed
+    last = values[~np.isnan(values)][-1]  # inf where the learning rate has reached 0
+    said = f"threshold {last:.3g}" + (" (the learning rate is 0)" if np.isinf(last) else "")
+    if finite.min() != finite.max() or last != finite[-1]:  # the learning rate changed
         said += " at the last step"
         how.append(f"{finite.min():.3g} .. {finite.max():.3g} along training")
     return said + (f" ({'; '.join(how)})" if how else "")
