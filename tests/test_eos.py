@@ -140,8 +140,10 @@ def test_a_damaged_history_leaves_the_run_readable(tmp_path, capsys):
 def test_the_summary_says_when_the_curvature_starts_above_the_threshold():
     from crumple.cli.eos import summary
 
-    history = cr.Trajectory(
-        curvature=[{"step": s, "loss": 1.0, "lambda_max": v} for s, v in ((0, 11.6), (5, 10.4))]
-    ).sharpness()
-    assert "above 2 / lr from the start" in summary(history, 0.2)
-    assert "reached 2 / lr at step 5" in summary(history, 2 / 10.4)
+    def history(*values):
+        rows = [{"step": 5 * k, "loss": 1.0, "lambda_max": v} for k, v in enumerate(values)]
+        return cr.Trajectory(curvature=rows).sharpness()
+
+    assert "above 2 / lr from the start" in summary(history(11.6, 10.4), 0.2)  # 2 / lr = 10
+    assert "reached 2 / lr at step 5" in summary(history(9.0, 10.4), 0.2)
+    assert "never reached 2 / lr" in summary(history(9.0, 9.5), 0.2)
