@@ -116,7 +116,7 @@ def test_a_recorded_trajectory_brings_its_curvature_to_the_run(tmp_path, capsys)
     main(["info", str(out)])
     said = capsys.readouterr().out
     assert "curvature in training: sharpness.zarr, 5 measurements, steps 0 .. 8" in said
-    assert "threshold 4 at the last step (2 / lr)" in said
+    assert "  lambda_max: " in said and "threshold 4 (2 / lr)" in said
     main(["plot", str(out), "--html", str(tmp_path / "again.html")])
     panel = curvature_panel(tmp_path / "again.html")
     drawn = next(t for t in panel["data"] if t.get("name") == "λ_max")

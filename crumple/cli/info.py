@@ -106,27 +106,20 @@ def describe(folder: str | Path) -> str:
     if (Path(folder) / PLANE).is_file():
         lines.append(f"plane: {PLANE}")
     if history is not None:
-        lines.append(_curvature(history))
+        lines += _curvature(history)
     return "\n".join(lines + _beside(folder))
 
 
-def _curvature(history) -> str:
-    """One line on the curvature measured in training."""
-    import numpy as np
+def _curvature(history) -> list[str]:
+    """The lines on the curvature measured in training: where, how often, and the facts
+    its page gives (:func:`crumple.plot.sharpness.history_facts`)."""
+    from crumple.plot.sharpness import history_facts
 
-    steps, top = history.step.values, history.lambda_max.values
-    line = (
-        f"curvature in training: {SHARPNESS}, {steps.size} measurements, steps {steps[0]} .. "
-        f"{steps[-1]}; lambda_max {top[0]:.4g} -> {top[-1]:.4g} (max {np.nanmax(top):.4g})"
-    )
-    thresholds = history.threshold.values if "threshold" in history else np.array([np.nan])
-    if not np.isnan(thresholds[-1]):  # inf: the learning rate is 0
-        line += f", threshold {thresholds[-1]:.4g} at the last step"
-        if "threshold_formula" in history.attrs:
-            line += f" ({history.attrs['threshold_formula']})"
-    if "eval_mode" in history.attrs:
-        line += f"\n  {history.attrs['eval_mode']}"
-    return line
+    steps = history.step.values
+    where = f"{SHARPNESS}, {steps.size} measurements, steps {steps[0]} .. {steps[-1]}"
+    return [f"curvature in training: {where}"] + [
+        f"  {name}: {said}" for name, said in history_facts(history).items()
+    ]
 
 
 def _beside(folder: str | Path) -> list[str]:

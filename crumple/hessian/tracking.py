@@ -21,6 +21,7 @@ from crumple.hessian.estimators import _hutchinson
 from crumple.hessian.lanczos import top_eigenpair
 from crumple.hessian.operator import VECTORS_PER_CALL, Hessian
 from crumple.hessian.spectrum import default_tol
+from crumple.params import flatten
 
 WARM_MIX = 0.01  # the random part of a warm start
 
@@ -173,7 +174,8 @@ class Tracking:
         due = measure and step % self.every == 0
         row = self._measure(model, step, loss, batch) if due else None
         if self.directional and (step + 1) % self.every == 0:
-            self.previous = (step, _flat(model, self._names(model)))
+            params = {n: p.detach() for n, p in model.named_parameters()}
+            self.previous = (step, flatten(params, self._names(model)).clone())
         return row
 
     def _names(self, model: nn.Module) -> list[str]:
@@ -250,7 +252,7 @@ class Tracking:
     def _directional(self, h: Hessian, step: int) -> float:
         if self.previous is None or self.previous[0] != step - 1:
             return math.nan
-        d = _flat_of(h) - self.previous[1].to(h.reference)
+        d = h.flatten(h.params) - self.previous[1].to(h.reference)
         size = float(d @ d)
         return float(d @ (h @ d)) / size if size > 0 else math.nan
 
@@ -286,15 +288,6 @@ def _check_trains(optimizer, model: nn.Module) -> None:
             f"optimizer= ({type(optimizer).__name__}) trains none of the model's parameters: "
             "give the optimizer that trains this model, made from its parameters"
         )
-
-
-def _flat(model: nn.Module, names: list[str]) -> Tensor:
-    params = dict(model.named_parameters())
-    return torch.cat([params[n].detach().reshape(-1) for n in names]).clone()
-
-
-def _flat_of(h: Hessian) -> Tensor:
-    return h.flatten(h.params)
 
 
 def check_optimizer(optimizer):
