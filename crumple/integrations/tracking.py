@@ -260,12 +260,12 @@ def truncate(trajectory, step: int) -> None:
     from crumple.names import CURVATURE_ROWS
     from crumple.trajectory import INDEX
 
-    rows = [row for row in trajectory.curvature if row["step"] <= step]
-    if len(rows) < len(trajectory.curvature):  # the curvature measured after step
-        trajectory.curvature[:] = rows
+    measured = [row for row in trajectory.curvature if row["step"] <= step]
+    if len(measured) < len(trajectory.curvature):  # the curvature measured after step
+        trajectory.curvature[:] = measured
         if trajectory.folder is not None:
             with written(trajectory.folder / CURVATURE_ROWS) as temporary:
-                temporary.write_text("".join(map(row_text, rows)))
+                temporary.write_text("".join(map(row_text, measured)))
     keep = sum(1 for s in trajectory.steps if s <= step)
     dropped = trajectory.steps[keep:]
     if not dropped:
