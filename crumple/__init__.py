@@ -21,6 +21,8 @@ from crumple.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from crumple import hessian, plot, reference
+    from crumple.connectivity import path_loss
+    from crumple.curve import Curve
     from crumple.grid import Grid
     from crumple.landscape import project
     from crumple.plane import Plane
@@ -45,6 +47,9 @@ __all__ = [
     "Recorder",
     "Trajectory",
     "project",
+    # two models
+    "Curve",
+    "path_loss",
     # runs on disk
     "open",
     "open_run",
@@ -67,6 +72,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Recorder": ("crumple.trajectory", "Recorder"),
     "Trajectory": ("crumple.trajectory", "Trajectory"),
     "project": ("crumple.landscape", "project"),
+    "Curve": ("crumple.curve", "Curve"),
+    "path_loss": ("crumple.connectivity", "path_loss"),
     "open": ("crumple.run.store", "open_run"),
     "open_run": ("crumple.run.store", "open_run"),
     "plot": ("crumple.plot", None),

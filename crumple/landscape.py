@@ -211,7 +211,7 @@ class Landscape:
         check_fits(self.model, plane)
         paths_of(cover, plane.ndim)  # checked before the line evaluations
         with evaluation_mode(self.model):
-            evaluate = self._loss_evaluator(plane)
+            evaluate = self.evaluator(plane)
             task = evaluate.task
 
             def loss_along(k: int, ts: np.ndarray) -> np.ndarray:
@@ -247,7 +247,7 @@ class Landscape:
         held, n = trajectory.buffer_counts()
         own = held > 0 and self.options.run.recalibrate is None
         with evaluation_mode(self.model):
-            evaluate = self._loss_evaluator(plane, metrics=True)
+            evaluate = self.evaluator(plane, metrics=True)
             true, on_plane = _path_losses(evaluate, trajectory, names, coords, own)
         dims = ("alpha", "beta")[: plane.ndim]
         data_vars = {dim: ("step", c.numpy()) for dim, c in zip(dims, coords)}
@@ -262,7 +262,7 @@ class Landscape:
             path.attrs["statistics"] = _statistics(held, n, self.options.run.recalibrate)
         return path
 
-    def _loss_evaluator(self, plane: Plane, metrics: bool = False):
+    def evaluator(self, plane: Plane, metrics: bool = False):
         """One evaluator on ``plane`` of the loss alone (``metrics``: and the metrics), the
         model in evaluation mode."""
         fns = self.fns if metrics else {"loss": self.fns["loss"]}
