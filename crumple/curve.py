@@ -160,5 +160,3 @@ def _named(plane: Plane, kind: str) -> Plane:
     attrs["curve"] = kind
     attrs["axis_names"] = ("a -> b", "a -> bend")[: len(plane.directions)]
     return Plane(plane.origin, plane.directions, attrs)
-
-
