@@ -21,6 +21,7 @@ from crumple.version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from crumple import hessian, plot, reference
+    from crumple.alignment import align
     from crumple.connectivity import path_loss
     from crumple.curve import Curve
     from crumple.grid import Grid
@@ -48,6 +49,7 @@ __all__ = [
     "Trajectory",
     "project",
     # two models
+    "align",
     "Curve",
     "path_loss",
     # runs on disk
@@ -72,6 +74,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Recorder": ("crumple.trajectory", "Recorder"),
     "Trajectory": ("crumple.trajectory", "Trajectory"),
     "project": ("crumple.landscape", "project"),
+    "align": ("crumple.alignment", "align"),
     "Curve": ("crumple.curve", "Curve"),
     "path_loss": ("crumple.connectivity", "path_loss"),
     "open": ("crumple.run.store", "open_run"),
