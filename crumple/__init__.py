@@ -22,7 +22,7 @@ from crumple.version import __version__
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from crumple import hessian, plot, reference
     from crumple.alignment import align
-    from crumple.connectivity import path_loss
+    from crumple.connectivity import connect, path_loss
     from crumple.curve import Curve
     from crumple.grid import Grid
     from crumple.landscape import project
@@ -52,6 +52,7 @@ __all__ = [
     "align",
     "Curve",
     "path_loss",
+    "connect",
     # runs on disk
     "open",
     "open_run",
@@ -77,6 +78,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "align": ("crumple.alignment", "align"),
     "Curve": ("crumple.curve", "Curve"),
     "path_loss": ("crumple.connectivity", "path_loss"),
+    "connect": ("crumple.connectivity", "connect"),
     "open": ("crumple.run.store", "open_run"),
     "open_run": ("crumple.run.store", "open_run"),
     "plot": ("crumple.plot", None),

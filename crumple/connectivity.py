@@ -16,13 +16,17 @@ import torch
 import xarray as xr
 from torch import nn
 
-from crumple.checks import check_fits
+from crumple.batches import load
+from crumple.checks import check_fits, named_functions, whole_number
 from crumple.curve import Curve, check_t
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation import Points
+from crumple.evaluation.probes import functional
 from crumple.landscape import Landscape, LossFn
+from crumple.losses import Objective
 from crumple.params import evaluation_mode
 from crumple.plane import Plane
+from crumple.progress import tqdm
 
 T = np.linspace(0.0, 1.0, 41)
 
@@ -108,3 +112,102 @@ def _curve(curve: Any) -> Curve:
         f"line crumple.Plane.between(a, b), got {type(curve).__name__}"
         + (f" with {curve.ndim} directions" if isinstance(curve, Plane) else "")
     )
+
+
+def connect(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    loss_fn: LossFn,
+    train_data: Any,
+    kind: str = "bezier",
+    *,
+    steps: int = 1000,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    seed: int = 0,
+    progress: bool = False,
+) -> Curve:
+    """A low-loss curve from ``model_a`` to ``model_b``: the bend of a quadratic Bezier
+    curve (``kind="bezier"``) or a polygonal chain (``"polychain"``), started at the
+    midpoint and trained as Garipov et al. (2018) train it: each step, the loss on the next
+    batch of ``train_data`` at a point of the curve drawn uniformly in ``t``, its gradient
+    with respect to the bend, and an SGD step (``lr``, ``momentum``). The ends stay fixed;
+    the model runs in train mode, on its own copy of the buffers (``model_a`` and
+    ``model_b`` are left as they were).
+
+    Returns:
+        The trained :class:`crumple.Curve`; its ``history`` is a Dataset over ``step``
+        of the ``t`` drawn and the batch ``loss`` there.
+
+    Example:
+        >>> import torch, crumple as cr
+        >>> a, b = torch.nn.Linear(2, 1).double(), torch.nn.Linear(2, 1).double()
+        >>> x = torch.randn(16, 2, dtype=torch.float64)
+        >>> curve = cr.connect(a, b, torch.nn.functional.mse_loss, (x, x[:, :1]), steps=5)
+        >>> curve.kind, curve.history.sizes["step"]
+        ('bezier', 5)
+    """
+    if kind not in ("bezier", "polychain"):
+        raise CrumpleError(f"kind must be 'bezier' or 'polychain', got {kind!r}")
+    steps = whole_number("steps", steps, 1)
+    for name, value in (("lr", lr), ("momentum", momentum)):
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise CrumpleError(f"{name} must be a number >= 0, got {value!r}")
+    start = getattr(Curve, kind)(model_a, model_b, model=model_a)
+    objective = Objective(model_a, named_functions(loss_fn))
+    origin, (to_b, to_bend) = start.plane.origin, start.plane.directions
+    reference = next(iter(origin.values()))
+    batches = load(train_data).to(reference.device, reference.dtype)
+    bend = {n: (o + d).clone().requires_grad_() for n, (o, d) in _pairs(origin, to_bend)}
+    ends = {n: (o, o + to_b[n]) for n, o in origin.items()}
+    optimizer = torch.optim.SGD(bend.values(), lr=lr, momentum=momentum)
+    buffers = {n: b.detach().clone() for n, b in model_a.named_buffers()}
+    generator = torch.Generator().manual_seed(seed)
+    drawn, losses = [], []
+    batch_iter = _cycle(batches)
+    flags = {m: m.training for m in model_a.modules()}
+    try:
+        model_a.train()
+        for _ in tqdm(range(steps), desc="connect", disable=not progress):
+            t = float(torch.rand((), generator=generator, dtype=torch.float64))
+            batch = next(batch_iter)
+            weights = {n: _point(kind, t, a, bend[n], b) for n, (a, b) in ends.items()}
+            predict = functional(model_a, weights, buffers)
+            loss = objective.values(objective.call(predict, batch), batch)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            drawn.append(t)
+            losses.append(float(loss.detach()))
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
+    trained = {n: p.detach() for n, p in bend.items()}
+    b_weights = {n: b for n, (_, b) in ends.items()}
+    curve = getattr(Curve, kind)(origin, b_weights, trained)
+    history = xr.Dataset(
+        {"t": ("step", np.array(drawn)), "loss": ("step", np.array(losses))},
+        coords={"step": np.arange(1, steps + 1)},
+    )
+    return Curve(curve.kind, curve.plane, history)
+
+
+def _pairs(origin, to_bend):
+    return ((n, (o, to_bend[n])) for n, o in origin.items())
+
+
+def _point(kind: str, t: float, a, bend, b):
+    """The curve's weights at ``t``, differentiable in ``bend``."""
+    if kind == "bezier":
+        return (1 - t) ** 2 * a + 2 * t * (1 - t) * bend + t**2 * b
+    return a + 2 * t * (bend - a) if t <= 0.5 else bend + (2 * t - 1) * (b - bend)
+
+
+def _cycle(batches):
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise CrumpleError("train_data holds no batch")

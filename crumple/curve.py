@@ -6,7 +6,7 @@ of that plane and is evaluated as one (:func:`crumple.path_loss`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ class Curve:
 
     kind: str
     plane: Plane
+    history: Any = field(default=None, compare=False)  # the training of its bend (connect)
 
     @classmethod
     def line(cls, a: nn.Module | Params, b: nn.Module | Params, *, model=None) -> Curve:

@@ -147,3 +147,27 @@ def test_a_line_plane_is_a_curve_and_wrong_inputs_are_refused(ends):
         cr.path_loss(a, F.cross_entropy, data, cr.Curve.line(a, b), t, store="x")
     with pytest.raises(CrumpleError):
         cr.Curve.line(a, nn.Linear(3, 2))  # another architecture
+
+
+def test_a_trained_bezier_curve_has_a_lower_barrier_than_the_line(ends):
+    data, a, b = ends
+    state_a, flags = copy.deepcopy(a.state_dict()), {m: m.training for m in a.modules()}
+    curve = cr.connect(a, b, F.cross_entropy, data, steps=150, lr=0.1, seed=0)
+    assert curve.kind == "bezier" and curve.history.sizes["step"] == 150
+    assert np.all((curve.history.t.values >= 0) & (curve.history.t.values <= 1))
+    for n, w in weights(a).items():  # the ends stay where they were
+        assert torch.equal(curve.at(0.0)[n], w) and torch.allclose(curve.at(1.0)[n], weights(b)[n])
+    t = np.linspace(0, 1, 21)
+    line = cr.path_loss(a, F.cross_entropy, data, cr.Curve.line(a, b), t)
+    bent = cr.path_loss(a, F.cross_entropy, data, curve, t)
+    assert bent.attrs["barrier"] < 0.5 * line.attrs["barrier"], (bent.attrs, line.attrs)
+    assert all(torch.equal(v, a.state_dict()[k]) for k, v in state_a.items())  # a untouched
+    assert {m: m.training for m in a.modules()} == flags
+    chain = cr.connect(a, b, F.cross_entropy, data, "polychain", steps=3)
+    assert chain.kind == "polychain" and torch.allclose(
+        chain.at(1.0)["net.4.weight"], weights(b)["net.4.weight"]
+    )
+    with pytest.raises(CrumpleError, match="kind must be 'bezier' or 'polychain'"):
+        cr.connect(a, b, F.cross_entropy, data, "spline")
+    with pytest.raises(CrumpleError, match="lr must be a number"):
+        cr.connect(a, b, F.cross_entropy, data, lr=float("nan"))
