@@ -48,6 +48,7 @@ bench: $(BENCHED)
 	$(BIN)/python benchmarks/hessian.py
 	$(BIN)/python benchmarks/verified_tiles.py
 	$(BIN)/python benchmarks/curvature_tracking.py
+	$(BIN)/python benchmarks/mode_connectivity.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
