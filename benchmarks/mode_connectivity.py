@@ -4,8 +4,9 @@ epochs), and the train-loss barrier between them (the largest rise of the loss o
 straight interpolation of the two ends' losses, 25 points of t):
 
 - along the straight line between them;
-- along the straight line after `cr.align` (weight matching of the hidden units), with the
-  largest output difference between the aligned model and the one it came from;
+- along the straight line after `cr.align` (weight matching of the hidden units, and
+  activation matching on the training data), with the largest output difference between
+  the weight-matched model and the one it came from;
 - along a quadratic Bezier curve between the unaligned models, its bend trained by
   `cr.connect` (1,500 steps, lr 0.05, batches of 64).
 
@@ -75,6 +76,10 @@ def main() -> None:
         same = float((aligned(x) - b(x)).abs().max())
     path = cr.path_loss(a, F.cross_entropy, (x, y), cr.Curve.line(a, aligned), T)
     rows.append(("line after cr.align", path, time.perf_counter() - began))
+    began = time.perf_counter()
+    by_data = cr.align(a, b, method="activations", data=(x, y))
+    path = cr.path_loss(a, F.cross_entropy, (x, y), cr.Curve.line(a, by_data), T)
+    rows.append(("  by activations", path, time.perf_counter() - began))
     began = time.perf_counter()
     loader = DataLoader(
         TensorDataset(x, y), batch_size=BATCH, shuffle=True,

@@ -43,6 +43,7 @@ class Axes:
 
     sizes: dict[int, int] = field(default_factory=dict)
     moved: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
+    nodes: dict[str, int] = field(default_factory=dict)  # graph node -> the group of its units
 
 
 def align(model_a: nn.Module, model_b: nn.Module, method: str = "weights", data=None) -> nn.Module:
@@ -64,10 +65,15 @@ def align(model_a: nn.Module, model_b: nn.Module, method: str = "weights", data=
         >>> torch.equal(aligned[0].weight, a[0].weight)  # the shuffle undone
         True
     """
-    if method != "weights":
+    if method not in ("weights", "activations"):
         raise CrumpleError(
-            f"method must be 'weights' (weight matching); got {method!r} (activation matching "
-            "is not built yet)"
+            f"method must be 'weights' (weight matching) or 'activations' (activation "
+            f"matching on data=), got {method!r}"
+        )
+    if (method == "activations") != (data is not None):
+        raise CrumpleError(
+            "method='activations' matches the units' activations on data=...: give both, or "
+            "neither (weight matching needs no data)"
         )
     for name, m in (("model_a", model_a), ("model_b", model_b)):
         if not isinstance(m, nn.Module):
@@ -79,7 +85,10 @@ def align(model_a: nn.Module, model_b: nn.Module, method: str = "weights", data=
             "models of one architecture"
         )
     axes = permutation_axes(model_b)
-    perms = weight_matching(axes, state_a, state_b)
+    if method == "weights":
+        perms = weight_matching(axes, state_a, state_b)
+    else:
+        perms = activation_matching(axes, model_a, model_b, data)
     aligned = copy.deepcopy(model_b)
     aligned.load_state_dict(permuted(state_b, axes, perms))
     return aligned
@@ -127,6 +136,9 @@ def permutation_axes(model: nn.Module) -> Axes:
         if root is not None:
             out.sizes[root] = axes.sizes[g]
             out.moved.setdefault(root, []).append((name, axis, repeat))
+    for node, g in group_of.items():
+        if isinstance(g, int) and find(g) is not None:  # units as channels (not flattened)
+            out.nodes[node.name] = find(g)
     return out
 
 
@@ -277,3 +289,48 @@ def _apply(t: Tensor, name: str, axes: Axes, perms: dict[int, Tensor]) -> Tensor
 def permuted(state: dict, axes: Axes, perms: dict[int, Tensor]) -> dict:
     """``state`` (a state dict) with every group's permutation applied."""
     return {name: _apply(t, name, axes, perms) for name, t in state.items()}
+
+
+def activation_matching(axes: Axes, model_a: nn.Module, model_b: nn.Module, data) -> dict:
+    """For each group, the permutation of ``b``'s units whose activations on ``data``
+    (every output in the graph that carries the group's units, in eval mode) best match
+    ``a``'s: the assignment maximising the summed products of the two models' activations."""
+    from scipy.optimize import linear_sum_assignment
+
+    from crumple.batches import load
+    from crumple.params import evaluation_mode
+
+    cost = {g: torch.zeros(n, n, dtype=torch.float64) for g, n in axes.sizes.items()}
+    graphs = [torch.fx.symbolic_trace(m) for m in (model_a, model_b)]
+    with evaluation_mode(model_a), evaluation_mode(model_b):
+        for batch in load(data):
+            args, kwargs = batch.inputs(with_target=False)
+            outs = [_recorded(gm, axes.nodes, args, kwargs) for gm in graphs]
+            for name, g in axes.nodes.items():
+                cost[g] += _channels(outs[0][name]).T @ _channels(outs[1][name])
+    perms = {}
+    for g, c in cost.items():
+        _, order = linear_sum_assignment(c.numpy(), maximize=True)
+        perms[g] = torch.as_tensor(order)
+    return perms
+
+
+def _recorded(gm: torch.fx.GraphModule, names, args, kwargs) -> dict[str, Tensor]:
+    """The outputs of the graph's nodes ``names`` for one batch."""
+    kept = {}
+
+    class Recording(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.name in names:
+                kept[node.name] = out
+            return out
+
+    Recording(gm).run(*args, *kwargs.values())
+    return kept
+
+
+def _channels(t: Tensor) -> Tensor:
+    """An activation as rows of units: ``(samples x positions, units)``."""
+    t = t.detach().double()
+    return t.movedim(1, -1).reshape(-1, t.shape[1]) if t.dim() > 2 else t

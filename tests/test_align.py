@@ -72,12 +72,17 @@ def distance(a, b):
     )
 
 
-@pytest.mark.parametrize("make", [MLP, CNN, ResNet], ids=["mlp", "cnn-batchnorm", "resnet"])
-def test_the_aligned_model_computes_the_same_function(make):
+MODELS = [MLP, CNN, ResNet]
+IDS = ["mlp", "cnn-batchnorm", "resnet"]
+
+
+@pytest.mark.parametrize("method", ["weights", "activations"])
+@pytest.mark.parametrize("make", MODELS, ids=IDS)
+def test_the_aligned_model_computes_the_same_function(make, method):
     data = digits(128)
     a, b = trained(make, 1, data), trained(make, 2, data)
     before = copy.deepcopy(b.state_dict())
-    aligned = cr.align(a, b)
+    aligned = cr.align(a, b, method, data=data if method == "activations" else None)
     with torch.no_grad():
         same = (aligned(data[0]) - b(data[0])).abs().max()
     assert float(same) < 1e-10, float(same)
@@ -86,8 +91,9 @@ def test_the_aligned_model_computes_the_same_function(make):
     assert any(not torch.equal(before[k], v) for k, v in aligned.state_dict().items())
 
 
-@pytest.mark.parametrize("make", [MLP, CNN, ResNet], ids=["mlp", "cnn-batchnorm", "resnet"])
-def test_a_known_shuffle_of_hidden_units_is_undone(make):
+@pytest.mark.parametrize("method", ["weights", "activations"])
+@pytest.mark.parametrize("make", MODELS, ids=IDS)
+def test_a_known_shuffle_of_hidden_units_is_undone(make, method):
     data = digits(64)
     a = trained(make, 3, data, steps=3)
     axes = permutation_axes(a)
@@ -99,7 +105,7 @@ def test_a_known_shuffle_of_hidden_units_is_undone(make):
     b.load_state_dict(permuted(a.state_dict(), axes, shuffles))
     with torch.no_grad():
         assert float((b(data[0]) - a(data[0])).abs().max()) < 1e-10  # the same function
-    aligned = cr.align(a, b)
+    aligned = cr.align(a, b, method, data=data if method == "activations" else None)
     differ = [k for k, v in aligned.state_dict().items() if not torch.equal(v, a.state_dict()[k])]
     assert not differ, f"not undone: {differ}"
 
@@ -121,4 +127,6 @@ def test_what_cannot_be_permuted_is_refused_by_name():
     with pytest.raises(CrumpleError, match="different parameters"):
         cr.align(MLP(), CNN())
     with pytest.raises(CrumpleError, match="method must be 'weights'"):
+        cr.align(MLP(), MLP(), method="hungarian")
+    with pytest.raises(CrumpleError, match="on data="):
         cr.align(MLP(), MLP(), method="activations")
