@@ -51,7 +51,7 @@ class Curve:
             >>> Curve.line({"w": torch.zeros(1)}, {"w": torch.ones(1)}).at(0.25)
             {'w': tensor([0.2500])}
         """
-        return cls("line", _named(Plane.between(a, b, model=model), "line"))
+        return cls("line", Plane.between(a, b, model=model))
 
     @classmethod
     def bezier(cls, a, b, bend=None, *, model=None) -> Curve:
@@ -153,11 +153,5 @@ def _through(a, b, bend, model, kind: str) -> Plane:
     else:
         reference = model or next((m for m in (a, b) if isinstance(m, nn.Module)), None)
         to_bend = Plane.between(line.origin, bend, model=reference).directions[0]
-    return Plane(line.origin, (to_b, to_bend), dict(line.attrs))
-
-
-def _named(plane: Plane, kind: str) -> Plane:
-    attrs = dict(plane.attrs)
-    attrs["curve"] = kind
-    attrs["axis_names"] = ("a -> b", "a -> bend")[: len(plane.directions)]
-    return Plane(plane.origin, plane.directions, attrs)
+    attrs = {**line.attrs, "axis_names": ("a -> b", "a -> bend"), "third": "bend"}
+    return Plane(line.origin, (to_b, to_bend), attrs)

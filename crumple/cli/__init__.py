@@ -12,11 +12,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from crumple.cli import demo, export, hessian, info, line, plot, surface
+from crumple.cli import connect, demo, export, hessian, info, line, plot, surface
 from crumple.cli import options as types
 from crumple.errors import CrumpleError
 
-SUBCOMMANDS = (demo, surface, line, hessian, plot, export, info)  # in the order of --help
+SUBCOMMANDS = (demo, surface, line, connect, hessian, plot, export, info)  # in the order of --help
 
 
 def build_parser() -> argparse.ArgumentParser:
