@@ -3,6 +3,8 @@ a run folder (each loss against t equal to cr.path_loss), the barriers printed, 
 drawn in Chromium (surface, line and curve, a, b and the bend marked, the t panel), and
 wrong inputs."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 import crumple as cr
 from crumple.cli import main
+from crumple.errors import CrumpleError
 from tests import cli_fixtures
 from tests.cases import digits
 from tests.test_browser import browser, opened  # noqa: F401  (the Chromium fixture)
@@ -117,3 +120,27 @@ def test_the_page_draws_the_surface_the_line_the_curve_the_models_and_the_t_pane
     assert panel["names"] == ["line", "aligned line", "bezier"]
     assert errors == []
     page.close()
+
+
+def test_the_aligned_plane_kind_puts_b_and_its_aligned_copy_at_one_loss(tmp_path, capsys):
+    (_, wa), (_, wb) = saved(tmp_path, 1), saved(tmp_path, 2)
+    out = tmp_path / "aligned"
+    main(["surface", "--model", MODEL, "--data", DATA, "--weights", wa, "--plane", "aligned",
+          "--weights-b", wb, "--grid", "-0.5:1.5:5", "--dtype", "float64",
+          "--out", str(out)])  # fmt: skip
+    surface = cr.open(out)["surface"]
+    assert surface.attrs["plane_kind"] == "aligned"
+    b, aligned = (float(surface.loss.sel(alpha=x, beta=y)) for x, y in ((1.0, 0.0), (0.0, 1.0)))
+    assert b == pytest.approx(aligned, rel=1e-6)  # the same function (float32 directions)
+    from crumple.plot.style import model_points
+
+    assert model_points(surface) == {"a": (0.0, 0.0), "b": (1.0, 0.0), "b aligned": (0.0, 1.0)}
+
+
+def test_an_aligned_plane_of_models_whose_units_already_match_is_refused():
+    from crumple import planes
+    from tests.cases import MLP
+
+    a = MLP()
+    with pytest.raises(CrumpleError, match="already match a's"):
+        planes.build("aligned", planes.Sources(a, (copy.deepcopy(a),)))

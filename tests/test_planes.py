@@ -137,6 +137,14 @@ def test_recorder_streams_to_disk_and_projects_the_same(tmp_path):
 
 
 @pytest.mark.usefixtures("steady_clock")
+def aligned_by_hand(a, b):
+    """The plane through a, b and b aligned to a, built from its parts."""
+    plane = cr.Plane.between(a, b, cr.align(a, b))
+    names = ("a -> b", "a -> b aligned")
+    attrs = {**plane.attrs, "kind": "aligned", "third": "b aligned", "axis_names": names}
+    return cr.Plane(plane.origin, plane.directions, attrs)
+
+
 def test_registry_builds_what_the_classmethods_build():
     """(the clock makes the Hessian's timed choice of vmapped products, which changes the
     last bits, the same for both builds)"""
@@ -144,6 +152,8 @@ def test_registry_builds_what_the_classmethods_build():
     model, path = trained(MLP().double(), (x, y), steps=4)
     other = MLP().double()
     small = torch.nn.Linear(4, 3).double()  # 15 parameters: a Hessian of a few products
+    torch.manual_seed(7)
+    third = MLP().double()  # units that weight matching permutes (other is model's own init)
     pair = (x[:20, 0, 0, :4], y[:20] % 3)
     options = {"normalize": "layer", "ignore": "none", "seed": 4, "orthogonalize": True}
     pairs = {
@@ -163,6 +173,7 @@ def test_registry_builds_what_the_classmethods_build():
             ),
             cr.Plane.hessian(small, F.cross_entropy, pair, k=(2, 0)),
         ),
+        "aligned": (planes.Sources(model, (third,)), aligned_by_hand(model, third)),
     }
     assert list(pairs) == list(planes.KINDS)
     for name, (sources, expected) in pairs.items():

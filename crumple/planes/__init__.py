@@ -24,7 +24,7 @@ hold the three parts in 560 lines; the package keeps each under 250.
 Example:
     >>> from crumple import planes
     >>> list(planes.KINDS)
-    ['random', 'axes', 'between', 'pca', 'hessian']
+    ['random', 'axes', 'between', 'pca', 'hessian', 'aligned']
 """
 
 from __future__ import annotations

@@ -90,6 +90,46 @@ def _between_from(sources: Sources) -> Plane:
     return between_plane(dict(zip("abc", (sources.model, *sources.models))), sources.model)
 
 
+def _aligned_from(sources: Sources) -> Plane:
+    import torch
+    from torch import nn
+
+    from crumple.alignment import align
+    from crumple.plane import Plane
+    from crumple.planes.builders import between_plane
+
+    if len(sources.models) != 1:
+        raise CrumpleError(
+            f"an aligned plane needs the second model in Sources.models, got "
+            f"{len(sources.models)}; e.g. Sources(model_a, models=(model_b,))"
+        )
+    b = sources.models[0]
+    if not isinstance(b, nn.Module):  # weights: into a copy of the model's architecture
+        b = _with_weights(sources.model, b)
+    aligned = align(sources.model, b)
+    if all(torch.equal(t, b.state_dict()[n]) for n, t in aligned.state_dict().items()):
+        raise CrumpleError(
+            "b's hidden units already match a's: weight matching finds no permutation, so "
+            "the aligned b is b and this plane would be the line between a and b; draw that "
+            "line (crumple line, or --plane between)"
+        )
+    points = {"a": sources.model, "b": b, "c": aligned}
+    plane = between_plane(points, sources.model)
+    attrs = {**plane.attrs, "kind": "aligned", "third": "b aligned"}
+    attrs["axis_names"] = ("a -> b", "a -> b aligned")
+    return Plane(plane.origin, plane.directions, attrs)
+
+
+def _with_weights(model, weights):
+    import copy
+
+    from crumple.params import parameters_from
+
+    other = copy.deepcopy(model)
+    other.load_state_dict({**other.state_dict(), **parameters_from(weights, model, "weights_b")})
+    return other
+
+
 def _pca_from(sources: Sources) -> Plane:
     from crumple.planes.builders import pca_plane
 
@@ -181,5 +221,14 @@ register(
         optional=(EIGENVECTORS,),
         comparable=True,
         describe=_describe_hessian,
+    )
+)
+register(
+    PlaneKind(
+        "aligned",
+        "the plane through a, b and b with its hidden units permuted to match a (weight "
+        "matching, the same function as b): (0, 0) a, (1, 0) b, (0, 1) b aligned",
+        _aligned_from,
+        required=(WEIGHTS_B,),
     )
 )

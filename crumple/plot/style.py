@@ -73,7 +73,7 @@ def model_points(ds: xr.Dataset) -> dict[str, tuple[float, float]]:
         {'model': (0.0, 0.0)}
     """
     kind = ds.attrs.get("plane_kind")
-    if kind == "between":  # the third named where it is not a third model (a curve's bend)
+    if kind in ("between", "aligned"):  # the third named where it is no third model
         return {"a": (0.0, 0.0), "b": (1.0, 0.0), str(ds.attrs.get("plane_third", "c")): (0.0, 1.0)}
     return {} if kind == "axes" else {"model": (0.0, 0.0)}
 
