@@ -6,7 +6,7 @@ The public names are imported when first used (PEP 562), so ``import crumple`` a
 Example:
     >>> import crumple as cr
     >>> sorted(cr.__all__)[:3]
-    ['CrumpleError', 'Grid', 'Plane']
+    ['CrumpleError', 'Curve', 'Grid']
 """
 
 from __future__ import annotations
