@@ -170,3 +170,22 @@ def test_hugging_face_records_the_curvature_a_hand_loop_records(tmp_path):
 def test_hugging_face_refuses_tracking_on_the_training_batch():
     with pytest.raises(CrumpleError, match="does not hand to callbacks"):
         HFCallback(curvature=Tracking("model"))
+
+
+@pytest.mark.slow
+def test_a_hugging_face_run_resumed_from_a_checkpoint_keeps_its_history(tmp_path):
+    folder = tmp_path / "path"
+
+    def tracking():
+        return Tracking("model", hf.eval_loader(), every=EVERY)
+
+    first = HFCallback(every=EVERY, to=folder, curvature=tracking())
+    hf.train([first], tmp_path, save_strategy="steps", save_steps=3)
+    before = first.trajectory.sharpness()
+    again = HFCallback(every=EVERY, to=folder, curvature=tracking())
+    hf.train([again], tmp_path, resume=str(tmp_path / "checkpoint-3"))
+    on_disk = cr.Trajectory.load(folder).sharpness()
+    assert on_disk.step.values.tolist() == [0, 2, 4, 6]  # each step once
+    kept = on_disk.sel(step=[0, 2]), before.sel(step=[0, 2])  # before the checkpoint
+    assert not same(*kept, names=("lambda_max", "directional", "threshold")), same(*kept)
+    assert np.isfinite(on_disk.lambda_max).all()
