@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch  # noqa: F401 (the examples use it)
+import torch
 from torch import nn
 
 from crumple.errors import CrumpleError
@@ -95,13 +95,8 @@ class Curve:
             >>> chain.coordinates([0.25, 0.5, 0.75]).tolist()  # to the bend, then to b
             [[0.0, 0.5], [0.0, 1.0], [0.5, 0.5]]
         """
-        t = check_t(t)
-        if self.kind == "line":
-            return t[:, None]
-        if self.kind == "bezier":
-            return np.stack([t * t, 2 * t * (1 - t)], axis=1)
-        first = t <= 0.5  # polychain: a -> bend, then bend -> b
-        return np.stack([np.where(first, 0.0, 2 * t - 1), np.where(first, 2 * t, 2 - 2 * t)], 1)
+        t = torch.as_tensor(check_t(t))
+        return torch.stack(plane_coordinates(self.kind, t), dim=1).numpy()
 
     def at(self, t: float) -> Params:
         """The weights at ``t``.
@@ -121,6 +116,23 @@ class Curve:
         """
         size = sum(t.numel() for t in self.plane.origin.values())
         return f"Curve({self.kind}, {size:,} parameters)"
+
+
+def plane_coordinates(kind: str, t: torch.Tensor) -> list[torch.Tensor]:
+    """The plane coordinates of a curve of ``kind`` at ``t`` (a tensor), one tensor per axis:
+    the one place a curve's shape is written (:meth:`Curve.coordinates`, the run driver).
+
+    Example:
+        >>> [c.tolist() for c in plane_coordinates("bezier", torch.tensor([0.5]))]
+        [[0.25], [0.5]]
+    """
+    if kind == "line":
+        return [t]
+    if kind == "bezier":
+        return [t * t, 2 * t * (1 - t)]
+    first = t <= 0.5  # polychain: a -> bend, then bend -> b
+    zero = torch.zeros_like(t)
+    return [torch.where(first, zero, 2 * t - 1), torch.where(first, 2 * t, 2 - 2 * t)]
 
 
 def check_t(t: Any) -> np.ndarray:

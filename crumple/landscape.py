@@ -161,24 +161,30 @@ class Landscape:
                 f"surface needs a 2-D plane and a grid with alpha and beta; got a {plane.ndim}-D "
                 f"plane and {grid!r}. For one direction use crumple.line"
             )
-        return self._evaluate(plane, grid)
+        return self.evaluate(plane, grid)
 
     def line(self, plane: Plane, alpha) -> xr.Dataset:
         """The loss along the first direction of ``plane`` (:func:`crumple.line`)."""
         check_plane_and_grid(plane)
         if plane.ndim == 2:
             plane = Plane(plane.origin, plane.directions[:1], dict(plane.attrs))
-        return self._evaluate(plane, Grid(alpha))
+        return self.evaluate(plane, Grid(alpha))
 
-    def _evaluate(self, plane: Plane, grid: Grid) -> xr.Dataset:
+    def evaluate(self, plane: Plane, grid: Grid, along: str | None = None) -> xr.Dataset:
+        """The grid on the plane through the run driver (a store resumed, Dask workers);
+        ``along``, a curve's kind: the grid's one axis is ``t`` along that curve."""
         check_fits(self.model, plane)
         check_result_size(grid.size, len(self.fns))
-        with writer(self.options.run.store):  # the run folder's one writer, if there is one
-            return self._evaluate_held(plane, grid)
-
-    def _evaluate_held(self, plane: Plane, grid: Grid) -> xr.Dataset:
-        """:meth:`_evaluate`, with the run folder held: resumed or made, filled, finished."""
         options = self.options
+        if along is not None:
+            run = dataclasses.replace(options.run, along=along)
+            options = dataclasses.replace(options, run=run, check=0)  # check: on grids
+        with writer(options.run.store):  # the run folder's one writer, if there is one
+            return self._evaluate_held(plane, grid, options)
+
+    def _evaluate_held(self, plane: Plane, grid: Grid, options=None) -> xr.Dataset:
+        """:meth:`evaluate`, with the run folder held: resumed or made, filled, finished."""
+        options = options or self.options
         start = time.perf_counter()
         extras = options.run.extras
         with evaluation_mode(self.model):

@@ -143,8 +143,8 @@ def test_a_line_plane_is_a_curve_and_wrong_inputs_are_refused(ends):
         cr.path_loss(a, F.cross_entropy, data, cr.Curve.line(a, b), [0.0, float("nan")])
     with pytest.raises(CrumpleTypeError, match="curve must be a crumple.Curve"):
         cr.path_loss(a, F.cross_entropy, data, "line", t)
-    with pytest.raises(CrumpleError, match="store= is not an option of path_loss"):
-        cr.path_loss(a, F.cross_entropy, data, cr.Curve.line(a, b), t, store="x")
+    with pytest.raises(CrumpleError, match="check= is not an option of path_loss"):
+        cr.path_loss(a, F.cross_entropy, data, cr.Curve.line(a, b), t, check=4)
     with pytest.raises(CrumpleError):
         cr.Curve.line(a, nn.Linear(3, 2))  # another architecture
 
@@ -171,3 +171,23 @@ def test_a_trained_bezier_curve_has_a_lower_barrier_than_the_line(ends):
         cr.connect(a, b, F.cross_entropy, data, "spline")
     with pytest.raises(CrumpleError, match="lr must be a number"):
         cr.connect(a, b, F.cross_entropy, data, lr=float("nan"))
+
+
+def test_a_curve_run_resumes_from_its_folder_and_runs_on_dask_workers(ends, tmp_path):
+    data, a, b = ends
+    torch.manual_seed(5)
+    curve = cr.Curve.bezier(a, b, {n: t + 0.1 * torch.randn_like(t) for n, t in weights(a).items()})
+    t = np.linspace(0, 1, 17)
+    here = cr.path_loss(a, F.cross_entropy, data, curve, t, dtype="float64")
+    store = tmp_path / "run"
+    first = cr.path_loss(a, F.cross_entropy, data, curve, t, dtype="float64", store=store)
+    again = cr.path_loss(a, F.cross_entropy, data, curve, t, dtype="float64", store=store)
+    assert first.attrs["tiles_computed"] > 0 and again.attrs["tiles_computed"] == 0  # resumed
+    assert np.array_equal(first.loss.values, again.loss.values)
+    assert np.allclose(first.loss.values, here.loss.values, rtol=1e-12, atol=0)
+    chain = cr.Curve.polychain(a, b, curve.bend)
+    with pytest.raises(CrumpleError, match="fingerprint|different|another"):
+        cr.path_loss(a, F.cross_entropy, data, chain, t, dtype="float64", store=store)
+    on_dask = cr.path_loss(a, F.cross_entropy, data, curve, t, dtype="float64", dask="local:1",
+                           tile_size=5)  # fmt: skip
+    assert np.allclose(on_dask.loss.values, here.loss.values, rtol=1e-12, atol=0)

@@ -12,6 +12,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
+from crumple.curve import plane_coordinates
 from crumple.params import Params
 from crumple.plane import Plane
 
@@ -49,6 +50,11 @@ class Points:
     def along(cls, plane: Plane, coords: Sequence[Tensor]) -> Points:
         """Points of ``plane`` given by zipped coordinates (one tensor per axis)."""
         return cls(plane.at, tuple(coords), (0,) * len(coords), plane)
+
+    @classmethod
+    def curve(cls, plane: Plane, kind: str, t: Tensor) -> Points:
+        """Points of a curve of ``kind`` on ``plane`` at ``t`` (:mod:`crumple.curve`)."""
+        return cls.along(plane, plane_coordinates(kind, t))
 
     @classmethod
     def weights(cls, stacked: Params) -> Points:

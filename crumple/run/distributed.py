@@ -27,6 +27,7 @@ class Payload:
     settings: str
     recalibrate: Any = None
     extras: tuple = ()
+    along: str | None = None  # a curve's kind: the coordinates are t along it
 
 
 _EVALUATORS: dict[str, Any] = {}  # on a worker: one evaluator per scattered payload
@@ -154,10 +155,13 @@ def _tile(packed: bytes, k: int, coords: list):
                 extras=shipped.extras,
             )
         _EVALUATORS.clear()
-        _EVALUATORS[key] = (model, evaluate)
-    model, evaluate = _EVALUATORS[key]
+        _EVALUATORS[key] = (model, evaluate, shipped.along)
+    model, evaluate, _ = _EVALUATORS[key]
     task = evaluate.task
     with evaluation_mode(model):
-        points = Points.grid(task.plane, [c.to(task.device) for c in coords])
+        coords = [c.to(task.device) for c in coords]
+        along = _EVALUATORS[key][2]
+        points = Points.grid(task.plane, coords) if along is None else (
+            Points.curve(task.plane, along, coords[0]))  # fmt: skip
         values = evaluate(points)
     return k, {name: v.double().cpu().numpy() for name, v in values.items()}

@@ -64,6 +64,8 @@ class RunOptions:
         progress: a progress bar over tiles, and the estimated time after the first.
         recalibrate: data whose inputs recompute the BatchNorm statistics at each point.
         extras: per-point quantities computed beside the loss (:mod:`crumple.evaluation.extras`).
+        along: a curve's kind (:mod:`crumple.curve`): the grid's one axis is ``t`` along
+            that curve on the plane, not a coordinate of the plane.
     """
 
     store: str | Path | None = None
@@ -72,6 +74,7 @@ class RunOptions:
     progress: bool = False
     recalibrate: Any = None
     extras: tuple[Extra, ...] = ()
+    along: str | None = None
 
 
 def evaluate_grid(
@@ -104,6 +107,8 @@ def evaluate_grid(
                 fp["recalibrate"] = ordered_digest(inputs_only(options.recalibrate))
             for extra in options.extras:
                 fp[extra.key] = json.dumps(extra.options())
+            if options.along is not None:
+                fp["along"] = options.along
             stored = _resume(store, fp, lambda: ordered_digest(given))
             if stored is not None and all(stored.done()):
                 out = open_run(store)["surface"]
@@ -138,6 +143,8 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, options: RunOptions)
     axes = [torch.as_tensor(a, dtype=task.dtype, device=task.device) for a in grid.axes]
 
     def points(tile: tuple[slice, ...]) -> Points:
+        if options.along is not None:
+            return Points.curve(task.plane, options.along, axes[0][tile[0]])
         return Points.grid(task.plane, [axis[s] for axis, s in zip(axes, tile)])
 
     tile_size, measured = evaluator.settings.tile_size, None
@@ -175,7 +182,14 @@ def _run_tiles(evaluator, grid: Grid, stored, new, cluster, options: RunOptions)
             settings = evaluator.settings.to_json()
             recalibrate, extras = options.recalibrate, options.extras
             return Payload(
-                task.model, task.fns, task.data, task.plane, settings, recalibrate, extras
+                task.model,
+                task.fns,
+                task.data,
+                task.plane,
+                settings,
+                recalibrate,
+                extras,
+                options.along,
             )
 
         rest = [(k, tiles[k]) for k in todo[1:]]
