@@ -24,48 +24,24 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import crumple as cr
+from crumple.examples import pair
 
-SAMPLES, EPOCHS, BATCH, LR, MOMENTUM = 1400, 40, 64, 0.05, 0.9
 T = np.linspace(0, 1, 25)
-
-
-def data():
-    images, labels = load_digits(return_X_y=True)
-    x = torch.tensor(images[:SAMPLES] / 16.0, dtype=torch.float32)
-    return x, torch.tensor(labels[:SAMPLES])
-
-
-def trained(seed: int, x, y) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-    )
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(EPOCHS):
-        shuffled = torch.randperm(len(x), generator=order)
-        for start in range(0, len(x), BATCH):
-            batch = shuffled[start : start + BATCH]
-            opt.zero_grad()
-            F.cross_entropy(net(x[batch]), y[batch]).backward()
-            opt.step()
-    return net
+BATCH, LR = pair.BATCH, pair.LR
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs=2, default=(1, 2))
     seeds = parser.parse_args().seeds
-    x, y = data()
+    x, y = pair.digits()
     began = time.perf_counter()
-    a, b = (trained(s, x, y) for s in seeds)
+    a, b = (pair.trained(s) for s in seeds)
     print(f"two MLPs 64-256-256-10 trained from seeds {seeds[0]} and {seeds[1]} on "
-          f"{SAMPLES:,} digits: {time.perf_counter() - began:.1f} s")  # fmt: skip
+          f"{pair.SAMPLES:,} digits: {time.perf_counter() - began:.1f} s")  # fmt: skip
     rows = []
     began = time.perf_counter()
     line = cr.path_loss(a, F.cross_entropy, (x, y), cr.Curve.line(a, b), T)
