@@ -18,7 +18,7 @@ from torch import nn
 
 from crumple.batches import load
 from crumple.checks import named_functions, whole_number
-from crumple.curve import Curve, check_t
+from crumple.curve import Curve, check_t, plane_coordinates
 from crumple.errors import CrumpleError, CrumpleTypeError
 from crumple.evaluation.probes import functional
 from crumple.grid import Grid
@@ -156,8 +156,7 @@ def connect(
     origin, (to_b, to_bend) = start.plane.origin, start.plane.directions
     reference = next(iter(origin.values()))
     batches = load(train_data).to(reference.device, reference.dtype)
-    bend = {n: (o + d).clone().requires_grad_() for n, (o, d) in _pairs(origin, to_bend)}
-    ends = {n: (o, o + to_b[n]) for n, o in origin.items()}
+    bend = {n: (o + to_bend[n]).clone().requires_grad_() for n, o in origin.items()}
     optimizer = torch.optim.SGD(bend.values(), lr=lr, momentum=momentum)
     buffers = {n: b.detach().clone() for n, b in model_a.named_buffers()}
     generator = torch.Generator().manual_seed(seed)
@@ -169,7 +168,10 @@ def connect(
         for _ in tqdm(range(steps), desc="connect", disable=not progress):
             t = float(torch.rand((), generator=generator, dtype=torch.float64))
             batch = next(batch_iter)
-            weights = {n: _point(kind, t, a, bend[n], b) for n, (a, b) in ends.items()}
+            x, y = plane_coordinates(kind, torch.tensor(t, dtype=torch.float64))
+            weights = {  # on the plane, with the bend's direction the one trained
+                n: o + float(x) * to_b[n] + float(y) * (bend[n] - o) for n, o in origin.items()
+            }
             predict = functional(model_a, weights, buffers)
             loss = objective.values(objective.call(predict, batch), batch)["loss"]
             optimizer.zero_grad()
@@ -181,24 +183,12 @@ def connect(
         for m, flag in flags.items():
             m.train(flag)
     trained = {n: p.detach() for n, p in bend.items()}
-    b_weights = {n: b for n, (_, b) in ends.items()}
-    curve = getattr(Curve, kind)(origin, b_weights, trained)
+    curve = getattr(Curve, kind)(origin, start.plane.at(1.0, 0.0), trained)
     history = xr.Dataset(
         {"t": ("step", np.array(drawn)), "loss": ("step", np.array(losses))},
         coords={"step": np.arange(1, steps + 1)},
     )
     return Curve(curve.kind, curve.plane, history)
-
-
-def _pairs(origin, to_bend):
-    return ((n, (o, to_bend[n])) for n, o in origin.items())
-
-
-def _point(kind: str, t: float, a, bend, b):
-    """The curve's weights at ``t``, differentiable in ``bend``."""
-    if kind == "bezier":
-        return (1 - t) ** 2 * a + 2 * t * (1 - t) * bend + t**2 * b
-    return a + 2 * t * (bend - a) if t <= 0.5 else bend + (2 * t - 1) * (b - bend)
 
 
 def _cycle(batches):
